@@ -1,0 +1,11 @@
+use clap::Parser;
+use consumer_worker::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    orderflow_runtime::telemetry::init(&config.telemetry)?;
+    let shutdown = orderflow_runtime::shutdown::on_signal();
+    consumer_worker::run(config, shutdown).await?;
+    Ok(())
+}

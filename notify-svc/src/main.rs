@@ -1,0 +1,12 @@
+use clap::Parser;
+use notify_svc::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    orderflow_runtime::telemetry::init(&config.telemetry)?;
+    let listener = orderflow_runtime::grpc::bind(&config.listen).await?;
+    let shutdown = orderflow_runtime::shutdown::on_signal();
+    notify_svc::run(config, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Everything the order API can refuse or fail with, and the one place where each becomes a
+//! gRPC status.
+
+use orderflow_runtime::validate::FieldError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error(transparent)]
+    InvalidArgument(#[from] FieldError),
+
+    #[error("order {0} not found")]
+    OrderNotFound(String),
+
+    #[error("idempotency_key: already used for a different request (other items or quantities); use a new key for a new order")]
+    IdempotencyKeyReused,
+
+    #[error("an earlier request with this idempotency_key is still being processed; retry shortly")]
+    InProgress,
+
+    /// inventory-svc refused the reservation; its status (code and message) passes through.
+    #[error("{}", .0.message())]
+    InventoryRefused(Status),
+
+    #[error("inventory service unavailable: {0}")]
+    InventoryUnavailable(String),
+
+    #[error("order event not acknowledged by the broker: {0}; the order was not placed, retry")]
+    BrokerUnavailable(String),
+
+    #[error("placing the order took longer than {0:?}; the order was not placed, retry")]
+    Timeout(std::time::Duration),
+
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl OrderError {
+    /// Sorts inventory-svc's answer into a refusal to pass on or an outage.
+    pub fn from_inventory(status: Status) -> Self {
+        match status.code() {
+            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => {
+                Self::InventoryRefused(status)
+            }
+            _ => Self::InventoryUnavailable(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+impl From<OrderError> for Status {
+    fn from(error: OrderError) -> Self {
+        let message = error.to_string();
+        match error {
+            OrderError::InvalidArgument(_) => Status::invalid_argument(message),
+            OrderError::OrderNotFound(_) => Status::not_found(message),
+            OrderError::IdempotencyKeyReused => Status::already_exists(message),
+            OrderError::InventoryRefused(status) => Status::new(status.code(), message),
+            OrderError::InProgress
+            | OrderError::InventoryUnavailable(_)
+            | OrderError::BrokerUnavailable(_)
+            | OrderError::Timeout(_)
+            | OrderError::Redis(_)
+            | OrderError::Postgres(_) => {
+                tracing::warn!(%message, "order API dependency unavailable");
+                Status::unavailable(message)
+            }
+            OrderError::Internal(_) => {
+                tracing::error!(%message, "order API internal error");
+                Status::internal(message)
+            }
+        }
+    }
+}

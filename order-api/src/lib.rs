@@ -1,0 +1,110 @@
+//! order-api: the fast path of an order. `CreateOrder` validates, claims the idempotency key,
+//! reserves stock through inventory-svc, caches the pending order in Redis, publishes
+//! `order-created` and answers once the broker acknowledged it; consumer-worker persists the
+//! order to PostgreSQL later. Reads come from the Redis cache, else PostgreSQL.
+
+mod cache;
+mod error;
+mod events;
+mod idempotency;
+mod order;
+mod placement;
+mod service;
+mod store;
+
+use std::time::Duration;
+
+use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use orderflow_proto::order::v1::order_service_server::OrderServiceServer;
+use orderflow_runtime::config::{KafkaArgs, PostgresArgs, RedisArgs, TelemetryArgs};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::OrderError;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "order-api", version, about = "orderflow order API")]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "ORDERFLOW_ORDER_API_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+
+    /// URL of inventory-svc.
+    #[arg(long, env = "ORDERFLOW_INVENTORY_URL", default_value = "http://127.0.0.1:50052")]
+    pub inventory_url: String,
+
+    /// ISO 4217 currency of every price and total.
+    #[arg(long, env = "ORDERFLOW_CURRENCY", default_value = "CNY")]
+    pub currency: String,
+
+    /// How long an order stays in the Redis cache after it was written there.
+    #[arg(long, env = "ORDERFLOW_ORDER_CACHE_TTL_SECS", default_value_t = 3600)]
+    pub order_cache_ttl_secs: u64,
+
+    /// How long an idempotency key is remembered after its order was placed.
+    #[arg(long, env = "ORDERFLOW_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
+
+    /// Upper bound on placing one order (reserve, cache, publish); past it the order is undone
+    /// and the caller gets UNAVAILABLE. Must exceed the Kafka ack timeout.
+    #[arg(long, env = "ORDERFLOW_CREATE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub create_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Serves the order API on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), orderflow_runtime::RuntimeError> {
+    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    let redis = orderflow_runtime::redis::connect(&config.redis).await?;
+    let topics: Vec<String> = orderflow_proto::topics::ALL
+        .iter()
+        .map(|topic| config.kafka.topic(topic))
+        .collect();
+    orderflow_runtime::kafka::ensure_topics(&config.kafka, &topics).await?;
+    let producer = orderflow_runtime::kafka::producer(&config.kafka)?;
+    let inventory = InventoryServiceClient::new(
+        tonic::transport::Endpoint::from_shared(config.inventory_url.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy(),
+    );
+
+    let placement = placement::Placement::new(placement::Parts {
+        inventory,
+        cache: cache::OrderCache::new(
+            redis.clone(),
+            config.redis.clone(),
+            Duration::from_secs(config.order_cache_ttl_secs),
+        ),
+        claims: idempotency::Claims::new(
+            redis,
+            config.redis.clone(),
+            Duration::from_secs(config.idempotency_ttl_secs),
+            Duration::from_millis(config.create_timeout_ms),
+        ),
+        publisher: events::Publisher::new(producer, &config.kafka),
+        store: store::OrderStore::new(pool),
+        currency: config.currency,
+        create_timeout: Duration::from_millis(config.create_timeout_ms),
+    });
+    orderflow_runtime::grpc::serve(
+        OrderServiceServer::new(service::OrderApi::new(placement)),
+        listener,
+        shutdown.cancelled_owned(),
+    )
+    .await
+}

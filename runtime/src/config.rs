@@ -1,0 +1,174 @@
+//! Settings shared by several services, as clap argument groups: each service flattens the
+//! groups it needs into its own `Config`, so every setting has one flag, one environment
+//! variable and one default that works with the local stack (`make run`).
+//!
+//! Connection URLs may carry passwords: the `Debug` impls redact them, and nothing logs them raw.
+
+use std::fmt;
+
+#[derive(Clone, clap::Args)]
+pub struct PostgresArgs {
+    /// PostgreSQL connection URL (may contain a password; never logged).
+    #[arg(
+        long,
+        env = "ORDERFLOW_DATABASE_URL",
+        default_value = "postgres://orderflow:orderflow@127.0.0.1:5432/orderflow",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Maximum connections in the PostgreSQL pool.
+    #[arg(long, env = "ORDERFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+}
+
+impl fmt::Debug for PostgresArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresArgs")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .finish()
+    }
+}
+
+#[derive(Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis connection URL (may contain a password; never logged).
+    #[arg(
+        long,
+        env = "ORDERFLOW_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key this deployment writes. It is also the key's hash tag, so all
+    /// keys of one deployment live in one Redis Cluster slot and scripts may touch them together.
+    #[arg(long, env = "ORDERFLOW_REDIS_KEY_PREFIX", default_value = "orderflow")]
+    pub redis_key_prefix: String,
+}
+
+impl RedisArgs {
+    /// The full key for `parts` under this deployment's prefix, e.g. `{orderflow}:stock:SKU-1`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = format!("{{{}}}", self.redis_key_prefix);
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+}
+
+impl fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "ORDERFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Prefix put in front of every topic name (e.g. `staging.` gives `staging.order-created`).
+    #[arg(long, env = "ORDERFLOW_KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub kafka_topic_prefix: String,
+
+    /// Partitions of each topic created at start-up (existing topics are left as they are).
+    #[arg(long, env = "ORDERFLOW_KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub kafka_topic_partitions: i32,
+
+    /// Replication factor of each topic created at start-up.
+    #[arg(long, env = "ORDERFLOW_KAFKA_TOPIC_REPLICATION", default_value_t = 1)]
+    pub kafka_topic_replication: i32,
+
+    /// How long a publish may wait for the broker's acknowledgement before it fails.
+    #[arg(long, env = "ORDERFLOW_KAFKA_ACK_TIMEOUT_MS", default_value_t = 5000)]
+    pub kafka_ack_timeout_ms: u64,
+}
+
+impl KafkaArgs {
+    /// The deployment's full name of `topic` (one of `orderflow_proto::topics`).
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{}", self.kafka_topic_prefix, topic)
+    }
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log filter in `tracing` syntax, e.g. `info` or `order_api=debug,info`.
+    #[arg(long, env = "ORDERFLOW_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// `scheme://user:password@host/db` becomes `scheme://user:***@host/db`; anything without a
+/// password is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            if credentials.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://***@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_and_keeps_the_rest() {
+        assert_eq!(
+            redact_url("postgres://orderflow:secret@127.0.0.1:5432/orderflow"),
+            "postgres://orderflow:***@127.0.0.1:5432/orderflow"
+        );
+        assert_eq!(
+            redact_url("redis://:secret@localhost:6379"),
+            "redis://:***@localhost:6379"
+        );
+        assert_eq!(
+            redact_url("redis://token@localhost"),
+            "redis://***@localhost"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let args = PostgresArgs {
+            database_url: "postgres://u:hunter2@db/x".into(),
+            database_max_connections: 1,
+        };
+        assert!(!format!("{args:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn keys_share_the_prefix_as_hash_tag() {
+        let args = RedisArgs {
+            redis_url: String::new(),
+            redis_key_prefix: "t1".into(),
+        };
+        assert_eq!(args.key(&["stock", "SKU-1"]), "{t1}:stock:SKU-1");
+    }
+}

@@ -1,0 +1,90 @@
+//! Kafka client set-up. Every setting here is plain Apache Kafka configuration: the same code
+//! runs against the local broker (tansu) and a production Kafka cluster.
+//!
+//! Producers are idempotent with `acks=all`, so a publish that succeeded is on every in-sync
+//! replica and librdkafka's own retries never duplicate it. The broker offers no transactions;
+//! consumers make their effects idempotent instead (see consumer-worker).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaArgs;
+use crate::RuntimeError;
+
+fn base_config(args: &KafkaArgs) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &args.kafka_brokers);
+    config
+}
+
+fn kafka_error(args: &KafkaArgs) -> impl FnOnce(KafkaError) -> RuntimeError + '_ {
+    move |source| RuntimeError::Kafka {
+        brokers: args.kafka_brokers.clone(),
+        source,
+    }
+}
+
+/// An idempotent producer whose sends fail after `kafka_ack_timeout_ms` without an ack.
+pub fn producer(args: &KafkaArgs) -> Result<FutureProducer, RuntimeError> {
+    base_config(args)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", args.kafka_ack_timeout_ms.to_string())
+        .create()
+        .map_err(kafka_error(args))
+}
+
+/// A consumer in `group_id` that starts from the earliest offset of a new group and commits
+/// only the offsets the application stored explicitly (after it applied the message).
+pub fn consumer(args: &KafkaArgs, group_id: &str) -> Result<StreamConsumer, RuntimeError> {
+    base_config(args)
+        .set("group.id", group_id)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(kafka_error(args))
+}
+
+/// Creates each of `topics` (full names) that does not exist yet; existing ones are left alone.
+pub async fn ensure_topics(args: &KafkaArgs, topics: &[String]) -> Result<(), RuntimeError> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(args).create().map_err(kafka_error(args))?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                args.kafka_topic_partitions,
+                TopicReplication::Fixed(args.kafka_topic_replication),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(kafka_error(args))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(RuntimeError::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    tracing::info!(?topics, "Kafka topics ready");
+    Ok(())
+}

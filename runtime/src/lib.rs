@@ -1,0 +1,44 @@
+//! Runtime plumbing shared by every orderflow process, so each service's `main.rs` only wires
+//! things together: configuration arguments, telemetry, client set-up for PostgreSQL, Redis and
+//! Kafka, gRPC serving with health and reflection, and shutdown on signals.
+
+pub mod config;
+pub mod grpc;
+pub mod kafka;
+pub mod postgres;
+pub mod redis;
+pub mod shutdown;
+pub mod telemetry;
+pub mod timestamp;
+pub mod validate;
+
+/// Why a process could not start or keep running its plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("PostgreSQL at {url}: {source}")]
+    Postgres {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("applying database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: ::redis::RedisError,
+    },
+    #[error("Kafka at {brokers}: {source}")]
+    Kafka {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("creating Kafka topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+}

@@ -1,0 +1,25 @@
+//! PostgreSQL pool set-up and the schema migrations every service applies at start-up.
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::config::{redact_url, PostgresArgs};
+use crate::RuntimeError;
+
+/// The schema of the whole suite, embedded at compile time from `runtime/migrations`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects a pool and brings the schema up to date.
+pub async fn connect_and_migrate(args: &PostgresArgs) -> Result<PgPool, RuntimeError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(args.database_max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&args.database_url)
+        .await
+        .map_err(|source| RuntimeError::Postgres {
+            url: redact_url(&args.database_url),
+            source,
+        })?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
