@@ -17,7 +17,11 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "consumer-worker", version, about = "orderflow consumer worker")]
 pub struct Config {
     /// Kafka consumer group; every replica of the worker uses the same one.
-    #[arg(long, env = "ORDERFLOW_WORKER_GROUP_ID", default_value = "orderflow-consumer-worker")]
+    #[arg(
+        long,
+        env = "ORDERFLOW_WORKER_GROUP_ID",
+        default_value = "orderflow-consumer-worker"
+    )]
     pub group_id: String,
 
     /// Longest pause between two attempts to apply an event while PostgreSQL is unavailable.

@@ -29,11 +29,11 @@ pub struct ItemRow {
 }
 
 pub fn order_created(event: &OrderCreated) -> Result<OrderRow, String> {
-    let event_id =
-        Uuid::try_parse(&event.event_id).map_err(|_| format!("bad event_id {:?}", event.event_id))?;
+    let event_id = Uuid::try_parse(&event.event_id)
+        .map_err(|_| format!("bad event_id {:?}", event.event_id))?;
     let order = event.order.as_ref().ok_or("event carries no order")?;
-    let order_id =
-        Uuid::try_parse(&order.order_id).map_err(|_| format!("bad order_id {:?}", order.order_id))?;
+    let order_id = Uuid::try_parse(&order.order_id)
+        .map_err(|_| format!("bad order_id {:?}", order.order_id))?;
     if event.order_id != order.order_id {
         return Err(format!(
             "event order_id {:?} differs from its order's {:?}",

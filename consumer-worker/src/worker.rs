@@ -29,12 +29,17 @@ enum Next {
 }
 
 impl Worker {
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), orderflow_runtime::RuntimeError> {
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), orderflow_runtime::RuntimeError> {
         let kafka_error = |source| orderflow_runtime::RuntimeError::Kafka {
             brokers: self.brokers.clone(),
             source,
         };
-        self.consumer.subscribe(&[&self.topic]).map_err(kafka_error)?;
+        self.consumer
+            .subscribe(&[&self.topic])
+            .map_err(kafka_error)?;
         tracing::info!(topic = %self.topic, "consuming");
         loop {
             let received = tokio::select! {

@@ -21,7 +21,11 @@ pub use error::InventoryError;
 #[command(name = "inventory-svc", version, about = "orderflow inventory service")]
 pub struct Config {
     /// gRPC listen address.
-    #[arg(long, env = "ORDERFLOW_INVENTORY_LISTEN", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "ORDERFLOW_INVENTORY_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
     pub listen: String,
 
     #[command(flatten)]

@@ -47,7 +47,11 @@ impl Inventory {
         match self.counters.reserve(&request.order_id, &lines).await? {
             ReserveOutcome::Reserved(reserved) => {
                 tracing::debug!(order_id = %request.order_id, "reserved");
-                Ok(reservation(request.order_id, ReservationState::Reserved, reserved))
+                Ok(reservation(
+                    request.order_id,
+                    ReservationState::Reserved,
+                    reserved,
+                ))
             }
             ReserveOutcome::Existing(state, reserved) => {
                 Ok(reservation(request.order_id, state, reserved))
@@ -65,13 +69,11 @@ impl Inventory {
 
     async fn release(&self, order_id: String) -> Result<Reservation, InventoryError> {
         validate::uuid("order_id", &order_id)?;
-        let stored = self
-            .counters
-            .reservation(&order_id)
-            .await?
-            .ok_or_else(|| InventoryError::NoReservation {
+        let stored = self.counters.reservation(&order_id).await?.ok_or_else(|| {
+            InventoryError::NoReservation {
                 order_id: order_id.clone(),
-            })?;
+            }
+        })?;
         let before = self.counters.release(&order_id, &stored.lines).await?;
         match before {
             None => Err(InventoryError::NoReservation { order_id }),
@@ -188,7 +190,10 @@ impl InventoryService for Inventory {
         if skus.is_empty() || skus.len() > MAX_BATCH_SKUS {
             return Err(InventoryError::from(FieldError::new(
                 "skus",
-                format!("must contain 1 to {MAX_BATCH_SKUS} SKUs, got {}", skus.len()),
+                format!(
+                    "must contain 1 to {MAX_BATCH_SKUS} SKUs, got {}",
+                    skus.len()
+                ),
             ))
             .into());
         }

@@ -145,10 +145,7 @@ mod tests {
             ),
         ];
         for (items, expected) in cases {
-            assert_eq!(
-                reservation_lines(items).unwrap_err().to_string(),
-                expected
-            );
+            assert_eq!(reservation_lines(items).unwrap_err().to_string(), expected);
         }
         let too_many = (0..=MAX_ITEMS_PER_ORDER)
             .map(|i| item(&i.to_string(), 1))
@@ -162,14 +159,8 @@ mod tests {
     #[test]
     fn stock_settings_are_bounded() {
         assert!(stock_setting("a", 0, 0).is_ok());
-        assert_eq!(
-            stock_setting("a", -1, 0).unwrap_err().field,
-            "quantity"
-        );
-        assert_eq!(
-            stock_setting("a", 1, -1).unwrap_err().field,
-            "price_cents"
-        );
+        assert_eq!(stock_setting("a", -1, 0).unwrap_err().field, "quantity");
+        assert_eq!(stock_setting("a", 1, -1).unwrap_err().field, "price_cents");
     }
 
     #[test]

@@ -19,7 +19,11 @@ use tonic::{Request, Response, Status};
 #[command(name = "notify-svc", version, about = "orderflow notification service")]
 pub struct Config {
     /// gRPC listen address.
-    #[arg(long, env = "ORDERFLOW_NOTIFY_LISTEN", default_value = "127.0.0.1:50053")]
+    #[arg(
+        long,
+        env = "ORDERFLOW_NOTIFY_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
     pub listen: String,
 
     #[command(flatten)]

@@ -15,7 +15,9 @@ pub enum OrderError {
     #[error("idempotency_key: already used for a different request (other items or quantities); use a new key for a new order")]
     IdempotencyKeyReused,
 
-    #[error("an earlier request with this idempotency_key is still being processed; retry shortly")]
+    #[error(
+        "an earlier request with this idempotency_key is still being processed; retry shortly"
+    )]
     InProgress,
 
     /// inventory-svc refused the reservation; its status (code and message) passes through.
@@ -28,8 +30,11 @@ pub enum OrderError {
     #[error("order event not acknowledged by the broker: {0}; the order was not placed, retry")]
     BrokerUnavailable(String),
 
-    #[error("placing the order took longer than {0:?}; the order was not placed, retry")]
-    Timeout(std::time::Duration),
+    #[error("{step} did not finish within the create timeout ({after:?}); the order was not placed, retry")]
+    Timeout {
+        step: &'static str,
+        after: std::time::Duration,
+    },
 
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -64,7 +69,7 @@ impl From<OrderError> for Status {
             OrderError::InProgress
             | OrderError::InventoryUnavailable(_)
             | OrderError::BrokerUnavailable(_)
-            | OrderError::Timeout(_)
+            | OrderError::Timeout { .. }
             | OrderError::Redis(_)
             | OrderError::Postgres(_) => {
                 tracing::warn!(%message, "order API dependency unavailable");

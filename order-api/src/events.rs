@@ -1,35 +1,61 @@
 //! Publishes order events to Kafka and waits for the broker's acknowledgement.
+//!
+//! A send that is not acknowledged in time fails, and its producer is retired: purged, so that
+//! nothing it still holds can be delivered after the caller was told the order failed (that
+//! would be an order nobody reserved stock for), and replaced by a fresh one. An idempotent
+//! producer whose messages timed out, or whose broker restarted, can also stay broken for good
+//! (librdkafka asks for a new producer after such errors; tansu 0.6 answers "Unknown broker
+//! error" to every later send), and a fresh producer costs one InitProducerId round trip.
 
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use orderflow_proto::events::v1::OrderCreated;
 use orderflow_proto::topics;
 use orderflow_runtime::config::KafkaArgs;
+use orderflow_runtime::RuntimeError;
 use prost::Message;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use tokio::time::Instant;
 
 use crate::error::OrderError;
 
-#[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    kafka: KafkaArgs,
+    current: RwLock<Generation>,
     order_created_topic: String,
-    queue_timeout: Duration,
+    ack_timeout: Duration,
+}
+
+/// The producer in use, numbered so that concurrent failures replace it only once.
+struct Generation {
+    number: u64,
+    producer: FutureProducer,
 }
 
 impl Publisher {
-    pub fn new(producer: FutureProducer, kafka: &KafkaArgs) -> Self {
-        Self {
-            producer,
+    pub fn new(kafka: &KafkaArgs) -> Result<Self, RuntimeError> {
+        Ok(Self {
+            current: RwLock::new(Generation {
+                number: 0,
+                producer: orderflow_runtime::kafka::producer(kafka)?,
+            }),
             order_created_topic: kafka.topic(topics::ORDER_CREATED),
-            queue_timeout: Duration::from_millis(kafka.kafka_ack_timeout_ms),
-        }
+            ack_timeout: Duration::from_millis(kafka.kafka_ack_timeout_ms),
+            kafka: kafka.clone(),
+        })
     }
 
-    /// Resolves once the broker acknowledged the event (`acks=all`), or fails after the ack
-    /// timeout: then the event may or may not have been written, and the caller undoes its work.
-    pub async fn order_created(&self, event: &OrderCreated) -> Result<(), OrderError> {
+    /// Resolves once the broker acknowledged the event (`acks=all`). Fails after the ack timeout
+    /// or at `deadline`, whichever comes first, and then nothing of it is left to be sent: the
+    /// caller undoes its work. (An ack lost on the wire after the broker wrote the event cannot
+    /// be told apart from a lost event; the consumers decide on such an order, see README.)
+    pub async fn order_created(
+        &self,
+        event: &OrderCreated,
+        deadline: Instant,
+    ) -> Result<(), OrderError> {
         let payload = event.encode_to_vec();
         let record = FutureRecord::to(&self.order_created_topic)
             .key(event.order_id.as_bytes())
@@ -38,10 +64,43 @@ impl Publisher {
                 key: topics::EVENT_TYPE_HEADER,
                 value: Some("orderflow.events.v1.OrderCreated"),
             }));
-        self.producer
-            .send(record, self.queue_timeout)
-            .await
-            .map(|_| ())
-            .map_err(|(error, _)| OrderError::BrokerUnavailable(error.to_string()))
+        let (number, producer) = {
+            let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+            (current.number, current.producer.clone())
+        };
+        let budget = self
+            .ack_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let failure = match tokio::time::timeout(budget, producer.send(record, budget)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err((error, _))) => error.to_string(),
+            Err(_) => format!("no acknowledgement within {budget:?}"),
+        };
+        self.retire(number);
+        Err(OrderError::BrokerUnavailable(failure))
+    }
+
+    /// Purges producer `failed` and replaces it with a fresh one, unless another failure already
+    /// did.
+    fn retire(&self, failed: u64) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.number != failed {
+            return;
+        }
+        match orderflow_runtime::kafka::producer(&self.kafka) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut current.producer, fresh);
+                current.number += 1;
+                // Fails every send still waiting on it, so each caller undoes its own order.
+                old.purge(PurgeConfig::default().queue().inflight());
+                tracing::warn!(
+                    generation = current.number,
+                    "Kafka producer replaced after a failed delivery"
+                );
+                // Dropping a producer joins its polling thread: keep that off the async workers.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(error) => tracing::error!(%error, "could not create a new Kafka producer"),
+        }
     }
 }

@@ -26,11 +26,19 @@ pub use error::OrderError;
 #[command(name = "order-api", version, about = "orderflow order API")]
 pub struct Config {
     /// gRPC listen address.
-    #[arg(long, env = "ORDERFLOW_ORDER_API_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "ORDERFLOW_ORDER_API_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub listen: String,
 
     /// URL of inventory-svc.
-    #[arg(long, env = "ORDERFLOW_INVENTORY_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "ORDERFLOW_INVENTORY_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub inventory_url: String,
 
     /// ISO 4217 currency of every price and total.
@@ -69,6 +77,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), orderflow_runtime::RuntimeError> {
+    if config.create_timeout_ms <= config.kafka.kafka_ack_timeout_ms {
+        return Err(orderflow_runtime::RuntimeError::Config(format!(
+            "--create-timeout-ms ({}) must exceed --kafka-ack-timeout-ms ({}), or every order \
+             would time out before the broker could acknowledge it",
+            config.create_timeout_ms, config.kafka.kafka_ack_timeout_ms
+        )));
+    }
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let topics: Vec<String> = orderflow_proto::topics::ALL
@@ -76,7 +91,6 @@ pub async fn run(
         .map(|topic| config.kafka.topic(topic))
         .collect();
     orderflow_runtime::kafka::ensure_topics(&config.kafka, &topics).await?;
-    let producer = orderflow_runtime::kafka::producer(&config.kafka)?;
     let inventory = InventoryServiceClient::new(
         tonic::transport::Endpoint::from_shared(config.inventory_url.clone())?
             .connect_timeout(Duration::from_secs(2))
@@ -96,7 +110,7 @@ pub async fn run(
             Duration::from_secs(config.idempotency_ttl_secs),
             Duration::from_millis(config.create_timeout_ms),
         ),
-        publisher: events::Publisher::new(producer, &config.kafka),
+        publisher: events::Publisher::new(&config.kafka)?,
         store: store::OrderStore::new(pool),
         currency: config.currency,
         create_timeout: Duration::from_millis(config.create_timeout_ms),

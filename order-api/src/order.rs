@@ -4,7 +4,9 @@
 use std::collections::{HashMap, HashSet};
 
 use orderflow_proto::inventory::v1::ReservedItem;
-use orderflow_proto::limits::{MAX_ID_LEN, MAX_ITEMS_PER_ORDER, MAX_QUANTITY_PER_ITEM, MAX_SKU_LEN};
+use orderflow_proto::limits::{
+    MAX_ID_LEN, MAX_ITEMS_PER_ORDER, MAX_QUANTITY_PER_ITEM, MAX_SKU_LEN,
+};
 use orderflow_proto::order::v1::{CreateOrderRequest, Order, OrderItem, OrderStatus};
 use orderflow_runtime::timestamp;
 use orderflow_runtime::validate::{self, FieldError};
@@ -189,9 +191,15 @@ mod tests {
         );
         assert_eq!(
             error(request(&[("a", i64::MAX)])),
-            format!("items[0].quantity: must be between 1 and 10000, got {}", i64::MAX)
+            format!(
+                "items[0].quantity: must be between 1 and 10000, got {}",
+                i64::MAX
+            )
         );
-        assert_eq!(error(request(&[("", 1)])), "items[0].sku: must not be empty");
+        assert_eq!(
+            error(request(&[("", 1)])),
+            "items[0].sku: must not be empty"
+        );
         assert!(error(request(&[("a", 1), ("a", 1)])).starts_with("items[1].sku: SKU \"a\""));
         let mut no_key = request(&[("a", 1)]);
         no_key.idempotency_key.clear();
@@ -256,7 +264,13 @@ mod tests {
             Err(PricingError::MissingItem("a".into()))
         );
         assert_eq!(
-            pending_order(Uuid::now_v7(), &new_order, &[reserved("a", i64::MAX)], "CNY", now),
+            pending_order(
+                Uuid::now_v7(),
+                &new_order,
+                &[reserved("a", i64::MAX)],
+                "CNY",
+                now
+            ),
             Err(PricingError::Overflow)
         );
     }

@@ -94,6 +94,29 @@ impl Placement {
     }
 }
 
+/// The end of a placement's time budget, shared by its steps, so a timeout names the step
+/// that was slow.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: tokio::time::Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    async fn run<T>(
+        self,
+        step: &'static str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, OrderError> {
+        tokio::time::timeout_at(self.at, work)
+            .await
+            .map_err(|_| OrderError::Timeout {
+                step,
+                after: self.total,
+            })
+    }
+}
+
 impl Parts {
     /// The cached order, else the persisted one (which then refills the cache).
     async fn find(&self, order_id: Uuid) -> Result<Option<Order>, OrderError> {
@@ -115,32 +138,39 @@ impl Parts {
         new_order: NewOrder,
         record: ClaimRecord,
     ) -> Result<Order, OrderError> {
-        let placed = tokio::time::timeout(self.create_timeout, self.place(&new_order, &record))
-            .await
-            .unwrap_or(Err(OrderError::Timeout(self.create_timeout)));
+        let deadline = Deadline {
+            at: tokio::time::Instant::now() + self.create_timeout,
+            total: self.create_timeout,
+        };
+        let placed = self.place(&new_order, &record, deadline).await;
         if placed.is_err() {
             self.undo(&new_order, &record).await;
         }
         placed
     }
 
-    async fn place(&self, new_order: &NewOrder, record: &ClaimRecord) -> Result<Order, OrderError> {
+    async fn place(
+        &self,
+        new_order: &NewOrder,
+        record: &ClaimRecord,
+        deadline: Deadline,
+    ) -> Result<Order, OrderError> {
         let order_id = record.order_id.to_string();
-        let reservation = self
-            .inventory
-            .clone()
-            .reserve(ReserveRequest {
-                order_id: order_id.clone(),
-                items: new_order
-                    .lines
-                    .iter()
-                    .map(|line| ReserveItem {
-                        sku: line.sku.clone(),
-                        quantity: line.quantity,
-                    })
-                    .collect(),
-            })
-            .await
+        let mut inventory = self.inventory.clone();
+        let reserve = inventory.reserve(ReserveRequest {
+            order_id: order_id.clone(),
+            items: new_order
+                .lines
+                .iter()
+                .map(|line| ReserveItem {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                })
+                .collect(),
+        });
+        let reservation = deadline
+            .run("reserving stock in inventory-svc", reserve)
+            .await?
             .map_err(OrderError::from_inventory)?
             .into_inner()
             .reservation
@@ -155,19 +185,25 @@ impl Parts {
         )
         .map_err(|error| OrderError::Internal(error.to_string()))?;
 
-        self.cache.put(&order).await?;
-        self.publisher
-            .order_created(&OrderCreated {
-                event_id: Uuid::now_v7().to_string(),
-                order_id: order_id.clone(),
-                occurred_at: order.created_at,
-                order: Some(order.clone()),
-                idempotency_key: new_order.idempotency_key.clone(),
-            })
-            .await?;
-        self.claims
-            .mark_placed(&new_order.user_id, &new_order.idempotency_key, record)
-            .await?;
+        deadline
+            .run("caching the order in Redis", self.cache.put(&order))
+            .await??;
+        let event = OrderCreated {
+            event_id: Uuid::now_v7().to_string(),
+            order_id: order_id.clone(),
+            occurred_at: order.created_at,
+            order: Some(order.clone()),
+            idempotency_key: new_order.idempotency_key.clone(),
+        };
+        // The publisher bounds its own wait by the deadline: it must purge what it gives up on.
+        self.publisher.order_created(&event, deadline.at).await?;
+        deadline
+            .run(
+                "marking the idempotency key placed in Redis",
+                self.claims
+                    .mark_placed(&new_order.user_id, &new_order.idempotency_key, record),
+            )
+            .await??;
         tracing::info!(%order_id, user_id = %new_order.user_id, total_cents = order.total_cents, "order placed");
         Ok(order)
     }

@@ -51,12 +51,7 @@ pub struct RedisArgs {
 impl RedisArgs {
     /// The full key for `parts` under this deployment's prefix, e.g. `{orderflow}:stock:SKU-1`.
     pub fn key(&self, parts: &[&str]) -> String {
-        let mut key = format!("{{{}}}", self.redis_key_prefix);
-        for part in parts {
-            key.push(':');
-            key.push_str(part);
-        }
-        key
+        redis_key(&self.redis_key_prefix, parts)
     }
 }
 
@@ -72,7 +67,11 @@ impl fmt::Debug for RedisArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "ORDERFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "ORDERFLOW_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka_brokers: String,
 
     /// Prefix put in front of every topic name (e.g. `staging.` gives `staging.order-created`).
@@ -104,6 +103,16 @@ pub struct TelemetryArgs {
     /// Log filter in `tracing` syntax, e.g. `info` or `order_api=debug,info`.
     #[arg(long, env = "ORDERFLOW_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// The Redis key for `parts` under `prefix`, the prefix being the hash tag: `{prefix}:a:b`.
+pub fn redis_key(prefix: &str, parts: &[&str]) -> String {
+    let mut key = format!("{{{prefix}}}");
+    for part in parts {
+        key.push(':');
+        key.push_str(part);
+    }
+    key
 }
 
 /// `scheme://user:password@host/db` becomes `scheme://user:***@host/db`; anything without a

@@ -38,6 +38,9 @@ pub fn producer(args: &KafkaArgs) -> Result<FutureProducer, RuntimeError> {
         .set("acks", "all")
         .set("linger.ms", "2")
         .set("message.timeout.ms", args.kafka_ack_timeout_ms.to_string())
+        // A request already in flight is bounded by this, not by message.timeout.ms: without it
+        // a send to a broker that just died waits the 30 s default.
+        .set("request.timeout.ms", args.kafka_ack_timeout_ms.to_string())
         .create()
         .map_err(kafka_error(args))
 }

@@ -41,4 +41,6 @@ pub enum RuntimeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("telemetry: {0}")]
     Telemetry(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }

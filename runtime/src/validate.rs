@@ -67,7 +67,10 @@ pub fn uuid(field: &str, value: &str) -> Result<uuid::Uuid, FieldError> {
     }
     uuid::Uuid::try_parse(value).map_err(|_| {
         let shown: String = value.chars().take(64).collect();
-        FieldError::new(field, format!("{shown:?} is not a valid id (expected a UUID)"))
+        FieldError::new(
+            field,
+            format!("{shown:?} is not a valid id (expected a UUID)"),
+        )
     })
 }
 

@@ -1,1 +1,66 @@
+//! Harness of the black-box integration tests: real PostgreSQL, Redis and Kafka-protocol broker
+//! over TCP, each test isolated in its own database, Redis key prefix, topic prefix and consumer
+//! group, so the whole suite runs in parallel against one shared set of dependencies.
+//!
+//! A missing dependency fails the test with the command that starts it; nothing is skipped.
 
+pub mod broker;
+pub mod deps;
+pub mod stack;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `check` until it yields `Some`, failing the test with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fails unless `status` has `code` and its message contains `fragment`; `case` names the check.
+pub fn assert_status(case: &str, status: &tonic::Status, code: tonic::Code, fragment: &str) {
+    assert_eq!(status.code(), code, "{case}: {status:?}");
+    assert!(
+        status.message().contains(fragment),
+        "{case}: {:?} does not contain {fragment:?}",
+        status.message()
+    );
+}
+
+/// A fresh identifier for one test's resources: short, lowercase, safe in names of databases,
+/// topics and keys.
+pub fn unique_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// A CreateOrder request for `items` as (sku, quantity) pairs.
+pub fn order_request(
+    idempotency_key: &str,
+    user_id: &str,
+    items: &[(&str, i64)],
+) -> orderflow_proto::order::v1::CreateOrderRequest {
+    orderflow_proto::order::v1::CreateOrderRequest {
+        idempotency_key: idempotency_key.into(),
+        user_id: user_id.into(),
+        items: items
+            .iter()
+            .map(|(sku, quantity)| orderflow_proto::order::v1::OrderLine {
+                sku: (*sku).into(),
+                quantity: *quantity,
+            })
+            .collect(),
+    }
+}

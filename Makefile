@@ -1,0 +1,19 @@
+# The two commands of the README, and a few helpers. Each script says what it does.
+.PHONY: run test lint stack
+
+## Set up whatever is missing, build, and run the stack and all four services (Ctrl-C stops them).
+run:
+	@scripts/run.sh
+
+## Set up whatever is missing, then run every test.
+test:
+	@scripts/test.sh
+
+## Formatting and clippy, warnings as errors.
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Only install and start PostgreSQL, Redis and the broker.
+stack:
+	@scripts/stack.sh

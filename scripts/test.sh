@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make test`: brings up the dependencies (installing what is missing), drops the databases
+# earlier test runs left behind, builds and runs every test, and ends with one total line.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+"$REPO_ROOT/scripts/stack.sh"
+
+server="${ORDERFLOW_TEST_POSTGRES:-postgres://orderflow:orderflow@127.0.0.1:5432}"
+stale=$(psql "$server/postgres" -qtAc \
+  "SELECT datname FROM pg_database WHERE datname LIKE 'orderflow\_t\_%'")
+if [[ -n $stale ]]; then
+  step "Dropping $(wc -l <<<"$stale") databases of earlier test runs"
+  while read -r db; do
+    psql "$server/postgres" -qtAc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+  done <<<"$stale"
+fi
+
+step "Building and running every test (cargo test; the first build takes a few minutes)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-targets --no-fail-fast --color never 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+read -r passed failed < <(awk '
+  /^test result: / { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;/) p += $(i - 1); if ($i ~ /^failed;/) f += $(i - 1) } }
+  END { print p + 0, f + 0 }' "$log")
+echo
+echo "tests: $passed passed, $failed failed"
+if ((status == 0 && passed == 0)); then
+  echo "error: no test ran" >&2
+  exit 1
+fi
+exit "$status"

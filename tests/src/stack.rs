@@ -1,0 +1,354 @@
+//! The four orderflow services running in-process on loopback port 0, wired to the shared
+//! dependencies (or a private broker), isolated from every other test.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use orderflow_proto::inventory::v1::{GetStockRequest, SetStockRequest, Stock};
+use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
+use orderflow_proto::order::v1::{CreateOrderRequest, Order};
+use orderflow_runtime::RuntimeError;
+use redis::AsyncCommands;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Status;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::deps;
+
+/// Settings a test may change; everything else is isolated and defaulted.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Another broker than the shared one (e.g. a `PrivateBroker`).
+    pub kafka_brokers: Option<String>,
+    pub kafka_ack_timeout_ms: Option<u64>,
+    pub create_timeout_ms: Option<u64>,
+}
+
+pub struct Stack {
+    pub id: String,
+    pub order: OrderServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<Channel>,
+    pub addresses: Addresses,
+    /// The test's own database.
+    pub db: PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    pub redis_key_prefix: String,
+    pub kafka_brokers: String,
+    pub topic_prefix: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<Result<(), RuntimeError>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub order_api: SocketAddr,
+    pub inventory: SocketAddr,
+    pub notify: SocketAddr,
+}
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port")
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        init_test_logging();
+        let id = crate::unique_id();
+        let kafka_brokers = options
+            .kafka_brokers
+            .clone()
+            .unwrap_or_else(deps::kafka_brokers);
+        deps::require_tcp(&kafka_brokers, "The Kafka broker").await;
+        let redis = deps::redis().await;
+        let (database_url, db) = deps::fresh_database(&id).await;
+        let redis_key_prefix = format!("t{id}");
+        let topic_prefix = format!("t{id}.");
+
+        let shared = [
+            format!("--database-url={database_url}"),
+            "--database-max-connections=4".into(),
+            "--log=warn".into(),
+        ];
+        let redis_args = [
+            format!("--redis-url={}", deps::redis_url()),
+            format!("--redis-key-prefix={redis_key_prefix}"),
+        ];
+        let mut kafka_args = vec![
+            format!("--kafka-brokers={kafka_brokers}"),
+            format!("--kafka-topic-prefix={topic_prefix}"),
+            "--kafka-topic-partitions=2".into(),
+        ];
+        if let Some(ms) = options.kafka_ack_timeout_ms {
+            kafka_args.push(format!("--kafka-ack-timeout-ms={ms}"));
+        }
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let inventory_listener = listener().await;
+        let inventory_address = inventory_listener.local_addr().expect("local address");
+        let inventory_config = inventory_svc::Config::parse_from(
+            std::iter::once("inventory-svc".to_owned())
+                .chain(shared.iter().cloned())
+                .chain(redis_args.iter().cloned()),
+        );
+        tasks.push(tokio::spawn(inventory_svc::run(
+            inventory_config,
+            inventory_listener,
+            shutdown.clone(),
+        )));
+
+        let order_listener = listener().await;
+        let order_address = order_listener.local_addr().expect("local address");
+        let mut order_args: Vec<String> = std::iter::once("order-api".to_owned())
+            .chain(shared.iter().cloned())
+            .chain(redis_args.iter().cloned())
+            .chain(kafka_args.iter().cloned())
+            .collect();
+        order_args.push(format!("--inventory-url=http://{inventory_address}"));
+        if let Some(ms) = options.create_timeout_ms {
+            order_args.push(format!("--create-timeout-ms={ms}"));
+        }
+        tasks.push(tokio::spawn(order_api::run(
+            order_api::Config::parse_from(order_args),
+            order_listener,
+            shutdown.clone(),
+        )));
+
+        let notify_listener = listener().await;
+        let notify_address = notify_listener.local_addr().expect("local address");
+        tasks.push(tokio::spawn(notify_svc::run(
+            notify_svc::Config::parse_from(["notify-svc", "--log=warn"]),
+            notify_listener,
+            shutdown.clone(),
+        )));
+
+        let worker_config = consumer_worker::Config::parse_from(
+            std::iter::once("consumer-worker".to_owned())
+                .chain(shared.iter().cloned())
+                .chain(kafka_args.iter().cloned())
+                .chain([
+                    format!("--group-id=t{id}-worker"),
+                    "--max-backoff-ms=1000".into(),
+                ]),
+        );
+        tasks.push(tokio::spawn(consumer_worker::run(
+            worker_config,
+            shutdown.clone(),
+        )));
+
+        let mut stack = Self {
+            id,
+            order: OrderServiceClient::new(channel(order_address)),
+            inventory: InventoryServiceClient::new(channel(inventory_address)),
+            addresses: Addresses {
+                order_api: order_address,
+                inventory: inventory_address,
+                notify: notify_address,
+            },
+            db,
+            redis,
+            redis_key_prefix,
+            kafka_brokers,
+            topic_prefix,
+            shutdown,
+            tasks,
+        };
+        for (address, service) in [
+            (inventory_address, "orderflow.inventory.v1.InventoryService"),
+            (order_address, "orderflow.order.v1.OrderService"),
+            (notify_address, "orderflow.notify.v1.NotificationService"),
+        ] {
+            stack.wait_serving(address, service).await;
+        }
+        stack
+    }
+
+    /// Waits until `service` reports SERVING, failing at once if a service task has died.
+    async fn wait_serving(&mut self, address: SocketAddr, service: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut health = HealthClient::new(channel(address));
+        loop {
+            self.fail_if_a_service_died().await;
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await;
+            if answer.is_ok_and(|answer| answer.get_ref().status() == ServingStatus::Serving) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{service} at {address} did not become SERVING within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn fail_if_a_service_died(&mut self) {
+        if let Some(index) = self.tasks.iter().position(JoinHandle::is_finished) {
+            let outcome = self.tasks.remove(index).await;
+            panic!("a service stopped during start-up: {outcome:?}");
+        }
+    }
+
+    /// Shuts every service down as SIGTERM would and waits until each returned cleanly.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            let outcome = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("a service did not stop within 30 s of shutdown");
+            outcome
+                .expect("a service task panicked")
+                .expect("a service stopped with an error");
+        }
+    }
+
+    /// The full Redis key of `parts` under this test's prefix.
+    pub fn redis_key(&self, parts: &[&str]) -> String {
+        orderflow_runtime::config::redis_key(&self.redis_key_prefix, parts)
+    }
+
+    pub async fn create_order(&self, request: CreateOrderRequest) -> Result<Order, Status> {
+        self.order
+            .clone()
+            .create_order(request)
+            .await
+            .map(|answer| {
+                answer
+                    .into_inner()
+                    .order
+                    .expect("CreateOrder answered no order")
+            })
+    }
+
+    /// Retries `request` (same idempotency key, so at most one order results) until it is
+    /// placed, as a client does while a dependency recovers.
+    pub async fn create_order_eventually(&self, what: &str, request: CreateOrderRequest) -> Order {
+        crate::eventually(what, Duration::from_secs(60), || async {
+            self.create_order(request.clone()).await.ok()
+        })
+        .await
+    }
+
+    /// Every Redis key of this test matching `{prefix}:<pattern>`.
+    pub async fn redis_keys(&self, pattern: &str) -> Vec<String> {
+        let mut redis = self.redis.clone();
+        redis
+            .keys(format!("{{{}}}:{pattern}", self.redis_key_prefix))
+            .await
+            .expect("listing Redis keys")
+    }
+
+    pub async fn set_stock(&self, sku: &str, quantity: i64, price_cents: i64) {
+        self.inventory
+            .clone()
+            .set_stock(SetStockRequest {
+                sku: sku.into(),
+                quantity,
+                price_cents,
+            })
+            .await
+            .expect("SetStock");
+    }
+
+    pub async fn stock(&self, sku: &str) -> Stock {
+        self.inventory
+            .clone()
+            .get_stock(GetStockRequest { sku: sku.into() })
+            .await
+            .expect("GetStock")
+            .into_inner()
+            .stock
+            .expect("GetStock answered no stock")
+    }
+
+    /// Number of orders persisted in this test's database.
+    pub async fn persisted_orders(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&self.db)
+            .await
+            .expect("counting orders")
+    }
+
+    /// Waits until exactly `count` orders are persisted.
+    pub async fn wait_for_persisted_orders(&self, count: i64) {
+        crate::eventually(
+            &format!("{count} orders in PostgreSQL"),
+            Duration::from_secs(60),
+            || async { (self.persisted_orders().await == count).then_some(()) },
+        )
+        .await;
+    }
+}
+
+impl Stack {
+    /// How many messages were ever published to this test's `topic` (one of
+    /// `orderflow_proto::topics`), summed over its partitions' high watermarks.
+    pub async fn published(&self, topic: &str) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let topic = format!("{}{topic}", self.topic_prefix);
+        let brokers = self.kafka_brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .expect("a Kafka client");
+            let timeout = Duration::from_secs(10);
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .expect("topic metadata");
+            metadata.topics()[0]
+                .partitions()
+                .iter()
+                .map(|partition| {
+                    consumer
+                        .fetch_watermarks(&topic, partition.id(), timeout)
+                        .expect("watermarks")
+                        .1
+                })
+                .sum()
+        })
+        .await
+        .expect("the watermark task")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// With `ORDERFLOW_TEST_LOG` set (e.g. `warn` or `order_api=debug`), the services log to the
+/// test's output; quiet otherwise.
+fn init_test_logging() {
+    if let Ok(filter) = std::env::var("ORDERFLOW_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+fn channel(address: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("a valid endpoint")
+        .connect_lazy()
+}

@@ -1,0 +1,62 @@
+//! With the broker down, CreateOrder answers UNAVAILABLE and leaves no reservation behind; once
+//! it is back, the same request goes through. Uses a broker of its own: the shared one stays up.
+
+use orderflow_tests::broker::PrivateBroker;
+use orderflow_tests::stack::{Options, Stack};
+use orderflow_tests::{assert_status, order_request};
+use tonic::Code;
+
+#[tokio::test]
+async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
+    let mut broker = PrivateBroker::start().await;
+    let stack = Stack::start_with(Options {
+        kafka_brokers: Some(broker.address.clone()),
+        kafka_ack_timeout_ms: Some(2_000),
+        create_timeout_ms: Some(6_000),
+    })
+    .await;
+    stack.set_stock("SKU-B", 5, 100).await;
+
+    // A producer's first idempotent send waits for its producer id; retrying with the same
+    // idempotency key is what a client does while that is slow.
+    stack
+        .create_order_eventually(
+            "an order while the broker is up",
+            order_request("before", "frank", &[("SKU-B", 1)]),
+        )
+        .await;
+
+    broker.kill().await;
+    let during = order_request("during", "frank", &[("SKU-B", 2)]);
+    let refused = stack.create_order(during.clone()).await.unwrap_err();
+    assert_status("broker down", &refused, Code::Unavailable, "broker");
+
+    let stock = stack.stock("SKU-B").await;
+    assert_eq!(
+        (stock.available, stock.reserved),
+        (4, 1),
+        "the refused order's reservation was released"
+    );
+    assert_eq!(
+        stack.redis_keys("order:*").await.len(),
+        1,
+        "only the first order is cached"
+    );
+
+    broker.restart().await;
+    stack
+        .create_order_eventually("CreateOrder to succeed once the broker is back", during)
+        .await;
+    let stock = stack.stock("SKU-B").await;
+    assert_eq!((stock.available, stock.reserved), (2, 3));
+    stack.wait_for_persisted_orders(2).await;
+    // The refused attempt's event was purged, never sent late: two orders, two events.
+    assert_eq!(
+        stack
+            .published(orderflow_proto::topics::ORDER_CREATED)
+            .await,
+        2
+    );
+    // Stop the services while the private broker still runs, so they can leave cleanly.
+    stack.stop().await;
+}

@@ -1,0 +1,203 @@
+//! One order end to end, idempotent retries, and no oversell under concurrent buyers.
+
+use std::time::Duration;
+
+use orderflow_proto::order::v1::{GetOrderRequest, Order, OrderStatus};
+use orderflow_tests::stack::Stack;
+use orderflow_tests::{assert_status, order_request};
+use redis::AsyncCommands;
+use sqlx::Row;
+use tonic::Code;
+
+async fn get_order(stack: &Stack, order_id: &str) -> Result<Order, tonic::Status> {
+    stack
+        .order
+        .clone()
+        .get_order(GetOrderRequest {
+            order_id: order_id.into(),
+        })
+        .await
+        .map(|response| {
+            response
+                .into_inner()
+                .order
+                .expect("GetOrder answered no order")
+        })
+}
+
+#[tokio::test]
+async fn an_order_travels_the_whole_path() {
+    let stack = Stack::start().await;
+    stack.set_stock("TEA-1", 10, 1999).await;
+    stack.set_stock("CUP-1", 3, 500).await;
+
+    let created = stack
+        .create_order(order_request(
+            "key-1",
+            "alice",
+            &[("TEA-1", 2), ("CUP-1", 1)],
+        ))
+        .await
+        .expect("CreateOrder");
+    assert_eq!(created.status(), OrderStatus::Pending);
+    assert_eq!(created.user_id, "alice");
+    assert_eq!(created.total_cents, 2 * 1999 + 500);
+    assert_eq!(created.currency, "CNY");
+    assert_eq!(created.items.len(), 2);
+    assert_eq!(created.items[0].unit_price_cents, 1999);
+
+    // Readable at once, before the worker persisted it (from the Redis cache).
+    assert_eq!(get_order(&stack, &created.order_id).await.unwrap(), created);
+    let tea = stack.stock("TEA-1").await;
+    assert_eq!((tea.available, tea.reserved), (8, 2));
+
+    // The worker persists it, once, with its items.
+    stack.wait_for_persisted_orders(1).await;
+    let row = sqlx::query("SELECT user_id, status, total_cents, idempotency_key FROM orders")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>("user_id"), "alice");
+    assert_eq!(row.get::<String, _>("status"), "PENDING");
+    assert_eq!(row.get::<i64, _>("total_cents"), 4498);
+    assert_eq!(row.get::<String, _>("idempotency_key"), "key-1");
+    let items: i64 = sqlx::query_scalar("SELECT count(*) FROM order_items")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(items, 2);
+
+    // With the cache entry gone, the same order comes from PostgreSQL and refills the cache.
+    let cache_key = stack.redis_key(&["order", &created.order_id]);
+    let mut redis = stack.redis.clone();
+    let _: i64 = redis.del(&cache_key).await.unwrap();
+    assert_eq!(get_order(&stack, &created.order_id).await.unwrap(), created);
+    let refilled: bool = redis.exists(&cache_key).await.unwrap();
+    assert!(refilled, "GetOrder refills the cache from PostgreSQL");
+
+    // Every service shuts down cleanly, as on SIGTERM.
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_key_returns_the_same_order() {
+    let stack = Stack::start().await;
+    stack.set_stock("SKU-R", 10, 100).await;
+    let request = order_request("retry-key", "bob", &[("SKU-R", 2)]);
+
+    let first = stack.create_order(request.clone()).await.unwrap();
+    let again = stack.create_order(request.clone()).await.unwrap();
+    assert_eq!(first, again);
+
+    // Many concurrent retries: all answer that order (or "still in progress"), none reserves.
+    let retries: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = stack.order.clone();
+            let request = request.clone();
+            tokio::spawn(async move { client.create_order(request).await })
+        })
+        .collect();
+    for retry in retries {
+        match retry.await.unwrap() {
+            Ok(answer) => assert_eq!(answer.into_inner().order.as_ref(), Some(&first)),
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+    }
+
+    let stock = stack.stock("SKU-R").await;
+    assert_eq!(
+        (stock.available, stock.reserved),
+        (8, 2),
+        "reserved exactly once"
+    );
+    stack.wait_for_persisted_orders(1).await;
+    // Give a duplicate event time to arrive; there must still be one order.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stack.persisted_orders().await, 1);
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_request_is_refused() {
+    let stack = Stack::start().await;
+    stack.set_stock("SKU-K", 10, 100).await;
+    stack
+        .create_order(order_request("same-key", "carol", &[("SKU-K", 1)]))
+        .await
+        .unwrap();
+
+    let refused = stack
+        .create_order(order_request("same-key", "carol", &[("SKU-K", 2)]))
+        .await
+        .unwrap_err();
+    assert_status(
+        "reused key",
+        &refused,
+        Code::AlreadyExists,
+        "idempotency_key",
+    );
+
+    // The same key of another user is another key.
+    stack
+        .create_order(order_request("same-key", "dave", &[("SKU-K", 2)]))
+        .await
+        .expect("keys are per user");
+
+    let stock = stack.stock("SKU-K").await;
+    assert_eq!((stock.available, stock.reserved), (7, 3));
+}
+
+#[tokio::test]
+async fn concurrent_buyers_never_oversell() {
+    let stack = Stack::start().await;
+    stack.set_stock("HOT-1", 5, 100).await;
+
+    let buyers: Vec<_> = (0..60)
+        .map(|buyer| {
+            let mut client = stack.order.clone();
+            tokio::spawn(async move {
+                client
+                    .create_order(order_request(
+                        "k",
+                        &format!("buyer-{buyer}"),
+                        &[("HOT-1", 1)],
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    let mut placed = 0;
+    for buyer in buyers {
+        match buyer.await.unwrap() {
+            Ok(_) => placed += 1,
+            Err(status) => assert_status("sold out", &status, Code::FailedPrecondition, "HOT-1"),
+        }
+    }
+    assert_eq!(placed, 5);
+    let stock = stack.stock("HOT-1").await;
+    assert_eq!((stock.available, stock.reserved), (0, 5));
+    stack.wait_for_persisted_orders(5).await;
+}
+
+#[tokio::test]
+async fn lost_stock_counters_refuse_orders_rather_than_oversell() {
+    let stack = Stack::start().await;
+    stack.set_stock("LOST-1", 5, 100).await;
+    // Redis loses this SKU's counters (only this test's key: shared data stays untouched).
+    let mut redis = stack.redis.clone();
+    let _: i64 = redis
+        .del(stack.redis_key(&["stock", "LOST-1"]))
+        .await
+        .unwrap();
+
+    let request = order_request("k", "erin", &[("LOST-1", 1)]);
+    let refused = stack.create_order(request.clone()).await.unwrap_err();
+    assert_status("lost counters", &refused, Code::Unavailable, "LOST-1");
+    assert!(stack.redis_keys("reservation:*").await.is_empty());
+    assert!(stack.redis_keys("idempotency:*").await.is_empty());
+
+    // Once an operator sets the stock again, orders go through.
+    stack.set_stock("LOST-1", 5, 100).await;
+    stack
+        .create_order_eventually("an order after the stock was set", request)
+        .await;
+}
