@@ -9,10 +9,11 @@ run:
 test:
 	@scripts/test.sh
 
-## Formatting and clippy, warnings as errors.
+## Formatting, clippy (warnings as errors) and the protobuf lint of the contracts.
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	@scripts/lint-proto.sh
 
 ## Only install and start PostgreSQL, Redis and the broker.
 stack:

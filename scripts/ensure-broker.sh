@@ -11,8 +11,9 @@ if ! [[ -x $TANSU ]] || [[ $("$TANSU" --version 2>/dev/null) != "tansu $TANSU_VE
   command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (rustup) first"
   "$(dirname "$0")/ensure-build-tools.sh"
   step "Building the broker: tansu $TANSU_VERSION (first time only, ~10 min on 2 cores)"
+  # cargo prints one line per crate it compiles (about 600): that is the progress.
   cargo install tansu --locked --version "$TANSU_VERSION" --features libsql \
-    --root "$ORDERFLOW_HOME" 2>&1 | grep --line-buffered -E '^ *(Compiling tansu|Installed|Finished|error)' >&2 || true
+    --root "$ORDERFLOW_HOME" >&2 || true
   [[ -x $TANSU ]] || die "installing tansu failed; run: cargo install tansu --locked --version $TANSU_VERSION --features libsql --root $ORDERFLOW_HOME"
 fi
 

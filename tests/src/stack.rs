@@ -330,6 +330,27 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Publishes `payload` to this test's `topic` as a producer outside orderflow would, and
+    /// waits for the broker's ack.
+    pub async fn publish_raw(&self, topic: &str, key: &str, payload: &[u8]) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka_brokers)
+            .create()
+            .expect("a Kafka producer");
+        let topic = format!("{}{topic}", self.topic_prefix);
+        producer
+            .send(
+                FutureRecord::to(&topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .expect("publishing a raw event");
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown.cancel();
