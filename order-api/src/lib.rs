@@ -108,7 +108,8 @@ pub async fn run(
             redis,
             config.redis.clone(),
             Duration::from_secs(config.idempotency_ttl_secs),
-            Duration::from_millis(config.create_timeout_ms),
+            // The lease must outlive the placement's deadline (see placement.rs).
+            Duration::from_millis(config.create_timeout_ms) * 2,
         ),
         publisher: events::Publisher::new(&config.kafka)?,
         store: store::OrderStore::new(pool),

@@ -51,6 +51,12 @@ impl Placement {
     }
 
     pub async fn create(&self, request: CreateOrderRequest) -> Result<Order, OrderError> {
+        // Starts before the claim, whose lease (twice the create timeout) thus outlives every
+        // step this placement may still take: no retry can claim the key while it runs.
+        let deadline = Deadline {
+            at: tokio::time::Instant::now() + self.parts.create_timeout,
+            total: self.parts.create_timeout,
+        };
         let new_order = NewOrder::validate(request)?;
         let record = ClaimRecord {
             state: ClaimState::Placing,
@@ -66,7 +72,7 @@ impl Placement {
         match claim {
             Claim::Claimed => {
                 let parts = Arc::clone(&self.parts);
-                tokio::spawn(async move { parts.place_or_undo(new_order, record).await })
+                tokio::spawn(async move { parts.place_or_undo(new_order, record, deadline).await })
                     .await
                     .map_err(|error| OrderError::Internal(format!("placement task: {error}")))?
             }
@@ -118,18 +124,28 @@ impl Deadline {
 }
 
 impl Parts {
-    /// The cached order, else the persisted one (which then refills the cache).
+    /// The cached order, else the persisted one (which then refills the cache). A cache that
+    /// cannot be read is passed over: PostgreSQL still answers.
     async fn find(&self, order_id: Uuid) -> Result<Option<Order>, OrderError> {
         let key = order_id.to_string();
-        if let Some(order) = self.cache.get(&key).await? {
-            return Ok(Some(order));
+        match self.cache.get(&key).await {
+            Ok(Some(order)) => return Ok(Some(order)),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, order_id = %key, "order cache unreadable; reading PostgreSQL")
+            }
         }
         let Some(order) = self.store.get(order_id).await? else {
             return Ok(None);
         };
-        if let Err(error) = self.cache.put(&order).await {
-            tracing::warn!(%error, order_id = %key, "could not refill the order cache");
-        }
+        // The reader has its answer; refilling the cache need not delay it.
+        let cache = self.cache.clone();
+        let cached = order.clone();
+        tokio::spawn(async move {
+            if let Err(error) = cache.put(&cached).await {
+                tracing::warn!(%error, order_id = %key, "could not refill the order cache");
+            }
+        });
         Ok(Some(order))
     }
 
@@ -137,11 +153,8 @@ impl Parts {
         &self,
         new_order: NewOrder,
         record: ClaimRecord,
+        deadline: Deadline,
     ) -> Result<Order, OrderError> {
-        let deadline = Deadline {
-            at: tokio::time::Instant::now() + self.create_timeout,
-            total: self.create_timeout,
-        };
         let placed = self.place(&new_order, &record, deadline).await;
         if placed.is_err() {
             self.undo(&new_order, &record).await;

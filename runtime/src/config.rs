@@ -46,6 +46,11 @@ pub struct RedisArgs {
     /// keys of one deployment live in one Redis Cluster slot and scripts may touch them together.
     #[arg(long, env = "ORDERFLOW_REDIS_KEY_PREFIX", default_value = "orderflow")]
     pub redis_key_prefix: String,
+
+    /// Longest wait for a Redis connection or answer; past it the call fails (UNAVAILABLE)
+    /// instead of hanging while Redis is down.
+    #[arg(long, env = "ORDERFLOW_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
 }
 
 impl RedisArgs {
@@ -60,6 +65,7 @@ impl fmt::Debug for RedisArgs {
         f.debug_struct("RedisArgs")
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
             .finish()
     }
 }
@@ -100,8 +106,9 @@ impl KafkaArgs {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct TelemetryArgs {
-    /// Log filter in `tracing` syntax, e.g. `info` or `order_api=debug,info`.
-    #[arg(long, env = "ORDERFLOW_LOG", default_value = "info")]
+    /// Log filter in `tracing` syntax, e.g. `info` or `order_api=debug,info`. sqlx is quieted
+    /// by default: it reports every migration check at INFO.
+    #[arg(long, env = "ORDERFLOW_LOG", default_value = "info,sqlx=warn")]
     pub log: String,
 }
 
@@ -177,6 +184,7 @@ mod tests {
         let args = RedisArgs {
             redis_url: String::new(),
             redis_key_prefix: "t1".into(),
+            redis_timeout_ms: 1,
         };
         assert_eq!(args.key(&["stock", "SKU-1"]), "{t1}:stock:SKU-1");
     }

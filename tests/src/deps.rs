@@ -72,13 +72,8 @@ pub async fn fresh_database(id: &str) -> (String, PgPool) {
     (url, pool)
 }
 
-pub async fn redis() -> redis::aio::ConnectionManager {
-    let url = redis_url();
-    let connect = async {
-        redis::Client::open(url.as_str())?
-            .get_connection_manager()
-            .await
-    };
+pub async fn redis(url: &str) -> redis::aio::ConnectionManager {
+    let connect = async { redis::Client::open(url)?.get_connection_manager().await };
     match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => panic!("Redis is not reachable at {url}: {error}; {HOW_TO_START}"),

@@ -4,8 +4,8 @@
 //!
 //! A missing dependency fails the test with the command that starts it; nothing is skipped.
 
-pub mod broker;
 pub mod deps;
+pub mod private;
 pub mod stack;
 
 use std::future::Future;

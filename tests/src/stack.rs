@@ -28,6 +28,8 @@ use crate::deps;
 pub struct Options {
     /// Another broker than the shared one (e.g. a `PrivateBroker`).
     pub kafka_brokers: Option<String>,
+    /// Another Redis than the shared one (e.g. a `PrivateRedis`).
+    pub redis_url: Option<String>,
     pub kafka_ack_timeout_ms: Option<u64>,
     pub create_timeout_ms: Option<u64>,
 }
@@ -73,7 +75,8 @@ impl Stack {
             .clone()
             .unwrap_or_else(deps::kafka_brokers);
         deps::require_tcp(&kafka_brokers, "The Kafka broker").await;
-        let redis = deps::redis().await;
+        let redis_url = options.redis_url.clone().unwrap_or_else(deps::redis_url);
+        let redis = deps::redis(&redis_url).await;
         let (database_url, db) = deps::fresh_database(&id).await;
         let redis_key_prefix = format!("t{id}");
         let topic_prefix = format!("t{id}.");
@@ -84,7 +87,7 @@ impl Stack {
             "--log=warn".into(),
         ];
         let redis_args = [
-            format!("--redis-url={}", deps::redis_url()),
+            format!("--redis-url={redis_url}"),
             format!("--redis-key-prefix={redis_key_prefix}"),
         ];
         let mut kafka_args = vec![

@@ -1,7 +1,7 @@
 //! With the broker down, CreateOrder answers UNAVAILABLE and leaves no reservation behind; once
 //! it is back, the same request goes through. Uses a broker of its own: the shared one stays up.
 
-use orderflow_tests::broker::PrivateBroker;
+use orderflow_tests::private::PrivateBroker;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, order_request};
 use tonic::Code;
@@ -13,6 +13,7 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
         kafka_brokers: Some(broker.address.clone()),
         kafka_ack_timeout_ms: Some(2_000),
         create_timeout_ms: Some(6_000),
+        ..Options::default()
     })
     .await;
     stack.set_stock("SKU-B", 5, 100).await;

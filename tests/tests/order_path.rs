@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use orderflow_proto::order::v1::{GetOrderRequest, Order, OrderStatus};
 use orderflow_tests::stack::Stack;
-use orderflow_tests::{assert_status, order_request};
+use orderflow_tests::{assert_status, eventually, order_request};
 use redis::AsyncCommands;
 use sqlx::Row;
 use tonic::Code;
@@ -72,8 +72,22 @@ async fn an_order_travels_the_whole_path() {
     let mut redis = stack.redis.clone();
     let _: i64 = redis.del(&cache_key).await.unwrap();
     assert_eq!(get_order(&stack, &created.order_id).await.unwrap(), created);
-    let refilled: bool = redis.exists(&cache_key).await.unwrap();
-    assert!(refilled, "GetOrder refills the cache from PostgreSQL");
+    eventually(
+        "GetOrder to refill the cache from PostgreSQL",
+        Duration::from_secs(10),
+        || {
+            let mut redis = redis.clone();
+            let cache_key = cache_key.clone();
+            async move {
+                redis
+                    .exists::<_, bool>(&cache_key)
+                    .await
+                    .unwrap()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     // Every service shuts down cleanly, as on SIGTERM.
     stack.stop().await;

@@ -1,5 +1,6 @@
-//! A Kafka-protocol broker (tansu) of a test's own, on a free loopback port with its own sqlite
-//! file, for tests that stop the broker: the shared one is never disturbed.
+//! Dependencies of a test's own, on free loopback ports, for tests that kill or stop them: the
+//! shared ones are never disturbed. `PrivateBroker` is tansu with its own sqlite file;
+//! `PrivateRedis` is a `redis-server` without persistence.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -79,6 +80,54 @@ impl Drop for PrivateBroker {
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub struct PrivateRedis {
+    pub url: String,
+    port: u16,
+    process: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start redis-server: {error}; install it with \
+                     `scripts/ensure-redis.sh` (or run `make test`)"
+                )
+            });
+        let redis = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            process: Some(child),
+        };
+        crate::eventually(
+            "the private Redis to listen",
+            Duration::from_secs(15),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        redis
+    }
+
+    /// Kills Redis (SIGKILL): it is gone, with everything it held.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            child.kill().await.expect("killing the private Redis");
         }
     }
 }

@@ -1,0 +1,47 @@
+//! With Redis gone, persisted orders stay readable from PostgreSQL, and CreateOrder answers
+//! UNAVAILABLE without publishing anything. Uses a Redis of its own: the shared one stays up.
+
+use orderflow_proto::order::v1::GetOrderRequest;
+use orderflow_proto::topics::ORDER_CREATED;
+use orderflow_tests::private::PrivateRedis;
+use orderflow_tests::stack::{Options, Stack};
+use orderflow_tests::{assert_status, order_request};
+use tonic::Code;
+
+#[tokio::test]
+async fn without_redis_reads_fall_back_to_postgres_and_orders_are_refused() {
+    let mut redis = PrivateRedis::start().await;
+    let stack = Stack::start_with(Options {
+        redis_url: Some(redis.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("SKU-X", 5, 300).await;
+    let created = stack
+        .create_order(order_request("before", "grace", &[("SKU-X", 1)]))
+        .await
+        .expect("an order while Redis is up");
+    stack.wait_for_persisted_orders(1).await;
+
+    redis.kill().await;
+    let read = stack
+        .order
+        .clone()
+        .get_order(GetOrderRequest {
+            order_id: created.order_id.clone(),
+        })
+        .await
+        .expect("GetOrder answers from PostgreSQL without Redis")
+        .into_inner()
+        .order;
+    assert_eq!(read, Some(created));
+
+    let refused = stack
+        .create_order(order_request("during", "grace", &[("SKU-X", 1)]))
+        .await
+        .unwrap_err();
+    assert_status("Redis down", &refused, Code::Unavailable, "Redis");
+    assert_eq!(stack.published(ORDER_CREATED).await, 1, "nothing published");
+    assert_eq!(stack.persisted_orders().await, 1);
+    stack.stop().await;
+}
