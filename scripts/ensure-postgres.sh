@@ -8,7 +8,7 @@ if ! port_open 127.0.0.1 5432; then
     apt_install postgresql
   fi
   step "Starting PostgreSQL"
-  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)
   [[ -n $version ]] || die "no PostgreSQL cluster under /etc/postgresql"
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
   wait_port 127.0.0.1 5432 PostgreSQL 30

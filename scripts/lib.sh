@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of the orderflow scripts; sourced, not run.
 # Everything a script installs or keeps lives under $ORDERFLOW_HOME, so reruns reuse it.
 
