@@ -35,16 +35,15 @@ pub struct Options {
 }
 
 pub struct Stack {
-    pub id: String,
     pub order: OrderServiceClient<Channel>,
     pub inventory: InventoryServiceClient<Channel>,
     pub addresses: Addresses,
     /// The test's own database.
     pub db: PgPool,
     pub redis: redis::aio::ConnectionManager,
-    pub redis_key_prefix: String,
-    pub kafka_brokers: String,
-    pub topic_prefix: String,
+    redis_key_prefix: String,
+    kafka_brokers: String,
+    topic_prefix: String,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<Result<(), RuntimeError>>>,
 }
@@ -155,7 +154,6 @@ impl Stack {
         )));
 
         let mut stack = Self {
-            id,
             order: OrderServiceClient::new(channel(order_address)),
             inventory: InventoryServiceClient::new(channel(inventory_address)),
             addresses: Addresses {
