@@ -5,6 +5,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 "$REPO_ROOT/scripts/stack.sh"
+"$REPO_ROOT/scripts/ensure-grpcurl.sh"  # the reflection test calls the real grpcurl
 
 server="${ORDERFLOW_TEST_POSTGRES:-postgres://orderflow:orderflow@127.0.0.1:5432}"
 stale=$(psql "$server/postgres" -qtAc \

@@ -6,6 +6,7 @@
 //! | `ORDERFLOW_TEST_REDIS_URL` | `redis://127.0.0.1:6379` |
 //! | `ORDERFLOW_TEST_KAFKA_BROKERS` | `127.0.0.1:9092` |
 //! | `ORDERFLOW_TANSU` | `$HOME/.local/orderflow/bin/tansu` (for tests that run a broker of their own) |
+//! | `ORDERFLOW_GRPCURL` | `$HOME/.local/orderflow/bin/grpcurl` (the reflection test calls the real grpcurl) |
 
 use std::time::Duration;
 
@@ -33,13 +34,22 @@ pub fn kafka_brokers() -> String {
     env_or("ORDERFLOW_TEST_KAFKA_BROKERS", "127.0.0.1:9092")
 }
 
-pub fn tansu_binary() -> String {
-    std::env::var("ORDERFLOW_TANSU").unwrap_or_else(|_| {
+/// A tool the scripts install into `$HOME/.local/orderflow/bin`, unless `variable` names another.
+fn installed_tool(variable: &str, name: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| {
         format!(
-            "{}/.local/orderflow/bin/tansu",
+            "{}/.local/orderflow/bin/{name}",
             std::env::var("HOME").unwrap_or_default()
         )
     })
+}
+
+pub fn tansu_binary() -> String {
+    installed_tool("ORDERFLOW_TANSU", "tansu")
+}
+
+pub fn grpcurl_binary() -> String {
+    installed_tool("ORDERFLOW_GRPCURL", "grpcurl")
 }
 
 /// Creates a database of its own for one test, with the schema applied, and returns its URL
