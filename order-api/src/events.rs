@@ -1,11 +1,15 @@
 //! Publishes order events to Kafka and waits for the broker's acknowledgement.
 //!
-//! A send that is not acknowledged in time fails, and its producer is retired: purged, so that
-//! nothing it still holds can be delivered after the caller was told the order failed (that
-//! would be an order nobody reserved stock for), and replaced by a fresh one. An idempotent
-//! producer whose messages timed out, or whose broker restarted, can also stay broken for good
-//! (librdkafka asks for a new producer after such errors; tansu 0.6 answers "Unknown broker
-//! error" to every later send), and a fresh producer costs one InitProducerId round trip.
+//! A failed send replaces its producer with a fresh one: an idempotent producer whose messages
+//! timed out, or whose broker restarted, can stay broken for good (librdkafka asks for a new
+//! producer after such errors; tansu 0.6 answers "Unknown broker error" to every later send),
+//! and a fresh producer costs one InitProducerId round trip.
+//!
+//! When we stop waiting before librdkafka gave up on the message, the old producer is also
+//! purged, so nothing it still holds can be delivered after the caller was told the order failed
+//! (an order nobody reserved stock for). When librdkafka itself reported the failure, that
+//! message is finished and no purge is needed: other requests' sends on the old producer may
+//! still complete normally.
 
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
@@ -71,18 +75,19 @@ impl Publisher {
         let budget = self
             .ack_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
-        let failure = match tokio::time::timeout(budget, producer.send(record, budget)).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err((error, _))) => error.to_string(),
-            Err(_) => format!("no acknowledgement within {budget:?}"),
-        };
-        self.retire(number);
+        let (failure, still_queued) =
+            match tokio::time::timeout(budget, producer.send(record, budget)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err((error, _))) => (error.to_string(), false),
+                Err(_) => (format!("no acknowledgement within {budget:?}"), true),
+            };
+        self.retire(number, still_queued);
         Err(OrderError::BrokerUnavailable(failure))
     }
 
-    /// Purges producer `failed` and replaces it with a fresh one, unless another failure already
-    /// did.
-    fn retire(&self, failed: u64) {
+    /// Replaces producer `failed` with a fresh one, unless another failure already did; with
+    /// `purge`, also fails everything the old producer still holds.
+    fn retire(&self, failed: u64, purge: bool) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         if current.number != failed {
             return;
@@ -91,8 +96,10 @@ impl Publisher {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut current.producer, fresh);
                 current.number += 1;
-                // Fails every send still waiting on it, so each caller undoes its own order.
-                old.purge(PurgeConfig::default().queue().inflight());
+                if purge {
+                    // Fails every send still waiting on it, so each caller undoes its own order.
+                    old.purge(PurgeConfig::default().queue().inflight());
+                }
                 tracing::warn!(
                     generation = current.number,
                     "Kafka producer replaced after a failed delivery"

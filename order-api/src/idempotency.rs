@@ -2,9 +2,10 @@
 //! retry with the same key finds that claim and returns the same order instead of a second one.
 //!
 //! A claim is `placing` (with a lease of twice the create timeout, so it outlives the
-//! placement) while the order is being placed, and `placed` (kept for the idempotency TTL, 24 h by default) once the broker
-//! acknowledged it. A failed placement deletes its own claim so a retry can start afresh; a
-//! process that dies mid-placement leaves a claim that lapses with its lease.
+//! placement) while the order is being placed, and `placed` (kept for the idempotency TTL,
+//! 24 h by default) once the broker acknowledged it. A failed placement deletes its own claim so
+//! a retry can start afresh; a process that dies mid-placement leaves a claim that lapses with
+//! its lease.
 //!
 //! Key: `{prefix}:idempotency:<sha256(user_id, key)>`, so keys are per user and of fixed size.
 //! Value: `state|fingerprint|order_id|created_at_micros`.
