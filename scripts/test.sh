@@ -21,7 +21,9 @@ step "Building and running every test (cargo test; the first build takes a few m
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --all-targets --no-fail-fast --color never 2>&1 | tee "$log"
+# The inventory tests run the real service binaries, so they are built first.
+{ cargo build --workspace --bins --color never &&
+  cargo test --workspace --all-targets --no-fail-fast --color never; } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 

@@ -1,56 +1,108 @@
-//! The live stock counters and reservations in Redis.
+//! The live stock counters and reservations in Redis: the fast admission gate.
 //!
 //! Key layout (every key carries the deployment prefix as its hash tag, so one script may touch
 //! them together on a Redis Cluster too):
-//! - `{prefix}:stock:<sku>`: hash `available`, `reserved`, `sold`, `price_cents`
-//! - `{prefix}:reservation:<order_id>`: hash `state` and one `item:<sku>` = `quantity:unit_price`
+//! - `{prefix}:stock:<sku>`: hash `available`, `reserved`, `sold`, `price_cents`, `fence`
+//! - `{prefix}:reservation:<order_id>`: hash `state`, `expires_at` (unix ms) and one
+//!   `item:<sku>` = `quantity:unit_price` per line; it expires a while after the reservation.
 //!
-//! Admission is one Lua script (loaded once, then run by SHA): it checks every item and only then
-//! decrements, so concurrent buyers can never take more units than `available` holds.
+//! Every change is one Lua script (`scripts/*.lua`, loaded at start-up and run by SHA), so it is
+//! atomic: admission checks every item and only then decrements, and concurrent buyers can never
+//! take more units than `available` holds. PostgreSQL (`ledger`) stays the truth; these counters
+//! only ever run behind it (units not yet recorded there are counted as taken), except after a
+//! rebuild while reservations were in flight, which PostgreSQL's own check then catches.
+
+use std::time::Duration;
 
 use orderflow_runtime::config::RedisArgs;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use orderflow_runtime::redis::RedisConnection;
+use redis::{Script, ScriptInvocation};
+use time::OffsetDateTime;
 
 use crate::error::InventoryError;
-use crate::stock::{Line, ReservationState, ReservedLine, StockLevel};
+use crate::ledger::SkuRow;
+use crate::stock::{Line, ReservationState, ReservedLine, Settlement, StockLevel};
 
-/// What the reserve script decided.
+/// A reservation as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedReservation {
+    /// `None` while PostgreSQL has not yet recorded it.
+    pub state: Option<ReservationState>,
+    pub lines: Vec<ReservedLine>,
+    pub expires_at: OffsetDateTime,
+}
+
+/// What the admission script decided.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ReserveOutcome {
-    /// This call reserved the lines.
-    Reserved(Vec<ReservedLine>),
-    /// The order already had a reservation: the first answer, in the state it is in now.
-    Existing(ReservationState, Vec<ReservedLine>),
+pub enum Admitted {
+    /// This call took the units; PostgreSQL must record it next.
+    New(CachedReservation),
+    /// The order already had a reservation (a retry): nothing was taken again.
+    Existing(CachedReservation),
     /// No counters for the line at this index.
     Missing(usize),
     /// Not enough stock for the line at this index; `available` is what there was.
     Short { index: usize, available: i64 },
 }
 
-/// A reservation as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredReservation {
-    pub state: ReservationState,
-    pub lines: Vec<ReservedLine>,
+/// How to undo an admission PostgreSQL did not record.
+#[derive(Debug, Clone, Copy)]
+pub enum Undo<'a> {
+    /// PostgreSQL did not take the units: give them back.
+    GiveBack,
+    /// PostgreSQL refused because it had less than Redis thought: per line, the units it had.
+    /// Redis ran ahead, so its `available` is lowered to those instead.
+    Clamp(&'a [i64]),
 }
 
 #[derive(Clone)]
 pub struct Counters {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisArgs,
+    scripts: Scripts,
+}
+
+#[derive(Clone)]
+struct Scripts {
     reserve: Script,
-    release: Script,
+    confirm: Script,
+    undo: Script,
+    settle: Script,
+    restore: Script,
+    set_stock: Script,
 }
 
 impl Counters {
-    pub fn new(redis: ConnectionManager, keys: RedisArgs) -> Self {
+    pub fn new(redis: RedisConnection, keys: RedisArgs) -> Self {
         Self {
             redis,
             keys,
-            reserve: Script::new(include_str!("scripts/reserve.lua")),
-            release: Script::new(include_str!("scripts/release.lua")),
+            scripts: Scripts {
+                reserve: Script::new(include_str!("scripts/reserve.lua")),
+                confirm: Script::new(include_str!("scripts/confirm.lua")),
+                undo: Script::new(include_str!("scripts/undo.lua")),
+                settle: Script::new(include_str!("scripts/settle.lua")),
+                restore: Script::new(include_str!("scripts/restore.lua")),
+                set_stock: Script::new(include_str!("scripts/set_stock.lua")),
+            },
         }
+    }
+
+    /// Loads every script into Redis so calls go by SHA (`EVALSHA`) from the first one. A Redis
+    /// that restarted and forgot them gets them again transparently on first use.
+    pub async fn preload(&self) -> Result<(), redis::RedisError> {
+        let scripts = &self.scripts;
+        for script in [
+            &scripts.reserve,
+            &scripts.confirm,
+            &scripts.undo,
+            &scripts.settle,
+            &scripts.restore,
+            &scripts.set_stock,
+        ] {
+            script.load_async(&mut self.redis.clone()).await?;
+        }
+        Ok(())
     }
 
     fn stock_key(&self, sku: &str) -> String {
@@ -59,22 +111,6 @@ impl Counters {
 
     fn reservation_key(&self, order_id: &str) -> String {
         self.keys.key(&["reservation", order_id])
-    }
-
-    pub async fn set_stock(
-        &self,
-        sku: &str,
-        available: i64,
-        price_cents: i64,
-    ) -> Result<(), InventoryError> {
-        let mut redis = self.redis.clone();
-        let () = redis
-            .hset_multiple(
-                self.stock_key(sku),
-                &[("available", available), ("price_cents", price_cents)],
-            )
-            .await?;
-        Ok(())
     }
 
     /// The counters of each SKU, in order, `None` where Redis has none; one round trip.
@@ -89,8 +125,7 @@ impl Counters {
                 &["available", "reserved", "sold", "price_cents"],
             );
         }
-        let mut redis = self.redis.clone();
-        let rows: Vec<[Option<i64>; 4]> = pipe.query_async(&mut redis).await?;
+        let rows: Vec<[Option<i64>; 4]> = pipe.query_async(&mut self.redis.clone()).await?;
         Ok(skus
             .iter()
             .zip(rows)
@@ -106,75 +141,145 @@ impl Counters {
             .collect())
     }
 
-    pub async fn reserve(
+    /// Takes the units of every line, or none; keeps the reservation hash for `keep`.
+    pub async fn admit(
         &self,
         order_id: &str,
         lines: &[Line],
-    ) -> Result<ReserveOutcome, InventoryError> {
-        let mut invocation = self.reserve.prepare_invoke();
-        invocation.key(self.reservation_key(order_id));
+        expires_at: OffsetDateTime,
+        keep: Duration,
+    ) -> Result<Admitted, InventoryError> {
+        let mut invocation = self.scripts.reserve.prepare_invoke();
+        invocation
+            .key(self.reservation_key(order_id))
+            .arg(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX))
+            .arg(unix_millis(expires_at));
         for line in lines {
             invocation
                 .key(self.stock_key(&line.sku))
                 .arg(&line.sku)
                 .arg(line.quantity);
         }
-        let mut redis = self.redis.clone();
-        let reply: Vec<String> = invocation.invoke_async(&mut redis).await?;
-        parse_reserve_reply(&reply)
+        let reply: Vec<String> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        parse_admission(&reply)
     }
 
-    pub async fn reservation(
-        &self,
-        order_id: &str,
-    ) -> Result<Option<StoredReservation>, InventoryError> {
-        let mut redis = self.redis.clone();
-        let fields: Vec<(String, String)> = redis.hgetall(self.reservation_key(order_id)).await?;
-        if fields.is_empty() {
-            return Ok(None);
+    /// Marks the batch's reservations as recorded by PostgreSQL; one round trip.
+    pub async fn confirm(&self, order_ids: &[String]) -> Result<(), InventoryError> {
+        if order_ids.is_empty() {
+            return Ok(());
         }
-        let mut state = None;
-        let mut lines = Vec::new();
-        for (name, value) in fields {
-            if name == "state" {
-                state = ReservationState::parse(&value);
-            } else if let Some(sku) = name.strip_prefix("item:") {
-                let (quantity, price) = value
-                    .split_once(':')
-                    .ok_or_else(|| corrupt(&format!("item {name} = {value:?}")))?;
-                lines.push(ReservedLine {
-                    sku: sku.to_owned(),
-                    quantity: parse_number(quantity)?,
-                    unit_price_cents: parse_number(price)?,
-                });
-            }
+        let mut invocation = self.scripts.confirm.prepare_invoke();
+        for order_id in order_ids {
+            invocation.key(self.reservation_key(order_id));
         }
-        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
-        let state = state.ok_or_else(|| corrupt("reservation without a state"))?;
-        Ok(Some(StoredReservation { state, lines }))
+        let _confirmed: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(())
     }
 
-    /// Returns the reservation's units to stock if it is still reserved. Answers the state found
-    /// before the call (`Reserved` means this call released it), `None` if there is none.
-    pub async fn release(
+    pub async fn undo(
         &self,
         order_id: &str,
         lines: &[ReservedLine],
-    ) -> Result<Option<ReservationState>, InventoryError> {
-        let mut invocation = self.release.prepare_invoke();
+        undo: Undo<'_>,
+    ) -> Result<(), InventoryError> {
+        let mut invocation = self.scripts.undo.prepare_invoke();
         invocation.key(self.reservation_key(order_id));
+        for (index, line) in lines.iter().enumerate() {
+            let ceiling = match undo {
+                Undo::GiveBack => -1,
+                Undo::Clamp(available) => available.get(index).copied().unwrap_or(0),
+            };
+            invocation
+                .key(self.stock_key(&line.sku))
+                .arg(line.quantity)
+                .arg(ceiling);
+        }
+        let _undone: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(())
+    }
+
+    /// Mirrors a settlement PostgreSQL made. Idempotent: a reservation already settled, or lost
+    /// with Redis's data, is left alone.
+    pub async fn settle(
+        &self,
+        order_id: &str,
+        lines: &[ReservedLine],
+        settlement: Settlement,
+    ) -> Result<(), InventoryError> {
+        let mut invocation = self.scripts.settle.prepare_invoke();
+        invocation
+            .key(self.reservation_key(order_id))
+            .arg(settlement.target().as_str());
         for line in lines {
             invocation.key(self.stock_key(&line.sku)).arg(line.quantity);
         }
-        let mut redis = self.redis.clone();
-        let reply: String = invocation.invoke_async(&mut redis).await?;
-        if reply == "missing" {
-            return Ok(None);
-        }
-        ReservationState::parse(&reply)
-            .map(Some)
-            .ok_or_else(|| corrupt(&format!("release script answered {reply:?}")))
+        let _before: String = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(())
     }
+
+    /// Recreates a SKU's counters from its PostgreSQL row unless they exist; true if it did.
+    pub async fn restore(&self, row: &SkuRow, fence: i64) -> Result<bool, InventoryError> {
+        let restored: i64 = self
+            .with_row(&self.scripts.restore, row, fence)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(restored == 1)
+    }
+
+    /// An invocation of `script` on the row's stock hash with the row's values and `fence`.
+    fn with_row<'a>(&self, script: &'a Script, row: &SkuRow, fence: i64) -> ScriptInvocation<'a> {
+        let level = &row.level;
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.stock_key(&level.sku))
+            .arg(level.available)
+            .arg(level.reserved)
+            .arg(level.sold)
+            .arg(level.price_cents)
+            .arg(fence);
+        invocation
+    }
+
+    /// Drops a SKU's counters; the next use rebuilds them from PostgreSQL.
+    pub async fn forget(&self, sku: &str) -> Result<(), InventoryError> {
+        let () = redis::cmd("DEL")
+            .arg(self.stock_key(sku))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Applies an operator's change of `available_delta` units (and the new price) made in
+    /// PostgreSQL under fencing token `fence`.
+    pub async fn set_stock(
+        &self,
+        available_delta: i64,
+        row: &SkuRow,
+        fence: i64,
+    ) -> Result<(), InventoryError> {
+        let outcome: String = self
+            .with_row(&self.scripts.set_stock, row, fence)
+            .arg(available_delta)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        if outcome == "fenced" {
+            return Err(InventoryError::Fenced {
+                sku: row.level.sku.clone(),
+                token: fence,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn unix_millis(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn from_unix_millis(millis: i64) -> Result<OffsetDateTime, InventoryError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .map_err(|_| corrupt(&format!("expiry {millis} ms is out of range")))
 }
 
 fn corrupt(what: &str) -> InventoryError {
@@ -191,23 +296,28 @@ fn parse_index(text: Option<&String>) -> Result<usize, InventoryError> {
         .ok_or_else(|| corrupt("reserve script answered without an item index"))
 }
 
-fn parse_reserve_reply(reply: &[String]) -> Result<ReserveOutcome, InventoryError> {
+fn parse_admission(reply: &[String]) -> Result<Admitted, InventoryError> {
     let (kind, rest) = reply
         .split_first()
         .ok_or_else(|| corrupt("reserve script answered nothing"))?;
     match kind.as_str() {
-        "missing" => Ok(ReserveOutcome::Missing(parse_index(rest.first())?)),
-        "short" => Ok(ReserveOutcome::Short {
+        "missing" => Ok(Admitted::Missing(parse_index(rest.first())?)),
+        "short" => Ok(Admitted::Short {
             index: parse_index(rest.first())?,
             available: parse_number(rest.get(1).map_or("", String::as_str))?,
         }),
-        "reserved" | "existing" => {
-            let (state, items) = rest
-                .split_first()
-                .ok_or_else(|| corrupt("reserve script answered without a state"))?;
-            let state = ReservationState::parse(state)
-                .ok_or_else(|| corrupt(&format!("unknown reservation state {state:?}")))?;
-            let lines = items
+        "admitted" | "existing" => {
+            let [state, expires_at, items @ ..] = rest else {
+                return Err(corrupt("reserve script answered without a state"));
+            };
+            let state = match state.as_str() {
+                "admitting" => None,
+                other => Some(
+                    ReservationState::parse(other)
+                        .ok_or_else(|| corrupt(&format!("unknown reservation state {other:?}")))?,
+                ),
+            };
+            let mut lines = items
                 .chunks(3)
                 .map(|chunk| match chunk {
                     [sku, quantity, price] => Ok(ReservedLine {
@@ -218,10 +328,16 @@ fn parse_reserve_reply(reply: &[String]) -> Result<ReserveOutcome, InventoryErro
                     _ => Err(corrupt("reserve script answered a partial item")),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            if kind == "reserved" {
-                Ok(ReserveOutcome::Reserved(lines))
+            lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+            let reservation = CachedReservation {
+                state,
+                lines,
+                expires_at: from_unix_millis(parse_number(expires_at)?)?,
+            };
+            if kind == "admitted" {
+                Ok(Admitted::New(reservation))
             } else {
-                Ok(ReserveOutcome::Existing(state, lines))
+                Ok(Admitted::Existing(reservation))
             }
         }
         other => Err(corrupt(&format!("reserve script answered {other:?}"))),
@@ -238,25 +354,52 @@ mod tests {
 
     #[test]
     fn parses_every_reply_kind() {
+        let expires_at = from_unix_millis(1_700_000_000_000).unwrap();
         assert_eq!(
-            parse_reserve_reply(&strings(&["reserved", "reserved", "a", "2", "150"])).unwrap(),
-            ReserveOutcome::Reserved(vec![ReservedLine {
-                sku: "a".into(),
-                quantity: 2,
-                unit_price_cents: 150
-            }])
+            parse_admission(&strings(&[
+                "admitted",
+                "admitting",
+                "1700000000000",
+                "b",
+                "2",
+                "150",
+                "a",
+                "1",
+                "99"
+            ]))
+            .unwrap(),
+            Admitted::New(CachedReservation {
+                state: None,
+                lines: vec![
+                    ReservedLine {
+                        sku: "a".into(),
+                        quantity: 1,
+                        unit_price_cents: 99
+                    },
+                    ReservedLine {
+                        sku: "b".into(),
+                        quantity: 2,
+                        unit_price_cents: 150
+                    }
+                ],
+                expires_at,
+            })
         );
         assert_eq!(
-            parse_reserve_reply(&strings(&["existing", "released"])).unwrap(),
-            ReserveOutcome::Existing(ReservationState::Released, vec![])
+            parse_admission(&strings(&["existing", "released", "1700000000000"])).unwrap(),
+            Admitted::Existing(CachedReservation {
+                state: Some(ReservationState::Released),
+                lines: vec![],
+                expires_at,
+            })
         );
         assert_eq!(
-            parse_reserve_reply(&strings(&["missing", "3"])).unwrap(),
-            ReserveOutcome::Missing(3)
+            parse_admission(&strings(&["missing", "3"])).unwrap(),
+            Admitted::Missing(3)
         );
         assert_eq!(
-            parse_reserve_reply(&strings(&["short", "1", "0"])).unwrap(),
-            ReserveOutcome::Short {
+            parse_admission(&strings(&["short", "1", "0"])).unwrap(),
+            Admitted::Short {
                 index: 1,
                 available: 0
             }
@@ -268,11 +411,13 @@ mod tests {
         for reply in [
             strings(&[]),
             strings(&["short", "x", "1"]),
-            strings(&["reserved", "reserved", "a", "2"]),
+            strings(&["admitted", "reserved"]),
+            strings(&["admitted", "reserved", "1", "a", "2"]),
+            strings(&["existing", "lost", "1"]),
             strings(&["surprise"]),
         ] {
             assert!(matches!(
-                parse_reserve_reply(&reply),
+                parse_admission(&reply),
                 Err(InventoryError::Corrupt(_))
             ));
         }

@@ -1,6 +1,7 @@
 //! Everything the inventory service can refuse or fail with, and the one place where each
 //! becomes a gRPC status.
 
+use orderflow_runtime::lock::LockError;
 use orderflow_runtime::validate::FieldError;
 use tonic::Status;
 
@@ -29,14 +30,29 @@ pub enum InventoryError {
         action: &'static str,
     },
 
+    #[error("reservation of order {order_id} is still being recorded; retry shortly")]
+    Recording { order_id: String },
+
     #[error("stock counters of SKU {sku:?} are not loaded in Redis; retry shortly")]
     CountersMissing { sku: String },
+
+    #[error(
+        "stock of SKU {sku:?} was changed by a newer lock holder; fencing token {token} is stale"
+    )]
+    Fenced { sku: String, token: i64 },
+
+    #[error("distributed lock: {0}")]
+    Lock(#[from] LockError),
 
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
 
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] sqlx::Error),
+
+    /// A failure shared by every request of one PostgreSQL batch.
+    #[error("recording reservations in PostgreSQL failed: {0}")]
+    Batch(String),
 
     #[error("unexpected data in Redis: {0}")]
     Corrupt(String),
@@ -52,9 +68,13 @@ impl From<InventoryError> for Status {
             }
             InventoryError::InsufficientStock { .. }
             | InventoryError::WrongReservationState { .. } => Status::failed_precondition(message),
-            InventoryError::CountersMissing { .. }
+            InventoryError::Fenced { .. } => Status::aborted(message),
+            InventoryError::Recording { .. }
+            | InventoryError::CountersMissing { .. }
+            | InventoryError::Lock(_)
             | InventoryError::Redis(_)
-            | InventoryError::Postgres(_) => {
+            | InventoryError::Postgres(_)
+            | InventoryError::Batch(_) => {
                 tracing::warn!(%message, "inventory dependency unavailable");
                 Status::unavailable(message)
             }

@@ -1,17 +1,28 @@
 //! inventory-svc: owns the stock of every SKU and hands out reservations for orders.
 //!
 //! Redis holds the live counters and admits or refuses a reservation in one atomic Lua script
-//! (`counters`); PostgreSQL holds the SKU catalog (`catalog`). The reservation rules are plain
-//! Rust (`stock`), and `service` is the gRPC edge that maps every error to a status in one place.
+//! (`counters`); PostgreSQL holds the durable truth (`ledger`) and records every admitted
+//! reservation before it is acknowledged (`recorder`, in group commits), refusing any that
+//! Redis admitted beyond what exists. Changes that write absolute values to both stores run
+//! under a fenced distributed lock (`guarded`); expired reservations return their stock
+//! (`expiry`). The rules are plain Rust (`stock`, `admission`), and `service` is the gRPC edge
+//! that maps every error to a status in one place (`error`). docs/inventory.md has the design.
 
-mod catalog;
+mod admission;
 mod counters;
 mod error;
+mod expiry;
+mod guarded;
+pub mod ledger;
+mod recorder;
 mod service;
-mod stock;
+pub mod stock;
+
+use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use orderflow_runtime::config::{PostgresArgs, RedisArgs, TelemetryArgs};
+use orderflow_runtime::lock::{LockSettings, Locks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +39,31 @@ pub struct Config {
     )]
     pub listen: String,
 
+    /// How long a reservation may stay neither committed nor released before its stock
+    /// returns automatically. Keep it longer than order-api's payment deadline.
+    #[arg(long, env = "ORDERFLOW_RESERVATION_TTL_SECS", default_value_t = 1200)]
+    pub reservation_ttl_secs: u64,
+
+    /// How often expired reservations are looked for.
+    #[arg(
+        long,
+        env = "ORDERFLOW_RESERVATION_SWEEP_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub reservation_sweep_interval_ms: u64,
+
+    /// Most reservations recorded in PostgreSQL in one transaction (group commit).
+    #[arg(long, env = "ORDERFLOW_RESERVATION_BATCH_MAX", default_value_t = 512)]
+    pub reservation_batch_max: usize,
+
+    /// How long a SKU's distributed lock is held before it frees itself.
+    #[arg(long, env = "ORDERFLOW_LOCK_TTL_MS", default_value_t = 5000)]
+    pub lock_ttl_ms: u64,
+
+    /// How long to wait for a busy SKU lock before answering UNAVAILABLE.
+    #[arg(long, env = "ORDERFLOW_LOCK_WAIT_MS", default_value_t = 3000)]
+    pub lock_wait_ms: u64,
+
     #[command(flatten)]
     pub postgres: PostgresArgs,
 
@@ -38,6 +74,9 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
 }
 
+/// How long Redis keeps a reservation after it expired, so retries still find it.
+const RESERVATION_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// Serves the inventory service on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -46,14 +85,49 @@ pub async fn run(
 ) -> Result<(), orderflow_runtime::RuntimeError> {
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
-    let inventory = service::Inventory::new(
-        catalog::Catalog::new(pool),
-        counters::Counters::new(redis, config.redis.clone()),
+    let ledger = ledger::Ledger::new(pool);
+    let counters = counters::Counters::new(redis.clone(), config.redis.clone());
+    counters
+        .preload()
+        .await
+        .map_err(|source| orderflow_runtime::RuntimeError::Redis {
+            url: orderflow_runtime::config::redact_url(&config.redis.redis_url),
+            source,
+        })?;
+    let locks = Locks::new(
+        redis,
+        &config.redis.redis_key_prefix,
+        LockSettings {
+            ttl: Duration::from_millis(config.lock_ttl_ms),
+            wait: Duration::from_millis(config.lock_wait_ms),
+        },
     );
-    orderflow_runtime::grpc::serve(
+    let inventory = service::Inventory::new(
+        ledger.clone(),
+        counters.clone(),
+        recorder::Recorder::start(
+            ledger.clone(),
+            counters.clone(),
+            config.reservation_batch_max.max(1),
+        ),
+        guarded::Guarded::new(locks, ledger.clone(), counters.clone()),
+        service::Lifetimes {
+            reservation: Duration::from_secs(config.reservation_ttl_secs),
+            retention: RESERVATION_RETENTION,
+        },
+    );
+    let sweeper = tokio::spawn(expiry::sweep(
+        ledger,
+        counters,
+        Duration::from_millis(config.reservation_sweep_interval_ms.max(1)),
+        shutdown.clone(),
+    ));
+    let served = orderflow_runtime::grpc::serve(
         InventoryServiceServer::new(inventory),
         listener,
         shutdown.cancelled_owned(),
     )
-    .await
+    .await;
+    sweeper.abort();
+    served
 }

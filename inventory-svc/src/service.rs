@@ -1,5 +1,9 @@
-//! The gRPC edge of the inventory service: validates requests, calls the counters and the
-//! catalog, and converts results to protobuf.
+//! The gRPC edge of the inventory service: validates requests, runs each operation across
+//! Redis (`counters`) and PostgreSQL (`ledger`, `recorder`, `guarded`), and converts results to
+//! protobuf.
+
+use std::collections::HashSet;
+use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryService;
 use orderflow_proto::inventory::v1::{
@@ -7,86 +11,200 @@ use orderflow_proto::inventory::v1::{
     GetStockResponse, ReleaseRequest, ReleaseResponse, Reservation, ReserveRequest,
     ReserveResponse, ReservedItem, SetStockRequest, SetStockResponse, Stock,
 };
-use orderflow_proto::limits::MAX_BATCH_SKUS;
+use orderflow_proto::limits::{MAX_BATCH_SKUS, MAX_REASON_LEN};
+use orderflow_runtime::timestamp;
 use orderflow_runtime::validate::{self, FieldError};
+use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-use crate::catalog::Catalog;
-use crate::counters::{Counters, ReserveOutcome};
+use crate::counters::{Admitted, CachedReservation, Counters, Undo};
 use crate::error::InventoryError;
-use crate::stock::{self, ReservationState, ReservedLine, StockLevel};
+use crate::guarded::Guarded;
+use crate::ledger::{Admission, DurableReservation, Ledger, Recorded, Settled};
+use crate::recorder::Recorder;
+use crate::stock::{self, Line, ReservationState, ReservedLine, Settlement, StockLevel};
+
+/// How long a reservation may stay neither committed nor released.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub reservation: Duration,
+    /// How long Redis keeps a reservation hash after it expires, for idempotent retries.
+    pub retention: Duration,
+}
 
 pub struct Inventory {
-    catalog: Catalog,
+    ledger: Ledger,
     counters: Counters,
+    recorder: Recorder,
+    guarded: Guarded,
+    lifetimes: Lifetimes,
 }
 
 impl Inventory {
-    pub fn new(catalog: Catalog, counters: Counters) -> Self {
-        Self { catalog, counters }
-    }
-
-    /// Why a SKU has no Redis counters: unknown to the catalog (`field` names it in the
-    /// request), or known but not loaded (Redis lost its data).
-    async fn explain_missing(&self, field: String, sku: &str) -> InventoryError {
-        match self.catalog.existing(&[sku.to_owned()]).await {
-            Ok(existing) if existing.is_empty() => InventoryError::UnknownSku {
-                field,
-                sku: sku.to_owned(),
-            },
-            Ok(_) => InventoryError::CountersMissing {
-                sku: sku.to_owned(),
-            },
-            Err(error) => error,
+    pub fn new(
+        ledger: Ledger,
+        counters: Counters,
+        recorder: Recorder,
+        guarded: Guarded,
+        lifetimes: Lifetimes,
+    ) -> Self {
+        Self {
+            ledger,
+            counters,
+            recorder,
+            guarded,
+            lifetimes,
         }
     }
 
+    /// Admits in Redis (rebuilding counters Redis lost), then records in PostgreSQL; answers
+    /// only once PostgreSQL has the reservation.
     async fn reserve(&self, request: ReserveRequest) -> Result<Reservation, InventoryError> {
-        validate::uuid("order_id", &request.order_id)?;
+        let order_uuid = validate::uuid("order_id", &request.order_id)?;
+        let order_id = request.order_id;
         let lines = stock::reservation_lines(request.items)?;
-        match self.counters.reserve(&request.order_id, &lines).await? {
-            ReserveOutcome::Reserved(reserved) => {
-                tracing::debug!(order_id = %request.order_id, "reserved");
-                Ok(reservation(
-                    request.order_id,
-                    ReservationState::Reserved,
-                    reserved,
-                ))
+        let expires_at = OffsetDateTime::now_utc() + self.lifetimes.reservation;
+        let admitted = self.admit(&order_id, &lines, expires_at).await?;
+        let admitted = match admitted {
+            Admitted::New(admitted) => admitted,
+            Admitted::Existing(cached) => return self.existing(order_id, order_uuid, cached).await,
+            Admitted::Missing(index) => {
+                return Err(InventoryError::CountersMissing {
+                    sku: lines[index].sku.clone(),
+                })
             }
-            ReserveOutcome::Existing(state, reserved) => {
-                Ok(reservation(request.order_id, state, reserved))
+            Admitted::Short { index, available } => {
+                return Err(InventoryError::InsufficientStock {
+                    sku: lines[index].sku.clone(),
+                    requested: lines[index].quantity,
+                    available,
+                })
             }
-            ReserveOutcome::Missing(index) => Err(self
-                .explain_missing(format!("items[{index}].sku"), &lines[index].sku)
-                .await),
-            ReserveOutcome::Short { index, available } => Err(InventoryError::InsufficientStock {
-                sku: lines[index].sku.clone(),
-                requested: lines[index].quantity,
-                available,
-            }),
+        };
+        let recorded = self
+            .recorder
+            .record(Admission {
+                order_id: order_uuid,
+                lines: admitted.lines.clone(),
+                expires_at: admitted.expires_at,
+            })
+            .await;
+        match recorded {
+            Ok(Recorded::Accepted) => Ok(reservation(
+                order_id,
+                ReservationState::Reserved,
+                admitted.lines,
+                admitted.expires_at,
+            )),
+            Ok(Recorded::Existing(durable)) => {
+                self.undo(&order_id, &admitted.lines, Undo::GiveBack).await;
+                Ok(durable_reservation(order_id, durable))
+            }
+            Ok(Recorded::Refused { line, available }) => {
+                let ceilings: Vec<i64> = (0..admitted.lines.len())
+                    .map(|index| if index == line { available } else { -1 })
+                    .collect();
+                self.undo(&order_id, &admitted.lines, Undo::Clamp(&ceilings))
+                    .await;
+                Err(InventoryError::InsufficientStock {
+                    sku: admitted.lines[line].sku.clone(),
+                    requested: admitted.lines[line].quantity,
+                    available,
+                })
+            }
+            Err(error) => {
+                self.undo(&order_id, &admitted.lines, Undo::GiveBack).await;
+                Err(error)
+            }
         }
     }
 
-    async fn release(&self, order_id: String) -> Result<Reservation, InventoryError> {
-        validate::uuid("order_id", &order_id)?;
-        let stored = self.counters.reservation(&order_id).await?.ok_or_else(|| {
-            InventoryError::NoReservation {
-                order_id: order_id.clone(),
+    /// Runs the admission script; a SKU whose counters Redis lost is rebuilt from PostgreSQL
+    /// (once per SKU) and the admission tried again.
+    async fn admit(
+        &self,
+        order_id: &str,
+        lines: &[Line],
+        expires_at: OffsetDateTime,
+    ) -> Result<Admitted, InventoryError> {
+        let keep = self.lifetimes.reservation + self.lifetimes.retention;
+        let mut restored = HashSet::new();
+        loop {
+            let admitted = self
+                .counters
+                .admit(order_id, lines, expires_at, keep)
+                .await?;
+            let Admitted::Missing(index) = admitted else {
+                return Ok(admitted);
+            };
+            let sku = &lines[index].sku;
+            if !restored.insert(sku.clone()) {
+                return Ok(admitted);
             }
-        })?;
-        let before = self.counters.release(&order_id, &stored.lines).await?;
-        match before {
-            None => Err(InventoryError::NoReservation { order_id }),
-            Some(ReservationState::Committed) => Err(InventoryError::WrongReservationState {
+            if self.guarded.restore(sku).await?.is_none() {
+                return Err(InventoryError::UnknownSku {
+                    field: format!("items[{index}].sku"),
+                    sku: sku.clone(),
+                });
+            }
+        }
+    }
+
+    /// A retry of an order Redis already admitted: its first answer, once PostgreSQL has it.
+    async fn existing(
+        &self,
+        order_id: String,
+        order_uuid: Uuid,
+        cached: CachedReservation,
+    ) -> Result<Reservation, InventoryError> {
+        if let Some(state) = cached.state {
+            return Ok(reservation(
                 order_id,
-                state: ReservationState::Committed.as_str(),
-                action: "released",
+                state,
+                cached.lines,
+                cached.expires_at,
+            ));
+        }
+        match self.ledger.reservation(order_uuid).await? {
+            Some(durable) => {
+                if let Err(error) = self.counters.confirm(std::slice::from_ref(&order_id)).await {
+                    tracing::warn!(%order_id, %error, "could not mark the reservation recorded");
+                }
+                Ok(durable_reservation(order_id, durable))
+            }
+            None => Err(InventoryError::Recording { order_id }),
+        }
+    }
+
+    async fn undo(&self, order_id: &str, lines: &[ReservedLine], undo: Undo<'_>) {
+        if let Err(error) = self.counters.undo(order_id, lines, undo).await {
+            // Redis keeps the units counted as taken: it runs behind PostgreSQL, never ahead.
+            tracing::warn!(%order_id, %error, "could not undo an unrecorded admission in Redis");
+        }
+    }
+
+    /// Release or commit: PostgreSQL decides (state machine, row locked), Redis follows.
+    async fn settle(
+        &self,
+        order_id: String,
+        settlement: Settlement,
+        reason: &str,
+    ) -> Result<Reservation, InventoryError> {
+        let order_uuid = validate::uuid("order_id", &order_id)?;
+        match self.ledger.settle(order_uuid, settlement, reason).await? {
+            Settled::Applied(durable) | Settled::AlreadyDone(durable) => {
+                self.counters
+                    .settle(&order_id, &durable.lines, settlement)
+                    .await?;
+                Ok(durable_reservation(order_id, durable))
+            }
+            Settled::Refused(durable) => Err(InventoryError::WrongReservationState {
+                order_id,
+                state: durable.state.as_str(),
+                action: settlement.past_participle(),
             }),
-            Some(ReservationState::Reserved | ReservationState::Released) => Ok(reservation(
-                order_id,
-                ReservationState::Released,
-                stored.lines,
-            )),
+            Settled::NotFound => Err(InventoryError::NoReservation { order_id }),
         }
     }
 
@@ -94,7 +212,23 @@ impl Inventory {
         &self,
         skus: Vec<String>,
     ) -> Result<(Vec<StockLevel>, Vec<String>), InventoryError> {
-        let levels = self.counters.stock_levels(&skus).await?;
+        let mut levels = self.counters.stock_levels(&skus).await?;
+        let unloaded: Vec<String> = skus
+            .iter()
+            .zip(&levels)
+            .filter(|(_, level)| level.is_none())
+            .map(|(sku, _)| sku.clone())
+            .collect();
+        // A SKU PostgreSQL knows but Redis does not: Redis lost its counters; rebuild them.
+        if !unloaded.is_empty() {
+            let known = self.ledger.existing(&unloaded).await?;
+            for sku in &known {
+                self.guarded.restore(sku).await?;
+            }
+            if !known.is_empty() {
+                levels = self.counters.stock_levels(&skus).await?;
+            }
+        }
         let mut found = Vec::with_capacity(skus.len());
         let mut missing = Vec::new();
         for (sku, level) in skus.into_iter().zip(levels) {
@@ -103,17 +237,16 @@ impl Inventory {
                 None => missing.push(sku),
             }
         }
-        // A SKU the catalog knows but Redis does not is not "missing": its counters are.
-        if !missing.is_empty() {
-            if let Some(sku) = self.catalog.existing(&missing).await?.into_iter().next() {
-                return Err(InventoryError::CountersMissing { sku });
-            }
-        }
         Ok((found, missing))
     }
 }
 
-fn reservation(order_id: String, state: ReservationState, lines: Vec<ReservedLine>) -> Reservation {
+fn reservation(
+    order_id: String,
+    state: ReservationState,
+    lines: Vec<ReservedLine>,
+    expires_at: OffsetDateTime,
+) -> Reservation {
     let state = match state {
         ReservationState::Reserved => orderflow_proto::inventory::v1::ReservationState::Reserved,
         ReservationState::Committed => orderflow_proto::inventory::v1::ReservationState::Committed,
@@ -130,9 +263,12 @@ fn reservation(order_id: String, state: ReservationState, lines: Vec<ReservedLin
             })
             .collect(),
         state: state.into(),
-        // Reservations do not expire yet: they last until released or committed.
-        expires_at: None,
+        expires_at: Some(timestamp::to_proto(expires_at)),
     }
+}
+
+fn durable_reservation(order_id: String, durable: DurableReservation) -> Reservation {
+    reservation(order_id, durable.state, durable.lines, durable.expires_at)
 }
 
 fn stock_message(level: StockLevel) -> Stock {
@@ -157,8 +293,7 @@ impl InventoryService for Inventory {
             price_cents,
         } = request.into_inner();
         stock::stock_setting(&sku, quantity, price_cents).map_err(InventoryError::from)?;
-        self.catalog.upsert(&sku, quantity, price_cents).await?;
-        self.counters.set_stock(&sku, quantity, price_cents).await?;
+        self.guarded.set_stock(&sku, quantity, price_cents).await?;
         tracing::info!(%sku, quantity, price_cents, "stock set");
         let (mut levels, _) = self.stock_levels(vec![sku]).await?;
         Ok(Response::new(SetStockResponse {
@@ -221,9 +356,24 @@ impl InventoryService for Inventory {
         &self,
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        let request = request.into_inner();
-        let reservation = self.release(request.order_id).await?;
-        tracing::info!(order_id = %reservation.order_id, reason = %request.reason, "released");
+        let ReleaseRequest { order_id, reason } = request.into_inner();
+        if reason.len() > MAX_REASON_LEN {
+            return Err(InventoryError::from(FieldError::new(
+                "reason",
+                format!(
+                    "must be at most {MAX_REASON_LEN} bytes, got {}",
+                    reason.len()
+                ),
+            ))
+            .into());
+        }
+        let reason = if reason.is_empty() {
+            "unspecified"
+        } else {
+            &reason
+        };
+        let reservation = self.settle(order_id, Settlement::Release, reason).await?;
+        tracing::info!(order_id = %reservation.order_id, %reason, "released");
         Ok(Response::new(ReleaseResponse {
             reservation: Some(reservation),
         }))
@@ -231,10 +381,12 @@ impl InventoryService for Inventory {
 
     async fn commit(
         &self,
-        _request: Request<CommitRequest>,
+        request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
-        Err(Status::unimplemented(
-            "Commit is not implemented yet: it arrives with the payment flow",
-        ))
+        let order_id = request.into_inner().order_id;
+        let reservation = self.settle(order_id, Settlement::Commit, "").await?;
+        Ok(Response::new(CommitResponse {
+            reservation: Some(reservation),
+        }))
     }
 }

@@ -46,6 +46,96 @@ impl ReservationState {
     }
 }
 
+/// How a reservation ends: its units go back to stock, or they are sold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    Release,
+    Commit,
+}
+
+impl Settlement {
+    pub fn target(self) -> ReservationState {
+        match self {
+            Self::Release => ReservationState::Released,
+            Self::Commit => ReservationState::Committed,
+        }
+    }
+
+    /// The verb for error messages: "… it cannot be released".
+    pub fn past_participle(self) -> &'static str {
+        match self {
+            Self::Release => "released",
+            Self::Commit => "committed",
+        }
+    }
+}
+
+/// What settling a reservation in `current` state does. The reservation state machine is
+/// `reserved → committed` and `reserved → released`, nothing else; repeating the transition
+/// that already happened is a no-op, so retries are safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleStep {
+    Apply,
+    AlreadyDone,
+    Refuse,
+}
+
+pub fn settle_step(current: ReservationState, settlement: Settlement) -> SettleStep {
+    if current == settlement.target() {
+        SettleStep::AlreadyDone
+    } else if current == ReservationState::Reserved {
+        SettleStep::Apply
+    } else {
+        SettleStep::Refuse
+    }
+}
+
+/// Which counters a movement of units changes, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Movement {
+    Reserve,
+    Settle(Settlement),
+}
+
+/// A change to one SKU's counters. Every movement keeps `available + reserved + sold` constant:
+/// units move between the counters, they are never created or lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockDelta {
+    pub sku: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+/// The per-SKU changes of moving `lines` (from one or several reservations), one delta per SKU,
+/// sorted by SKU: the order in which PostgreSQL rows are locked, so concurrent transactions
+/// never deadlock.
+pub fn stock_deltas<'a>(
+    movement: Movement,
+    lines: impl IntoIterator<Item = (&'a str, i64)>,
+) -> Vec<StockDelta> {
+    let mut totals: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for (sku, quantity) in lines {
+        *totals.entry(sku).or_default() += quantity;
+    }
+    totals
+        .into_iter()
+        .map(|(sku, units)| {
+            let (available, reserved, sold) = match movement {
+                Movement::Reserve => (-units, units, 0),
+                Movement::Settle(Settlement::Release) => (units, -units, 0),
+                Movement::Settle(Settlement::Commit) => (0, -units, units),
+            };
+            StockDelta {
+                sku: sku.to_owned(),
+                available,
+                reserved,
+                sold,
+            }
+        })
+        .collect()
+}
+
 /// A SKU's counters as the operator sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StockLevel {
@@ -161,6 +251,50 @@ mod tests {
         assert!(stock_setting("a", 0, 0).is_ok());
         assert_eq!(stock_setting("a", -1, 0).unwrap_err().field, "quantity");
         assert_eq!(stock_setting("a", 1, -1).unwrap_err().field, "price_cents");
+    }
+
+    #[test]
+    fn reservations_settle_once_and_only_from_reserved() {
+        use ReservationState::{Committed, Released, Reserved};
+        use Settlement::{Commit, Release};
+        let expected = [
+            (Reserved, Release, SettleStep::Apply),
+            (Reserved, Commit, SettleStep::Apply),
+            (Released, Release, SettleStep::AlreadyDone),
+            (Committed, Commit, SettleStep::AlreadyDone),
+            (Committed, Release, SettleStep::Refuse),
+            (Released, Commit, SettleStep::Refuse),
+        ];
+        for (current, settlement, step) in expected {
+            assert_eq!(
+                settle_step(current, settlement),
+                step,
+                "{current:?} {settlement:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn movements_keep_every_unit_and_sum_per_sku() {
+        let lines = [("b", 2), ("a", 1), ("b", 3)];
+        for movement in [
+            Movement::Reserve,
+            Movement::Settle(Settlement::Release),
+            Movement::Settle(Settlement::Commit),
+        ] {
+            let deltas = stock_deltas(movement, lines);
+            assert_eq!(
+                deltas.iter().map(|d| d.sku.as_str()).collect::<Vec<_>>(),
+                ["a", "b"]
+            );
+            for delta in &deltas {
+                assert_eq!(delta.available + delta.reserved + delta.sold, 0);
+            }
+        }
+        let reserve = stock_deltas(Movement::Reserve, lines);
+        assert_eq!((reserve[1].available, reserve[1].reserved), (-5, 5));
+        let commit = stock_deltas(Movement::Settle(Settlement::Commit), lines);
+        assert_eq!((commit[1].reserved, commit[1].sold), (-5, 5));
     }
 
     #[test]

@@ -6,21 +6,21 @@ use std::time::Duration;
 
 use orderflow_proto::order::v1::Order;
 use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisConnection;
 use prost::Message;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use crate::error::OrderError;
 
 #[derive(Clone)]
 pub struct OrderCache {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisArgs,
     ttl: Duration,
 }
 
 impl OrderCache {
-    pub fn new(redis: ConnectionManager, keys: RedisArgs, ttl: Duration) -> Self {
+    pub fn new(redis: RedisConnection, keys: RedisArgs, ttl: Duration) -> Self {
         Self { redis, keys, ttl }
     }
 

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use orderflow_runtime::config::RedisArgs;
-use redis::aio::ConnectionManager;
+use orderflow_runtime::redis::RedisConnection;
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -80,7 +80,7 @@ pub enum Claim {
 
 #[derive(Clone)]
 pub struct Claims {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisArgs,
     retention: Duration,
     lease: Duration,
@@ -89,7 +89,7 @@ pub struct Claims {
 
 impl Claims {
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisConnection,
         keys: RedisArgs,
         retention: Duration,
         lease: Duration,

@@ -15,3 +15,5 @@ pub const MAX_STOCK_QUANTITY: i64 = 1_000_000_000;
 pub const MAX_PRICE_CENTS: i64 = 1_000_000_000_000;
 /// Most SKUs in one BatchGetStock.
 pub const MAX_BATCH_SKUS: usize = 500;
+/// Longest free-text reason (a release or cancellation), in bytes.
+pub const MAX_REASON_LEN: usize = 256;

@@ -33,7 +33,8 @@ impl fmt::Debug for PostgresArgs {
 
 #[derive(Clone, clap::Args)]
 pub struct RedisArgs {
-    /// Redis connection URL (may contain a password; never logged).
+    /// Redis connection URL (may contain a password; never logged). With `--redis-cluster`,
+    /// a comma-separated list of seed nodes.
     #[arg(
         long,
         env = "ORDERFLOW_REDIS_URL",
@@ -41,6 +42,17 @@ pub struct RedisArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// Talk to a Redis Cluster instead of a single Redis.
+    #[arg(
+        long,
+        env = "ORDERFLOW_REDIS_CLUSTER",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub redis_cluster: bool,
 
     /// Prefix of every Redis key this deployment writes. It is also the key's hash tag, so all
     /// keys of one deployment live in one Redis Cluster slot and scripts may touch them together.
@@ -64,6 +76,7 @@ impl fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisArgs")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_cluster", &self.redis_cluster)
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .finish()
@@ -123,8 +136,16 @@ pub fn redis_key(prefix: &str, parts: &[&str]) -> String {
 }
 
 /// `scheme://user:password@host/db` becomes `scheme://user:***@host/db`; anything without a
-/// password is returned as it is.
+/// password is returned as it is. A comma-separated list (cluster seed nodes) is redacted item
+/// by item.
 pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -168,6 +189,10 @@ mod tests {
             "redis://127.0.0.1:6379"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url("redis://:a@n1:7000,redis://:b@n2:7001"),
+            "redis://:***@n1:7000,redis://:***@n2:7001"
+        );
     }
 
     #[test]
@@ -183,6 +208,7 @@ mod tests {
     fn keys_share_the_prefix_as_hash_tag() {
         let args = RedisArgs {
             redis_url: String::new(),
+            redis_cluster: false,
             redis_key_prefix: "t1".into(),
             redis_timeout_ms: 1,
         };

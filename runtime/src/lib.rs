@@ -5,6 +5,7 @@
 pub mod config;
 pub mod grpc;
 pub mod kafka;
+pub mod lock;
 pub mod postgres;
 pub mod redis;
 pub mod shutdown;

@@ -1,5 +1,7 @@
 //! Redis connection set-up: one multiplexed, auto-reconnecting connection per process, cloned
-//! cheaply into every task (pipelining happens on the shared connection).
+//! cheaply into every task (pipelining happens on the shared connection). The same code talks
+//! to a single Redis or to a Redis Cluster (`--redis-cluster`); every key of a deployment shares
+//! one hash tag, so scripts and pipelines that touch several keys work on both.
 //!
 //! Every connection attempt and every answer is bounded by `--redis-timeout-ms`, and reconnects
 //! give up after a few quick retries: while Redis is down, calls fail fast (and become
@@ -7,17 +9,66 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::{redact_url, RedisArgs};
 use crate::RuntimeError;
 
-pub async fn connect(args: &RedisArgs) -> Result<ConnectionManager, RuntimeError> {
+/// A connection to one Redis or to a Redis Cluster; cheap to clone.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+pub async fn connect(args: &RedisArgs) -> Result<RedisConnection, RuntimeError> {
     let error = |source| RuntimeError::Redis {
         url: redact_url(&args.redis_url),
         source,
     };
     let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
+    if args.redis_cluster {
+        let nodes: Vec<&str> = args.redis_url.split(',').map(str::trim).collect();
+        let client = ClusterClient::builder(nodes)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(2)
+            .build()
+            .map_err(error)?;
+        let connection = client.get_async_connection().await.map_err(error)?;
+        return Ok(RedisConnection::Cluster(connection));
+    }
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(timeout)
         .set_response_timeout(timeout)
@@ -27,5 +78,6 @@ pub async fn connect(args: &RedisArgs) -> Result<ConnectionManager, RuntimeError
     let client = redis::Client::open(args.redis_url.as_str()).map_err(error)?;
     ConnectionManager::new_with_config(client, config)
         .await
+        .map(RedisConnection::Single)
         .map_err(error)
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 
-const HOW_TO_START: &str = "start the local stack with `make test` (or `scripts/stack.sh`)";
+pub const HOW_TO_START: &str = "start the local stack with `make test` (or `scripts/stack.sh`)";
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())

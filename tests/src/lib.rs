@@ -5,6 +5,8 @@
 //! A missing dependency fails the test with the command that starts it; nothing is skipped.
 
 pub mod deps;
+pub mod inventory;
+pub mod locking;
 pub mod private;
 pub mod stack;
 

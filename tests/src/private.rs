@@ -1,6 +1,6 @@
 //! Dependencies of a test's own, on free loopback ports, for tests that kill or stop them: the
 //! shared ones are never disturbed. `PrivateBroker` is tansu with its own sqlite file;
-//! `PrivateRedis` is a `redis-server` without persistence.
+//! `PrivateRedis` is a `redis-server` without persistence; `PrivateRedisCluster` is three.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -93,19 +93,7 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     pub async fn start() -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot start redis-server: {error}; install it with \
-                     `scripts/ensure-redis.sh` (or run `make test`)"
-                )
-            });
+        let child = redis_server(port, &[], &std::env::temp_dir());
         let redis = Self {
             url: format!("redis://127.0.0.1:{port}"),
             port,
@@ -132,7 +120,108 @@ impl PrivateRedis {
     }
 }
 
-fn free_port() -> u16 {
+/// A 3-master Redis Cluster on loopback ports, without persistence, made with
+/// `redis-server --cluster-enabled yes` and `redis-cli --cluster create`.
+pub struct PrivateRedisCluster {
+    /// The seed nodes, comma separated, as `--redis-url` takes them with `--redis-cluster`.
+    pub seeds: String,
+    dir: std::path::PathBuf,
+    _nodes: Vec<Child>,
+}
+
+impl PrivateRedisCluster {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("orderflow-cluster-{}", crate::unique_id()));
+        std::fs::create_dir_all(&dir).expect("creating the cluster's directory");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let config = format!("nodes-{port}.conf");
+                let cluster = ["--cluster-enabled", "yes", "--cluster-config-file", &config];
+                redis_server(*port, &cluster, &dir)
+            })
+            .collect();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        for address in &addresses {
+            crate::eventually(
+                "a cluster node to listen",
+                Duration::from_secs(15),
+                || async { tokio::net::TcpStream::connect(address).await.ok() },
+            )
+            .await;
+        }
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("running redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for port in &ports {
+            crate::eventually(
+                "the cluster to report state ok",
+                Duration::from_secs(30),
+                || async {
+                    let info = Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "cluster", "info"])
+                        .output()
+                        .await
+                        .ok()?;
+                    String::from_utf8_lossy(&info.stdout)
+                        .contains("cluster_state:ok")
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+        Self {
+            seeds: addresses
+                .iter()
+                .map(|address| format!("redis://{address}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            dir,
+            _nodes: nodes,
+        }
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A `redis-server` on loopback `port` that keeps nothing on disk, started in `dir`.
+fn redis_server(port: u16, extra_args: &[&str], dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(extra_args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot start redis-server: {error}; install it with \
+                 `scripts/ensure-redis.sh` (or run `make test`)"
+            )
+        })
+}
+
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use orderflow_proto::inventory::v1::{GetStockRequest, SetStockRequest, Stock};
+use orderflow_proto::inventory::v1::{GetStockRequest, Stock};
 use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
 use orderflow_proto::order::v1::{CreateOrderRequest, Order};
 use orderflow_runtime::RuntimeError;
@@ -185,12 +185,7 @@ impl Stack {
         let mut health = HealthClient::new(channel(address));
         loop {
             self.fail_if_a_service_died().await;
-            let answer = health
-                .check(HealthCheckRequest {
-                    service: service.to_owned(),
-                })
-                .await;
-            if answer.is_ok_and(|answer| answer.get_ref().status() == ServingStatus::Serving) {
+            if serving(&mut health, service).await {
                 return;
             }
             assert!(
@@ -258,15 +253,7 @@ impl Stack {
     }
 
     pub async fn set_stock(&self, sku: &str, quantity: i64, price_cents: i64) {
-        self.inventory
-            .clone()
-            .set_stock(SetStockRequest {
-                sku: sku.into(),
-                quantity,
-                price_cents,
-            })
-            .await
-            .expect("SetStock");
+        crate::inventory::set_stock(self.inventory.clone(), sku, quantity, price_cents).await;
     }
 
     pub async fn stock(&self, sku: &str) -> Stock {
@@ -367,6 +354,33 @@ fn init_test_logging() {
             .with_test_writer()
             .try_init();
     }
+}
+
+async fn serving(health: &mut HealthClient<Channel>, service: &str) -> bool {
+    let answer = health
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await;
+    answer.is_ok_and(|answer| answer.get_ref().status() == ServingStatus::Serving)
+}
+
+/// Waits (up to 60 s) until the server at `address` reports `service` SERVING; a channel to it.
+pub async fn wait_serving(address: &str, service: &str) -> Channel {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("a valid endpoint")
+        .connect_lazy();
+    let health = HealthClient::new(channel.clone());
+    crate::eventually(
+        &format!("{service} at {address} to report SERVING"),
+        Duration::from_secs(60),
+        || {
+            let mut health = health.clone();
+            async move { serving(&mut health, service).await.then_some(()) }
+        },
+    )
+    .await;
+    channel
 }
 
 fn channel(address: SocketAddr) -> Channel {

@@ -1,9 +1,10 @@
 //! Bad input gets INVALID_ARGUMENT or NOT_FOUND naming the field, and writes nothing anywhere.
 
 use orderflow_proto::inventory::v1::{
-    BatchGetStockRequest, ReleaseRequest, ReserveItem, ReserveRequest, SetStockRequest,
+    BatchGetStockRequest, CommitRequest, ReleaseRequest, SetStockRequest,
 };
 use orderflow_proto::order::v1::{CreateOrderRequest, GetOrderRequest};
+use orderflow_tests::inventory::reserve_request_for;
 use orderflow_tests::stack::Stack;
 use orderflow_tests::{assert_status, order_request};
 use tonic::Code;
@@ -194,16 +195,7 @@ async fn bad_inventory_requests_are_refused_naming_the_field() {
         assert_status("SetStock", &status, Code::InvalidArgument, message);
     }
 
-    let reserve = |order_id: &str, items: &[(&str, i64)]| ReserveRequest {
-        order_id: order_id.into(),
-        items: items
-            .iter()
-            .map(|(sku, quantity)| ReserveItem {
-                sku: (*sku).into(),
-                quantity: *quantity,
-            })
-            .collect(),
-    };
+    let reserve = reserve_request_for;
     let order_id = uuid::Uuid::now_v7().to_string();
     for (request, code, message) in [
         (
@@ -226,6 +218,21 @@ async fn bad_inventory_requests_are_refused_naming_the_field() {
             Code::NotFound,
             "items[0].sku: unknown SKU \"MISSING\"",
         ),
+        (
+            reserve(&order_id, &[("GOOD-2", 1), ("MISSING", 1)]),
+            Code::NotFound,
+            "items[1].sku: unknown SKU \"MISSING\"",
+        ),
+        (
+            reserve("not-a-uuid", &[("GOOD-2", 1)]),
+            Code::InvalidArgument,
+            "order_id",
+        ),
+        (
+            reserve(&order_id, &[("GOOD-2", 10_001)]),
+            Code::InvalidArgument,
+            "items[0].quantity: must be between 1 and 10000",
+        ),
     ] {
         let status = inventory.reserve(request).await.unwrap_err();
         assert_status("Reserve", &status, code, message);
@@ -241,6 +248,27 @@ async fn bad_inventory_requests_are_refused_naming_the_field() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
     let status = inventory
+        .release(ReleaseRequest {
+            order_id: order_id.clone(),
+            reason: "x".repeat(257),
+        })
+        .await
+        .unwrap_err();
+    assert_status(
+        "Release",
+        &status,
+        Code::InvalidArgument,
+        "reason: must be at most 256",
+    );
+    let status = inventory
+        .commit(CommitRequest {
+            order_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_status("Commit", &status, Code::InvalidArgument, "order_id");
+
+    let status = inventory
         .batch_get_stock(BatchGetStockRequest { skus: vec![] })
         .await
         .unwrap_err();
@@ -249,4 +277,15 @@ async fn bad_inventory_requests_are_refused_naming_the_field() {
     let stock = stack.stock("GOOD-2").await;
     assert_eq!((stock.available, stock.reserved), (10, 0));
     assert!(stack.redis_keys("reservation:*").await.is_empty());
+    let durable: (i64, i64, i64) =
+        sqlx::query_as("SELECT available, reserved, sold FROM skus WHERE sku = 'GOOD-2'")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(durable, (10, 0, 0));
+    let reservations: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(reservations, 0);
 }

@@ -190,12 +190,21 @@ async fn concurrent_buyers_never_oversell() {
     let stock = stack.stock("HOT-1").await;
     assert_eq!((stock.available, stock.reserved), (0, 5));
     stack.wait_for_persisted_orders(5).await;
+    let refused_by_postgres: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_refusals")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(refused_by_postgres, 0, "Redis admitted what PostgreSQL refused");
 }
 
 #[tokio::test]
-async fn lost_stock_counters_refuse_orders_rather_than_oversell() {
+async fn lost_stock_counters_are_rebuilt_from_postgres() {
     let stack = Stack::start().await;
     stack.set_stock("LOST-1", 5, 100).await;
+    stack
+        .create_order(order_request("k1", "erin", &[("LOST-1", 2)]))
+        .await
+        .expect("an order before the loss");
     // Redis loses this SKU's counters (only this test's key: shared data stays untouched).
     let mut redis = stack.redis.clone();
     let _: i64 = redis
@@ -203,15 +212,22 @@ async fn lost_stock_counters_refuse_orders_rather_than_oversell() {
         .await
         .unwrap();
 
-    let request = order_request("k", "erin", &[("LOST-1", 1)]);
-    let refused = stack.create_order(request.clone()).await.unwrap_err();
-    assert_status("lost counters", &refused, Code::Unavailable, "LOST-1");
-    assert!(stack.redis_keys("reservation:*").await.is_empty());
-    assert!(stack.redis_keys("idempotency:*").await.is_empty());
-
-    // Once an operator sets the stock again, orders go through.
-    stack.set_stock("LOST-1", 5, 100).await;
+    // The next order rebuilds them from PostgreSQL, which counts the first order's units.
     stack
-        .create_order_eventually("an order after the stock was set", request)
-        .await;
+        .create_order(order_request("k2", "erin", &[("LOST-1", 3)]))
+        .await
+        .expect("an order after the loss");
+    let refused = stack
+        .create_order(order_request("k3", "erin", &[("LOST-1", 1)]))
+        .await
+        .unwrap_err();
+    assert_status(
+        "sold out",
+        &refused,
+        Code::FailedPrecondition,
+        "available 0",
+    );
+    let stock = stack.stock("LOST-1").await;
+    assert_eq!((stock.available, stock.reserved), (0, 5));
+    stack.wait_for_persisted_orders(2).await;
 }

@@ -1,16 +1,20 @@
--- Reserves every item of one order, or none, in one atomic step.
+-- Admits every item of one order, or none, in one atomic step: the fast gate of a flash sale.
 -- KEYS[1]     the order's reservation hash
 -- KEYS[2..n]  the stock hash of each item, in request order
--- ARGV        sku, quantity of each item, in the same order
+-- ARGV[1]     how long to keep the reservation hash (ms)
+-- ARGV[2]     when the reservation expires (unix ms)
+-- ARGV[3..]   sku, quantity of each item, in the same order
 -- Replies (all strings):
---   {"reserved"|"existing", state, sku, quantity, unit_price, ...}
+--   {"admitted"|"existing", state, expires_at, sku, quantity, unit_price, ...}
 --   {"missing", item_index}                 no counters for that SKU
 --   {"short", item_index, available}        not enough stock for that SKU
+-- A new reservation starts "admitting": PostgreSQL has not recorded it yet. inventory-svc moves
+-- it to "reserved" once PostgreSQL accepted it, or undoes it (undo.lua).
 local reservation = KEYS[1]
 
-if redis.call('EXISTS', reservation) == 1 then
-  -- A retry: answer what the first call answered, reserve nothing again.
-  local reply = {'existing', redis.call('HGET', reservation, 'state')}
+local function answer(kind)
+  local reply = {kind, redis.call('HGET', reservation, 'state'),
+                 redis.call('HGET', reservation, 'expires_at')}
   local fields = redis.call('HGETALL', reservation)
   for i = 1, #fields, 2 do
     if string.sub(fields[i], 1, 5) == 'item:' then
@@ -23,29 +27,30 @@ if redis.call('EXISTS', reservation) == 1 then
   return reply
 end
 
--- Check every item before touching any counter: all or nothing without a rollback.
+if redis.call('EXISTS', reservation) == 1 then
+  -- A retry: answer what the first call answered, reserve nothing again.
+  return answer('existing')
+end
+
+-- Check every item before touching any counter, so a refusal has nothing to roll back.
 local prices = {}
 for i = 2, #KEYS do
   local stock = redis.call('HMGET', KEYS[i], 'available', 'price_cents')
   if not stock[1] or not stock[2] then
     return {'missing', tostring(i - 2)}
   end
-  if tonumber(stock[1]) < tonumber(ARGV[2 * (i - 1)]) then
+  if tonumber(stock[1]) < tonumber(ARGV[2 * i]) then
     return {'short', tostring(i - 2), stock[1]}
   end
   prices[i] = stock[2]
 end
 
-local reply = {'reserved', 'reserved'}
-redis.call('HSET', reservation, 'state', 'reserved')
+redis.call('HSET', reservation, 'state', 'admitting', 'expires_at', ARGV[2])
 for i = 2, #KEYS do
-  local sku = ARGV[2 * (i - 1) - 1]
-  local quantity = ARGV[2 * (i - 1)]
-  redis.call('HINCRBY', KEYS[i], 'available', -tonumber(quantity))
-  redis.call('HINCRBY', KEYS[i], 'reserved', tonumber(quantity))
-  redis.call('HSET', reservation, 'item:' .. sku, quantity .. ':' .. prices[i])
-  table.insert(reply, sku)
-  table.insert(reply, quantity)
-  table.insert(reply, prices[i])
+  local quantity = tonumber(ARGV[2 * i])
+  redis.call('HINCRBY', KEYS[i], 'available', -quantity)
+  redis.call('HINCRBY', KEYS[i], 'reserved', quantity)
+  redis.call('HSET', reservation, 'item:' .. ARGV[2 * i - 1], ARGV[2 * i] .. ':' .. prices[i])
 end
-return reply
+redis.call('PEXPIRE', reservation, ARGV[1])
+return answer('admitted')

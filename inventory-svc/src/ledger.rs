@@ -1,0 +1,502 @@
+//! The durable inventory in PostgreSQL: per SKU its available, reserved and sold units, price
+//! and last fencing token; per order its reservation. It is the truth Redis counters are
+//! rebuilt from, and the last line of defence: every statement that moves units runs with the
+//! SKU rows locked (always in SKU order, so transactions never deadlock) and CHECK constraints
+//! forbid any counter below zero.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::admission::{self, Decision};
+use crate::error::InventoryError;
+use crate::stock::{
+    self, Movement, ReservationState, ReservedLine, SettleStep, Settlement, StockDelta, StockLevel,
+};
+
+/// A reservation Redis admitted, to be recorded.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub order_id: Uuid,
+    pub lines: Vec<ReservedLine>,
+    pub expires_at: OffsetDateTime,
+}
+
+/// A reservation as PostgreSQL holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableReservation {
+    pub state: ReservationState,
+    pub lines: Vec<ReservedLine>,
+    pub expires_at: OffsetDateTime,
+}
+
+/// What recording one admission came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Accepted,
+    /// The order already had a reservation; it is answered as it is.
+    Existing(DurableReservation),
+    /// Line `line` did not fit the `available` units PostgreSQL had; nothing was taken.
+    Refused {
+        line: usize,
+        available: i64,
+    },
+}
+
+/// What settling (releasing or committing) a reservation came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// This call moved the units.
+    Applied(DurableReservation),
+    /// An earlier call already did.
+    AlreadyDone(DurableReservation),
+    /// The reservation is in a state it cannot leave that way (e.g. release after commit).
+    Refused(DurableReservation),
+    NotFound,
+}
+
+/// A SKU's durable row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuRow {
+    pub level: StockLevel,
+    pub fence: i64,
+}
+
+/// A stock change made under a SKU's lock, not yet committed: the caller updates Redis by
+/// `available_delta` and then commits, or drops it to roll back.
+pub struct StockChange {
+    tx: Transaction<'static, Postgres>,
+    /// Units added to (or, if negative, removed from) `available`.
+    pub available_delta: i64,
+    pub row: SkuRow,
+}
+
+impl StockChange {
+    pub async fn commit(self) -> Result<(), InventoryError> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    pool: PgPool,
+}
+
+impl Ledger {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Records a batch of admissions in one transaction: every reservation that fits is taken
+    /// (one multi-row update per statement, whatever the batch size), the others are refused
+    /// and logged in `stock_refusals`. The answers are in the batch's order.
+    pub async fn record(&self, batch: &[Admission]) -> Result<Vec<Recorded>, InventoryError> {
+        let mut tx = self.pool.begin().await?;
+        let skus: Vec<String> = batch
+            .iter()
+            .flat_map(|admission| admission.lines.iter().map(|line| line.sku.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut available = lock_skus(&mut tx, &skus).await?;
+        let order_ids: Vec<Uuid> = batch.iter().map(|admission| admission.order_id).collect();
+        let mut existing = load_reservations(&mut tx, &order_ids).await?;
+        let recorded_ids: HashSet<Uuid> = existing.keys().copied().collect();
+        let decisions = admission::decide(
+            &mut available,
+            &recorded_ids,
+            batch
+                .iter()
+                .map(|admission| (admission.order_id, admission.lines.as_slice())),
+        );
+
+        let accepted: Vec<&Admission> = batch
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, decision)| **decision == Decision::Accept)
+            .map(|(admission, _)| admission)
+            .collect();
+        insert_reservations(&mut tx, &accepted).await?;
+        apply_deltas(
+            &mut tx,
+            &stock::stock_deltas(
+                Movement::Reserve,
+                accepted
+                    .iter()
+                    .flat_map(|a| a.lines.iter().map(|l| (l.sku.as_str(), l.quantity))),
+            ),
+        )
+        .await?;
+        let refusals: Vec<(&Admission, usize, i64)> = batch
+            .iter()
+            .zip(&decisions)
+            .filter_map(|(admission, decision)| match decision {
+                Decision::Refuse { line, available } => Some((admission, *line, *available)),
+                _ => None,
+            })
+            .collect();
+        insert_refusals(&mut tx, &refusals).await?;
+        tx.commit().await?;
+
+        Ok(batch
+            .iter()
+            .zip(decisions)
+            .map(|(admission, decision)| match decision {
+                Decision::Accept => Recorded::Accepted,
+                Decision::Refuse { line, available } => Recorded::Refused { line, available },
+                Decision::Existing => match existing.remove(&admission.order_id) {
+                    Some(reservation) => Recorded::Existing(reservation),
+                    // Accepted earlier in this very batch (two admissions of one order).
+                    None => Recorded::Existing(DurableReservation {
+                        state: ReservationState::Reserved,
+                        lines: admission.lines.clone(),
+                        expires_at: admission.expires_at,
+                    }),
+                },
+            })
+            .collect())
+    }
+
+    pub async fn reservation(
+        &self,
+        order_id: Uuid,
+    ) -> Result<Option<DurableReservation>, InventoryError> {
+        let mut connection = self.pool.acquire().await?;
+        Ok(load_reservations(&mut connection, &[order_id])
+            .await?
+            .remove(&order_id))
+    }
+
+    /// Releases or commits a reservation: checks the state machine with the reservation row
+    /// locked, then moves the units, in one transaction.
+    pub async fn settle(
+        &self,
+        order_id: Uuid,
+        settlement: Settlement,
+        reason: &str,
+    ) -> Result<Settled, InventoryError> {
+        let mut tx = self.pool.begin().await?;
+        let locked: Option<String> =
+            sqlx::query_scalar("SELECT state FROM reservations WHERE order_id = $1 FOR UPDATE")
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if locked.is_none() {
+            return Ok(Settled::NotFound);
+        }
+        let Some(mut reservation) = load_reservations(&mut tx, &[order_id])
+            .await?
+            .remove(&order_id)
+        else {
+            return Ok(Settled::NotFound);
+        };
+        match stock::settle_step(reservation.state, settlement) {
+            SettleStep::AlreadyDone => return Ok(Settled::AlreadyDone(reservation)),
+            SettleStep::Refuse => return Ok(Settled::Refused(reservation)),
+            SettleStep::Apply => {}
+        }
+        let deltas = stock::stock_deltas(
+            Movement::Settle(settlement),
+            reservation
+                .lines
+                .iter()
+                .map(|l| (l.sku.as_str(), l.quantity)),
+        );
+        let skus: Vec<String> = deltas.iter().map(|d| d.sku.clone()).collect();
+        lock_skus(&mut tx, &skus).await?;
+        apply_deltas(&mut tx, &deltas).await?;
+        set_state(&mut tx, &[order_id], settlement, reason).await?;
+        tx.commit().await?;
+        reservation.state = settlement.target();
+        Ok(Settled::Applied(reservation))
+    }
+
+    /// Releases up to `limit` reservations whose expiry has passed, in one transaction, and
+    /// returns them. Replicas sweeping at once each take different rows (`SKIP LOCKED`).
+    pub async fn release_expired(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, DurableReservation)>, InventoryError> {
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT order_id FROM reservations WHERE state = 'reserved' AND expires_at <= now() \
+             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reservations = load_reservations(&mut tx, &due).await?;
+        let deltas = stock::stock_deltas(
+            Movement::Settle(Settlement::Release),
+            reservations
+                .values()
+                .flat_map(|r| r.lines.iter().map(|l| (l.sku.as_str(), l.quantity))),
+        );
+        let skus: Vec<String> = deltas.iter().map(|d| d.sku.clone()).collect();
+        lock_skus(&mut tx, &skus).await?;
+        apply_deltas(&mut tx, &deltas).await?;
+        set_state(&mut tx, &due, Settlement::Release, "expired").await?;
+        tx.commit().await?;
+        Ok(reservations
+            .into_iter()
+            .map(|(order_id, mut reservation)| {
+                reservation.state = ReservationState::Released;
+                (order_id, reservation)
+            })
+            .collect())
+    }
+
+    pub async fn sku(&self, sku: &str) -> Result<Option<SkuRow>, InventoryError> {
+        let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT available, reserved, sold, price_cents, fence FROM skus WHERE sku = $1",
+        )
+        .bind(sku)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| sku_row(sku, row)))
+    }
+
+    /// Those of `skus` that exist.
+    pub async fn existing(&self, skus: &[String]) -> Result<Vec<String>, InventoryError> {
+        Ok(
+            sqlx::query_scalar("SELECT sku FROM skus WHERE sku = ANY($1)")
+                .bind(skus)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Sets a SKU's available units and price (creating it if new) under fencing token `fence`;
+    /// refuses with `Fenced` if a write with a token at least as new was accepted already. The
+    /// row stays locked until the returned change is committed or dropped.
+    pub async fn set_stock(
+        &self,
+        sku: &str,
+        available: i64,
+        price_cents: i64,
+        fence: i64,
+    ) -> Result<StockChange, InventoryError> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<(i64, i64)> =
+            sqlx::query_as("SELECT available, fence FROM skus WHERE sku = $1 FOR UPDATE")
+                .bind(sku)
+                .fetch_optional(&mut *tx)
+                .await?;
+        // Strictly newer: each acquisition writes a SKU row once, so an equal token can only
+        // come from a second holder (the token counter restarted with a Redis that lost its data).
+        if before.is_some_and(|(_, accepted)| accepted >= fence) {
+            return Err(InventoryError::Fenced {
+                sku: sku.to_owned(),
+                token: fence,
+            });
+        }
+        let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "INSERT INTO skus (sku, available, price_cents, fence) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, \
+             price_cents = EXCLUDED.price_cents, fence = EXCLUDED.fence, updated_at = now() \
+             RETURNING available, reserved, sold, price_cents, fence",
+        )
+        .bind(sku)
+        .bind(available)
+        .bind(price_cents)
+        .bind(fence)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(StockChange {
+            tx,
+            available_delta: available - before.map_or(0, |(old, _)| old),
+            row: sku_row(sku, row),
+        })
+    }
+}
+
+fn sku_row(
+    sku: &str,
+    (available, reserved, sold, price_cents, fence): (i64, i64, i64, i64, i64),
+) -> SkuRow {
+    SkuRow {
+        level: StockLevel {
+            sku: sku.to_owned(),
+            available,
+            reserved,
+            sold,
+            price_cents,
+        },
+        fence,
+    }
+}
+
+/// Locks the rows of `skus` (sorted) for this transaction; returns what each has available.
+async fn lock_skus(
+    tx: &mut Transaction<'static, Postgres>,
+    skus: &[String],
+) -> Result<HashMap<String, i64>, InventoryError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sku, available FROM skus WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(skus)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn apply_deltas(
+    tx: &mut Transaction<'static, Postgres>,
+    deltas: &[StockDelta],
+) -> Result<(), InventoryError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let column = |pick: fn(&StockDelta) -> i64| deltas.iter().map(pick).collect::<Vec<i64>>();
+    sqlx::query(
+        "UPDATE skus SET available = skus.available + d.available, \
+         reserved = skus.reserved + d.reserved, sold = skus.sold + d.sold, updated_at = now() \
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[]) \
+              AS d(sku, available, reserved, sold) \
+         WHERE skus.sku = d.sku",
+    )
+    .bind(deltas.iter().map(|d| d.sku.clone()).collect::<Vec<_>>())
+    .bind(column(|d| d.available))
+    .bind(column(|d| d.reserved))
+    .bind(column(|d| d.sold))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_reservations(
+    tx: &mut Transaction<'static, Postgres>,
+    accepted: &[&Admission],
+) -> Result<(), InventoryError> {
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO reservations (order_id, state, expires_at) \
+         SELECT order_id, 'reserved', expires_at FROM UNNEST($1::uuid[], $2::timestamptz[]) \
+              AS r(order_id, expires_at)",
+    )
+    .bind(accepted.iter().map(|a| a.order_id).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|a| a.expires_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let lines: Vec<(Uuid, &ReservedLine)> = accepted
+        .iter()
+        .flat_map(|a| a.lines.iter().map(|line| (a.order_id, line)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO reservation_items (order_id, sku, quantity, unit_price_cents) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[])",
+    )
+    .bind(lines.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, l)| l.sku.clone()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, l)| l.quantity).collect::<Vec<_>>())
+    .bind(
+        lines
+            .iter()
+            .map(|(_, l)| l.unit_price_cents)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_refusals(
+    tx: &mut Transaction<'static, Postgres>,
+    refusals: &[(&Admission, usize, i64)],
+) -> Result<(), InventoryError> {
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    fn line<'a>((admission, index, _): &(&'a Admission, usize, i64)) -> &'a ReservedLine {
+        &admission.lines[*index]
+    }
+    sqlx::query(
+        "INSERT INTO stock_refusals (order_id, sku, requested, available) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[])",
+    )
+    .bind(refusals.iter().map(|r| r.0.order_id).collect::<Vec<_>>())
+    .bind(
+        refusals
+            .iter()
+            .map(|r| line(r).sku.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        refusals
+            .iter()
+            .map(|r| line(r).quantity)
+            .collect::<Vec<_>>(),
+    )
+    .bind(refusals.iter().map(|r| r.2).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    for refusal in refusals {
+        tracing::warn!(
+            order_id = %refusal.0.order_id,
+            sku = %line(refusal).sku,
+            requested = line(refusal).quantity,
+            available = refusal.2,
+            "PostgreSQL refused a reservation Redis admitted: Redis counters ran ahead"
+        );
+    }
+    Ok(())
+}
+
+async fn set_state(
+    tx: &mut Transaction<'static, Postgres>,
+    order_ids: &[Uuid],
+    settlement: Settlement,
+    reason: &str,
+) -> Result<(), InventoryError> {
+    let reason = (settlement == Settlement::Release).then_some(reason);
+    sqlx::query(
+        "UPDATE reservations SET state = $2, release_reason = $3, updated_at = now() \
+         WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .bind(settlement.target().as_str())
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn load_reservations(
+    connection: &mut sqlx::PgConnection,
+    order_ids: &[Uuid],
+) -> Result<HashMap<Uuid, DurableReservation>, InventoryError> {
+    let rows: Vec<(Uuid, String, OffsetDateTime, String, i64, i64)> = sqlx::query_as(
+        "SELECT r.order_id, r.state, r.expires_at, i.sku, i.quantity, i.unit_price_cents \
+         FROM reservations r JOIN reservation_items i USING (order_id) \
+         WHERE r.order_id = ANY($1) ORDER BY r.order_id, i.sku",
+    )
+    .bind(order_ids)
+    .fetch_all(connection)
+    .await?;
+    let mut reservations: HashMap<Uuid, DurableReservation> = HashMap::new();
+    for (order_id, state, expires_at, sku, quantity, unit_price_cents) in rows {
+        let state = ReservationState::parse(&state)
+            .ok_or_else(|| InventoryError::Corrupt(format!("reservation state {state:?}")))?;
+        reservations
+            .entry(order_id)
+            .or_insert_with(|| DurableReservation {
+                state,
+                lines: Vec::new(),
+                expires_at,
+            })
+            .lines
+            .push(ReservedLine {
+                sku,
+                quantity,
+                unit_price_cents,
+            });
+    }
+    Ok(reservations)
+}

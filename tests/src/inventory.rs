@@ -1,0 +1,198 @@
+//! inventory-svc as real processes (the built `inventory-svc` binary), several at once against
+//! one database and one Redis (shared, private or a cluster), isolated from every other test.
+//! Inventory tests need neither the broker nor the other services.
+
+use std::process::Stdio;
+
+use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use orderflow_proto::inventory::v1::{ReserveItem, ReserveRequest, SetStockRequest};
+use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisConnection;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+use crate::deps;
+
+#[derive(Debug, Clone, Default)]
+pub struct InventoryOptions {
+    /// How many inventory-svc processes (at least one).
+    pub processes: usize,
+    /// Another Redis than the shared one; with `redis_cluster`, the cluster's seed nodes.
+    pub redis_url: Option<String>,
+    pub redis_cluster: bool,
+    /// Further flags for every process, e.g. `--reservation-ttl-secs=1`.
+    pub args: Vec<String>,
+}
+
+pub struct InventoryStack {
+    /// One client per process.
+    pub clients: Vec<InventoryServiceClient<Channel>>,
+    pub db: PgPool,
+    /// This test's Redis and key prefix, as the services see them.
+    pub redis_args: RedisArgs,
+    pub redis: RedisConnection,
+    processes: Vec<Child>,
+}
+
+/// The path of a workspace binary next to the running test (`target/<profile>/<name>`).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let test = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let binary = profile_dir.join(name);
+    assert!(
+        binary.exists(),
+        "{} is not built; build it with `cargo build --bins` (make test does)",
+        binary.display()
+    );
+    binary
+}
+
+impl InventoryStack {
+    pub async fn start(options: InventoryOptions) -> Self {
+        let id = crate::unique_id();
+        let (database_url, db) = deps::fresh_database(&id).await;
+        let redis_args = RedisArgs {
+            redis_url: options.redis_url.clone().unwrap_or_else(deps::redis_url),
+            redis_cluster: options.redis_cluster,
+            redis_key_prefix: format!("t{id}"),
+            redis_timeout_ms: 2000,
+        };
+        let redis = orderflow_runtime::redis::connect(&redis_args)
+            .await
+            .unwrap_or_else(|error| panic!("{error}; {}", deps::HOW_TO_START));
+        let binary = workspace_binary("inventory-svc");
+        let mut processes = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..options.processes.max(1) {
+            let address = format!("127.0.0.1:{}", crate::private::free_port());
+            let log = std::env::var("ORDERFLOW_TEST_LOG").ok();
+            let child = Command::new(&binary)
+                .arg(format!("--listen={address}"))
+                .arg(format!("--database-url={database_url}"))
+                .arg("--database-max-connections=4")
+                .arg(format!("--redis-url={}", redis_args.redis_url))
+                .arg(format!("--redis-cluster={}", redis_args.redis_cluster))
+                .arg(format!(
+                    "--redis-key-prefix={}",
+                    redis_args.redis_key_prefix
+                ))
+                .arg(format!("--log={}", log.as_deref().unwrap_or("error")))
+                .args(&options.args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
+            let mut child = child;
+            let serving =
+                crate::stack::wait_serving(&address, "orderflow.inventory.v1.InventoryService");
+            let channel = tokio::select! {
+                channel = serving => channel,
+                status = child.wait() => panic!(
+                    "inventory-svc exited during start-up ({status:?}); \
+                     run with ORDERFLOW_TEST_LOG=warn to see why"
+                ),
+            };
+            processes.push(child);
+            clients.push(InventoryServiceClient::new(channel));
+        }
+        Self {
+            clients,
+            db,
+            redis_args,
+            redis,
+            processes,
+        }
+    }
+
+    /// The client of process `index` (wrapping around).
+    pub fn client(&self, index: usize) -> InventoryServiceClient<Channel> {
+        self.clients[index % self.clients.len()].clone()
+    }
+
+    pub async fn set_stock(&self, sku: &str, quantity: i64, price_cents: i64) {
+        set_stock(self.client(0), sku, quantity, price_cents).await;
+    }
+
+    /// `available`, `reserved`, `sold` of `sku` in Redis, `None` if Redis has no counters.
+    pub async fn redis_counters(&self, sku: &str) -> Option<[i64; 3]> {
+        let key = self.redis_args.key(&["stock", sku]);
+        let values: [Option<i64>; 3] = redis::cmd("HMGET")
+            .arg(key)
+            .arg(&["available", "reserved", "sold"])
+            .query_async(&mut self.redis.clone())
+            .await
+            .expect("reading counters from Redis");
+        Some([values[0]?, values[1]?, values[2]?])
+    }
+
+    /// `available`, `reserved`, `sold` of `sku` in PostgreSQL.
+    pub async fn durable_counters(&self, sku: &str) -> [i64; 3] {
+        let (available, reserved, sold): (i64, i64, i64) =
+            sqlx::query_as("SELECT available, reserved, sold FROM skus WHERE sku = $1")
+                .bind(sku)
+                .fetch_one(&self.db)
+                .await
+                .expect("reading a SKU row");
+        [available, reserved, sold]
+    }
+
+    /// Reservations PostgreSQL refused after Redis admitted them (zero in normal operation).
+    pub async fn refusals(&self) -> i64 {
+        self.count("SELECT count(*) FROM stock_refusals").await
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"))
+    }
+
+    /// Kills every process (SIGKILL).
+    pub async fn kill(&mut self) {
+        for child in &mut self.processes {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Sets a SKU's stock as an operator does, failing the test if refused.
+pub async fn set_stock(
+    mut client: InventoryServiceClient<Channel>,
+    sku: &str,
+    quantity: i64,
+    price_cents: i64,
+) {
+    client
+        .set_stock(SetStockRequest {
+            sku: sku.into(),
+            quantity,
+            price_cents,
+        })
+        .await
+        .expect("SetStock");
+}
+
+/// A Reserve request for a new order.
+pub fn reserve_request(items: &[(&str, i64)]) -> ReserveRequest {
+    reserve_request_for(&uuid::Uuid::now_v7().to_string(), items)
+}
+
+/// A Reserve request for `order_id`.
+pub fn reserve_request_for(order_id: &str, items: &[(&str, i64)]) -> ReserveRequest {
+    ReserveRequest {
+        order_id: order_id.into(),
+        items: items
+            .iter()
+            .map(|(sku, quantity)| ReserveItem {
+                sku: (*sku).into(),
+                quantity: *quantity,
+            })
+            .collect(),
+    }
+}

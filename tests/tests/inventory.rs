@@ -1,0 +1,316 @@
+//! Inventory under contention, against real inventory-svc processes, PostgreSQL and Redis:
+//! flash sales never oversell, multi-SKU reservations are all or nothing, retries and
+//! settlements are idempotent, expired reservations give their stock back, and Redis losing
+//! its data mid-sale still sells no unit twice.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use orderflow_proto::inventory::v1::{
+    CommitRequest, ReleaseRequest, ReservationState, ReserveRequest,
+};
+use orderflow_tests::inventory::{reserve_request, InventoryOptions, InventoryStack};
+use orderflow_tests::private::PrivateRedis;
+use orderflow_tests::{assert_status, eventually};
+use tonic::Code;
+
+fn processes(count: usize) -> InventoryOptions {
+    InventoryOptions {
+        processes: count,
+        ..InventoryOptions::default()
+    }
+}
+
+/// Sends every request concurrently, spread over the stack's processes; the number reserved.
+/// Any answer but a reservation or "insufficient stock" fails the test.
+async fn reserve_all(stack: &InventoryStack, requests: Vec<ReserveRequest>) -> usize {
+    reserve_all_tolerating(stack, requests, None).await
+}
+
+/// As `reserve_all`, also accepting `tolerated` (e.g. UNAVAILABLE while Redis is being wiped).
+async fn reserve_all_tolerating(
+    stack: &InventoryStack,
+    requests: Vec<ReserveRequest>,
+    tolerated: Option<Code>,
+) -> usize {
+    let answers = join_all(requests.into_iter().enumerate().map(|(i, request)| {
+        let mut client = stack.client(i);
+        async move { client.reserve(request).await }
+    }))
+    .await;
+    answers
+        .into_iter()
+        .filter(|answer| match answer {
+            Ok(_) => true,
+            Err(status) if Some(status.code()) == tolerated => false,
+            Err(status) => {
+                assert_status(
+                    "reserve",
+                    status,
+                    Code::FailedPrecondition,
+                    "insufficient stock",
+                );
+                false
+            }
+        })
+        .count()
+}
+
+async fn assert_counters_agree(stack: &InventoryStack, sku: &str, expected: [i64; 3]) {
+    assert_eq!(
+        stack.durable_counters(sku).await,
+        expected,
+        "{sku} in PostgreSQL"
+    );
+    assert_eq!(
+        stack.redis_counters(sku).await,
+        Some(expected),
+        "{sku} in Redis"
+    );
+}
+
+#[tokio::test]
+async fn a_flash_sale_across_three_processes_sells_exactly_the_units() {
+    let stack = InventoryStack::start(processes(3)).await;
+    stack.set_stock("HOT", 50, 9_900).await;
+
+    let buyers = (0..500).map(|_| reserve_request(&[("HOT", 1)])).collect();
+    assert_eq!(reserve_all(&stack, buyers).await, 50);
+
+    assert_counters_agree(&stack, "HOT", [0, 50, 0]).await;
+    assert_eq!(stack.count("SELECT count(*) FROM reservations").await, 50);
+    assert_eq!(stack.refusals().await, 0);
+}
+
+#[tokio::test]
+async fn multi_sku_reservations_are_all_or_nothing_under_contention() {
+    let stack = InventoryStack::start(processes(2)).await;
+    stack.set_stock("PAIR-A", 120, 100).await;
+    stack.set_stock("PAIR-B", 25, 200).await;
+
+    // 80 orders want one A and one B (listed both ways round: PostgreSQL locks rows in SKU
+    // order, so there is no deadlock either way), 40 want two A. B runs out after 25 pairs;
+    // a refused pair must not keep its A.
+    let requests = (0..120)
+        .map(|i| match i % 3 {
+            0 => reserve_request(&[("PAIR-A", 1), ("PAIR-B", 1)]),
+            1 => reserve_request(&[("PAIR-B", 1), ("PAIR-A", 1)]),
+            _ => reserve_request(&[("PAIR-A", 2)]),
+        })
+        .collect();
+    assert_eq!(reserve_all(&stack, requests).await, 25 + 40);
+
+    assert_counters_agree(&stack, "PAIR-A", [120 - 25 - 80, 25 + 80, 0]).await;
+    assert_counters_agree(&stack, "PAIR-B", [0, 25, 0]).await;
+    let complete_pairs = stack
+        .count(
+            "SELECT count(*) FROM (SELECT order_id FROM reservation_items \
+             GROUP BY order_id HAVING count(*) = 2) AS pairs",
+        )
+        .await;
+    assert_eq!(complete_pairs, 25);
+    assert_eq!(stack.refusals().await, 0);
+}
+
+#[tokio::test]
+async fn retries_reserve_once_and_settlements_follow_the_state_machine() {
+    let stack = InventoryStack::start(processes(2)).await;
+    stack.set_stock("IDEM", 10, 500).await;
+
+    // The same order, ten times at once and then again: one reservation of 3 units.
+    let request = reserve_request(&[("IDEM", 3)]);
+    let order_id = request.order_id.clone();
+    let answers = join_all((0..10).map(|i| {
+        let (mut client, request) = (stack.client(i), request.clone());
+        async move {
+            eventually("a retried reservation", Duration::from_secs(10), || {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.reserve(request).await.ok() }
+            })
+            .await;
+            client.reserve(request).await.expect("a retry").into_inner()
+        }
+    }))
+    .await;
+    for answer in &answers {
+        let reservation = answer.reservation.as_ref().expect("a reservation");
+        assert_eq!(reservation.state(), ReservationState::Reserved);
+        assert_eq!(reservation.items[0].quantity, 3);
+        assert_eq!(reservation.items[0].unit_price_cents, 500);
+        assert!(reservation.expires_at.is_some());
+    }
+    assert_counters_agree(&stack, "IDEM", [7, 3, 0]).await;
+
+    // Commit twice: one sale. Release after commit is refused and changes nothing.
+    let mut client = stack.client(0);
+    let commit = CommitRequest {
+        order_id: order_id.clone(),
+    };
+    for _ in 0..2 {
+        let committed = client.commit(commit.clone()).await.expect("Commit");
+        let reservation = committed.into_inner().reservation.expect("a reservation");
+        assert_eq!(reservation.state(), ReservationState::Committed);
+    }
+    let refused = client
+        .release(ReleaseRequest {
+            order_id: order_id.clone(),
+            reason: "buyer cancelled".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_status(
+        "release after commit",
+        &refused,
+        Code::FailedPrecondition,
+        "is committed; it cannot be released",
+    );
+    assert_counters_agree(&stack, "IDEM", [7, 0, 3]).await;
+
+    // Release twice: units back once. Commit after release is refused.
+    let other = reserve_request(&[("IDEM", 2)]);
+    client.reserve(other.clone()).await.expect("Reserve");
+    let release = ReleaseRequest {
+        order_id: other.order_id.clone(),
+        reason: "payment failed".into(),
+    };
+    for _ in 0..2 {
+        let released = client.release(release.clone()).await.expect("Release");
+        let reservation = released.into_inner().reservation.expect("a reservation");
+        assert_eq!(reservation.state(), ReservationState::Released);
+    }
+    let refused = client
+        .commit(CommitRequest {
+            order_id: other.order_id,
+        })
+        .await
+        .unwrap_err();
+    assert_status(
+        "commit after release",
+        &refused,
+        Code::FailedPrecondition,
+        "is released; it cannot be committed",
+    );
+    assert_counters_agree(&stack, "IDEM", [7, 0, 3]).await;
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let missing = client
+        .commit(CommitRequest { order_id: unknown })
+        .await
+        .unwrap_err();
+    assert_status("commit unknown", &missing, Code::NotFound, "no reservation");
+    assert_eq!(stack.refusals().await, 0);
+}
+
+#[tokio::test]
+async fn an_expired_reservation_returns_its_stock() {
+    let stack = InventoryStack::start(InventoryOptions {
+        processes: 2,
+        args: vec![
+            "--reservation-ttl-secs=1".into(),
+            "--reservation-sweep-interval-ms=100".into(),
+        ],
+        ..InventoryOptions::default()
+    })
+    .await;
+    stack.set_stock("EXP", 5, 100).await;
+    let mut client = stack.client(0);
+    let kept = reserve_request(&[("EXP", 1)]);
+    let forgotten = reserve_request(&[("EXP", 3)]);
+    client.reserve(kept.clone()).await.expect("Reserve");
+    client.reserve(forgotten.clone()).await.expect("Reserve");
+    client
+        .commit(CommitRequest {
+            order_id: kept.order_id.clone(),
+        })
+        .await
+        .expect("Commit");
+    assert_counters_agree(&stack, "EXP", [1, 3, 1]).await;
+
+    eventually(
+        "the expired reservation to give its units back",
+        Duration::from_secs(20),
+        || async { (stack.durable_counters("EXP").await == [4, 0, 1]).then_some(()) },
+    )
+    .await;
+    assert_counters_agree(&stack, "EXP", [4, 0, 1]).await;
+    let reason: String =
+        sqlx::query_scalar("SELECT release_reason FROM reservations WHERE order_id = $1::uuid")
+            .bind(&forgotten.order_id)
+            .fetch_one(&stack.db)
+            .await
+            .expect("the expired reservation");
+    assert_eq!(reason, "expired");
+    let late = client
+        .commit(CommitRequest {
+            order_id: forgotten.order_id,
+        })
+        .await
+        .unwrap_err();
+    assert_status(
+        "pay after expiry",
+        &late,
+        Code::FailedPrecondition,
+        "released",
+    );
+    assert_eq!(stack.refusals().await, 0);
+}
+
+async fn flushall(stack: &InventoryStack) {
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut stack.redis.clone())
+        .await
+        .expect("FLUSHALL");
+}
+
+#[tokio::test]
+async fn redis_losing_its_data_mid_sale_sells_no_unit_twice() {
+    let redis = PrivateRedis::start().await;
+    let stack = InventoryStack::start(InventoryOptions {
+        processes: 3,
+        redis_url: Some(redis.url.clone()),
+        ..InventoryOptions::default()
+    })
+    .await;
+    stack.set_stock("FLUSH", 50, 100).await;
+
+    // 20 sold, then Redis forgets everything: the rebuilt counters must count those 20.
+    let early: Vec<_> = (0..20).map(|_| reserve_request(&[("FLUSH", 1)])).collect();
+    assert_eq!(reserve_all(&stack, early.clone()).await, 20);
+    flushall(&stack).await;
+
+    // 140 more buyers, and Redis forgets everything again while they are in flight.
+    let wave = (0..140).map(|_| reserve_request(&[("FLUSH", 1)])).collect();
+    let racing_flush = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        flushall(&stack).await;
+    };
+    // A buyer whose counters vanish twice within one request hears UNAVAILABLE ("retry").
+    let (late, ()) = tokio::join!(
+        reserve_all_tolerating(&stack, wave, Some(Code::Unavailable)),
+        racing_flush
+    );
+    assert_eq!(20 + late, 50, "every unit sold once, none stranded");
+
+    // Every acknowledged reservation is in PostgreSQL; units were neither created nor lost.
+    assert_eq!(stack.durable_counters("FLUSH").await, [0, 50, 0]);
+    assert_eq!(stack.count("SELECT count(*) FROM reservations").await, 50);
+
+    // Releasing reservations whose Redis records were lost returns their units exactly once.
+    let mut client = stack.client(0);
+    for request in &early[..5] {
+        client
+            .release(ReleaseRequest {
+                order_id: request.order_id.clone(),
+                reason: "cancelled".into(),
+            })
+            .await
+            .expect("Release");
+    }
+    let buyers = (0..30).map(|_| reserve_request(&[("FLUSH", 1)])).collect();
+    assert_eq!(reserve_all(&stack, buyers).await, 5);
+    assert_counters_agree(&stack, "FLUSH", [0, 50, 0]).await;
+    println!(
+        "Redis loss: {} reservations refused by PostgreSQL after Redis admitted them",
+        stack.refusals().await
+    );
+}
