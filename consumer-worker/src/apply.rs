@@ -3,12 +3,14 @@
 
 use sqlx::PgPool;
 
-use crate::record::OrderRow;
+use crate::record::{self, OrderRow};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
     /// The order was written.
     Inserted,
+    /// The order was written as `CANCELLED`: its stock was no longer held when it arrived.
+    InsertedCancelled,
     /// This event was applied before (a redelivery).
     DuplicateEvent,
     /// Another event already wrote this order (the API published it twice).
@@ -65,15 +67,23 @@ pub async fn order_created(
         return Ok(Applied::DuplicateEvent);
     }
 
+    // Locked so the reservation cannot be released between this check and the commit.
+    let reservation_state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM reservations WHERE order_id = $1 FOR SHARE")
+            .bind(row.order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (status, cancel_reason) = record::arrival_status(row.status, reservation_state.as_deref());
     let inserted = sqlx::query(
-        "INSERT INTO orders (order_id, user_id, idempotency_key, status, total_cents, currency, \
-                             created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        "INSERT INTO orders (order_id, user_id, idempotency_key, status, cancel_reason, \
+                             total_cents, currency, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
     )
     .bind(row.order_id)
     .bind(&row.user_id)
     .bind(&row.idempotency_key)
-    .bind(row.status)
+    .bind(status)
+    .bind(cancel_reason)
     .bind(row.total_cents)
     .bind(&row.currency)
     .bind(row.created_at)
@@ -99,7 +109,11 @@ pub async fn order_created(
         .bind(prices)
         .execute(&mut *tx)
         .await?;
-        Applied::Inserted
+        if cancel_reason.is_some() {
+            Applied::InsertedCancelled
+        } else {
+            Applied::Inserted
+        }
     } else {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = $1)")

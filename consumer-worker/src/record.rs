@@ -2,6 +2,7 @@
 //! an event that fails here can never be applied and is skipped as poison, not retried.
 
 use orderflow_proto::events::v1::OrderCreated;
+use orderflow_proto::order::v1::OrderStatus;
 use orderflow_proto::order_status;
 use orderflow_runtime::timestamp;
 use time::OffsetDateTime;
@@ -26,6 +27,28 @@ pub struct ItemRow {
     pub sku: String,
     pub quantity: i64,
     pub unit_price_cents: i64,
+}
+
+/// Why an order is recorded `CANCELLED` when it arrives without stock held for it.
+pub const STOCK_NOT_HELD: &str = "stock_not_held: its reservation was released or never made \
+before the order was recorded; no stock was taken";
+
+/// The status an arriving order is recorded with, given its reservation's state in PostgreSQL
+/// (`None`: no reservation). Normally the reservation is held and the order keeps its status.
+/// If the stock was already given back (the API heard no broker acknowledgement and undid the
+/// placement, yet the event arrived), recording it as placed would sell units someone else may
+/// now hold: it is recorded `CANCELLED` with a reason instead, and no stock moves.
+pub fn arrival_status(
+    status: &'static str,
+    reservation_state: Option<&str>,
+) -> (&'static str, Option<&'static str>) {
+    match reservation_state {
+        Some("reserved" | "committed") => (status, None),
+        _ => (
+            order_status::to_db(OrderStatus::Cancelled),
+            Some(STOCK_NOT_HELD),
+        ),
+    }
 }
 
 pub fn order_created(event: &OrderCreated) -> Result<OrderRow, String> {
@@ -76,9 +99,22 @@ pub fn order_created(event: &OrderCreated) -> Result<OrderRow, String> {
 
 #[cfg(test)]
 mod tests {
-    use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus};
+    use orderflow_proto::order::v1::{Order, OrderItem};
 
     use super::*;
+
+    #[test]
+    fn an_order_without_held_stock_arrives_cancelled() {
+        for held in ["reserved", "committed"] {
+            assert_eq!(arrival_status("PENDING", Some(held)), ("PENDING", None));
+        }
+        for gone in [Some("released"), None] {
+            assert_eq!(
+                arrival_status("PENDING", gone),
+                ("CANCELLED", Some(STOCK_NOT_HELD))
+            );
+        }
+    }
 
     fn event() -> OrderCreated {
         let order_id = Uuid::now_v7().to_string();

@@ -95,6 +95,10 @@ impl Worker {
                         Applied::Inserted | Applied::DuplicateEvent | Applied::OrderExists => {
                             tracing::debug!(order_id = %row.order_id, ?applied, "applied");
                         }
+                        Applied::InsertedCancelled => tracing::warn!(
+                            order_id = %row.order_id,
+                            "order recorded CANCELLED: its stock was released before it arrived"
+                        ),
                         Applied::IdempotencyKeyTaken => tracing::error!(
                             order_id = %row.order_id,
                             user_id = %row.user_id,

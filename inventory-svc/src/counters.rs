@@ -113,6 +113,11 @@ impl Counters {
         self.keys.key(&["reservation", order_id])
     }
 
+    /// The sorted set of admissions PostgreSQL has not recorded yet, scored by admission time.
+    fn unrecorded_key(&self) -> String {
+        self.keys.key(&["unrecorded"])
+    }
+
     /// The counters of each SKU, in order, `None` where Redis has none; one round trip.
     pub async fn stock_levels(
         &self,
@@ -152,8 +157,11 @@ impl Counters {
         let mut invocation = self.scripts.reserve.prepare_invoke();
         invocation
             .key(self.reservation_key(order_id))
+            .key(self.unrecorded_key())
             .arg(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX))
-            .arg(unix_millis(expires_at));
+            .arg(unix_millis(expires_at))
+            .arg(unix_millis(OffsetDateTime::now_utc()))
+            .arg(order_id);
         for line in lines {
             invocation
                 .key(self.stock_key(&line.sku))
@@ -170,8 +178,9 @@ impl Counters {
             return Ok(());
         }
         let mut invocation = self.scripts.confirm.prepare_invoke();
+        invocation.key(self.unrecorded_key());
         for order_id in order_ids {
-            invocation.key(self.reservation_key(order_id));
+            invocation.key(self.reservation_key(order_id)).arg(order_id);
         }
         let _confirmed: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
         Ok(())
@@ -184,7 +193,10 @@ impl Counters {
         undo: Undo<'_>,
     ) -> Result<(), InventoryError> {
         let mut invocation = self.scripts.undo.prepare_invoke();
-        invocation.key(self.reservation_key(order_id));
+        invocation
+            .key(self.reservation_key(order_id))
+            .key(self.unrecorded_key())
+            .arg(order_id);
         for (index, line) in lines.iter().enumerate() {
             let ceiling = match undo {
                 Undo::GiveBack => -1,
@@ -197,6 +209,55 @@ impl Counters {
         }
         let _undone: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
         Ok(())
+    }
+
+    /// Orders admitted before `cutoff` that PostgreSQL has not been confirmed to record: their
+    /// admitting process may have died between Redis and PostgreSQL. At most `limit`, oldest
+    /// first.
+    pub async fn unrecorded_before(
+        &self,
+        cutoff: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<String>, InventoryError> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(self.unrecorded_key())
+            .arg("-inf")
+            .arg(unix_millis(cutoff))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.redis.clone())
+            .await?)
+    }
+
+    /// The reserved lines of an order as Redis holds them (empty if Redis has no reservation).
+    pub async fn reserved_lines(
+        &self,
+        order_id: &str,
+    ) -> Result<Vec<ReservedLine>, InventoryError> {
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.reservation_key(order_id))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let mut lines = fields
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let sku = name.strip_prefix("item:")?.to_owned();
+                Some((sku, value))
+            })
+            .map(|(sku, value)| {
+                let (quantity, price) = value
+                    .split_once(':')
+                    .ok_or_else(|| corrupt(&format!("item {sku} = {value:?}")))?;
+                Ok(ReservedLine {
+                    sku,
+                    quantity: parse_number(quantity)?,
+                    unit_price_cents: parse_number(price)?,
+                })
+            })
+            .collect::<Result<Vec<_>, InventoryError>>()?;
+        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+        Ok(lines)
     }
 
     /// Mirrors a settlement PostgreSQL made. Idempotent: a reservation already settled, or lost

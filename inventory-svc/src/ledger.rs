@@ -217,14 +217,14 @@ impl Ledger {
     /// returns them. Replicas sweeping at once each take different rows (`SKIP LOCKED`).
     pub async fn release_expired(
         &self,
-        limit: i64,
+        limit: usize,
     ) -> Result<Vec<(Uuid, DurableReservation)>, InventoryError> {
         let mut tx = self.pool.begin().await?;
         let due: Vec<Uuid> = sqlx::query_scalar(
             "SELECT order_id FROM reservations WHERE state = 'reserved' AND expires_at <= now() \
              ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
-        .bind(limit)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
         if due.is_empty() {

@@ -4,9 +4,10 @@
 //! (`counters`); PostgreSQL holds the durable truth (`ledger`) and records every admitted
 //! reservation before it is acknowledged (`recorder`, in group commits), refusing any that
 //! Redis admitted beyond what exists. Changes that write absolute values to both stores run
-//! under a fenced distributed lock (`guarded`); expired reservations return their stock
-//! (`expiry`). The rules are plain Rust (`stock`, `admission`), and `service` is the gRPC edge
-//! that maps every error to a status in one place (`error`). docs/inventory.md has the design.
+//! under a fenced distributed lock (`guarded`). A sweeper returns the stock of expired
+//! reservations and settles admissions a dead process never recorded (`expiry`). The rules are
+//! plain Rust (`stock`, `admission`), and `service` is the gRPC edge that maps every error to a
+//! status in one place (`error`). docs/inventory.md has the design.
 
 mod admission;
 mod counters;
@@ -51,6 +52,12 @@ pub struct Config {
         default_value_t = 1000
     )]
     pub reservation_sweep_interval_ms: u64,
+
+    /// How long a reservation Redis admitted may stay unconfirmed by PostgreSQL before the
+    /// sweeper settles it (its process died in between): confirmed if PostgreSQL has it, else
+    /// its units return.
+    #[arg(long, env = "ORDERFLOW_UNRECORDED_GRACE_SECS", default_value_t = 30)]
+    pub unrecorded_grace_secs: u64,
 
     /// Most reservations recorded in PostgreSQL in one transaction (group commit).
     #[arg(long, env = "ORDERFLOW_RESERVATION_BATCH_MAX", default_value_t = 512)]
@@ -116,12 +123,13 @@ pub async fn run(
             retention: RESERVATION_RETENTION,
         },
     );
-    let sweeper = tokio::spawn(expiry::sweep(
+    let sweeper = expiry::Sweeper {
         ledger,
         counters,
-        Duration::from_millis(config.reservation_sweep_interval_ms.max(1)),
-        shutdown.clone(),
-    ));
+        interval: Duration::from_millis(config.reservation_sweep_interval_ms.max(1)),
+        unrecorded_grace: Duration::from_secs(config.unrecorded_grace_secs),
+    };
+    let sweeper = tokio::spawn(sweeper.run(shutdown.clone()));
     let served = orderflow_runtime::grpc::serve(
         InventoryServiceServer::new(inventory),
         listener,

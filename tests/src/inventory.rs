@@ -141,6 +141,30 @@ impl InventoryStack {
         [available, reserved, sold]
     }
 
+    /// What an inventory-svc process killed between Redis and PostgreSQL leaves behind: the
+    /// admission script ran (units taken in Redis), nothing was recorded.
+    pub async fn admit_without_recording(&self, order_id: &str, sku: &str, quantity: i64) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_millis();
+        let reply: Vec<String> =
+            redis::Script::new(include_str!("../../inventory-svc/src/scripts/reserve.lua"))
+                .key(self.redis_args.key(&["reservation", order_id]))
+                .key(self.redis_args.key(&["unrecorded"]))
+                .key(self.redis_args.key(&["stock", sku]))
+                .arg(3_600_000)
+                .arg(now_ms + 3_600_000)
+                .arg(now_ms)
+                .arg(order_id)
+                .arg(sku)
+                .arg(quantity)
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .expect("running the admission script");
+        assert_eq!(reply[0], "admitted", "{reply:?}");
+    }
+
     /// Reservations PostgreSQL refused after Redis admitted them (zero in normal operation).
     pub async fn refusals(&self) -> i64 {
         self.count("SELECT count(*) FROM stock_refusals").await

@@ -255,6 +255,41 @@ async fn an_expired_reservation_returns_its_stock() {
     assert_eq!(stack.refusals().await, 0);
 }
 
+#[tokio::test]
+async fn units_of_an_admission_a_dead_process_never_recorded_come_back() {
+    let stack = InventoryStack::start(InventoryOptions {
+        processes: 1,
+        args: vec![
+            "--unrecorded-grace-secs=1".into(),
+            "--reservation-sweep-interval-ms=100".into(),
+        ],
+        ..InventoryOptions::default()
+    })
+    .await;
+    stack.set_stock("CRASH", 10, 100).await;
+    let request = reserve_request(&[("CRASH", 3)]);
+    stack
+        .admit_without_recording(&request.order_id, "CRASH", 3)
+        .await;
+    assert_eq!(stack.redis_counters("CRASH").await, Some([7, 3, 0]));
+
+    // A retry meanwhile cannot be answered yet: PostgreSQL has no such reservation.
+    let mut client = stack.client(0);
+    let status = client.reserve(request.clone()).await.unwrap_err();
+    assert_status("retry", &status, Code::Unavailable, "still being recorded");
+
+    eventually(
+        "the unrecorded admission's units to come back",
+        Duration::from_secs(20),
+        || async { (stack.redis_counters("CRASH").await == Some([10, 0, 0])).then_some(()) },
+    )
+    .await;
+    // The retry now reserves for real, once.
+    client.reserve(request).await.expect("Reserve");
+    assert_counters_agree(&stack, "CRASH", [7, 3, 0]).await;
+    assert_eq!(stack.refusals().await, 0);
+}
+
 async fn flushall(stack: &InventoryStack) {
     let () = redis::cmd("FLUSHALL")
         .query_async(&mut stack.redis.clone())

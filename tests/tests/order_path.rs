@@ -194,7 +194,10 @@ async fn concurrent_buyers_never_oversell() {
         .fetch_one(&stack.db)
         .await
         .unwrap();
-    assert_eq!(refused_by_postgres, 0, "Redis admitted what PostgreSQL refused");
+    assert_eq!(
+        refused_by_postgres, 0,
+        "Redis admitted what PostgreSQL refused"
+    );
 }
 
 #[tokio::test]

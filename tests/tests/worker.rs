@@ -2,9 +2,11 @@
 //! can never be applied without stopping.
 
 use orderflow_proto::events::v1::OrderCreated;
+use orderflow_proto::inventory::v1::ReleaseRequest;
 use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus};
 use orderflow_proto::topics::ORDER_CREATED;
 use orderflow_runtime::timestamp;
+use orderflow_tests::inventory::reserve_request_for;
 use orderflow_tests::stack::Stack;
 use prost::Message;
 use uuid::Uuid;
@@ -130,4 +132,49 @@ async fn events_that_can_never_apply_are_skipped_and_the_worker_goes_on() {
         .await
         .unwrap();
     assert_eq!(persisted, good_id);
+}
+
+#[tokio::test]
+async fn an_order_whose_stock_was_released_before_it_arrived_is_recorded_cancelled() {
+    let stack = Stack::start().await;
+    stack.set_stock("W-1", 10, 250).await;
+    let mut inventory = stack.inventory.clone();
+    let (released, held) = (Uuid::now_v7(), Uuid::now_v7());
+    for order_id in [released, held] {
+        inventory
+            .reserve(reserve_request_for(&order_id.to_string(), &[("W-1", 3)]))
+            .await
+            .expect("Reserve");
+    }
+    // The API heard no acknowledgement for `released` and gave its stock back, yet its event
+    // was written and arrives.
+    inventory
+        .release(ReleaseRequest {
+            order_id: released.to_string(),
+            reason: "publish failed".into(),
+        })
+        .await
+        .expect("Release");
+    for (order_id, key) in [(released, "w-released"), (held, "w-held")] {
+        let event = order_created(order_id, key).encode_to_vec();
+        stack
+            .publish_raw(ORDER_CREATED, &order_id.to_string(), &event)
+            .await;
+    }
+    stack.wait_for_persisted_orders(2).await;
+
+    let status = |order_id: Uuid| {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT status, cancel_reason FROM orders WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_one(&stack.db)
+    };
+    let (cancelled, reason) = status(released).await.unwrap();
+    assert_eq!(cancelled, "CANCELLED");
+    assert!(reason.unwrap_or_default().starts_with("stock_not_held"));
+    assert_eq!(status(held).await.unwrap(), ("PENDING".into(), None));
+    // The stock is untouched: only the held order's units are out.
+    let stock = stack.stock("W-1").await;
+    assert_eq!((stock.available, stock.reserved), (7, 3));
 }

@@ -1,15 +1,19 @@
 -- Admits every item of one order, or none, in one atomic step: the fast gate of a flash sale.
 -- KEYS[1]     the order's reservation hash
--- KEYS[2..n]  the stock hash of each item, in request order
+-- KEYS[2]     the sorted set of admissions not yet recorded in PostgreSQL (score: unix ms)
+-- KEYS[3..n]  the stock hash of each item, in request order
 -- ARGV[1]     how long to keep the reservation hash (ms)
 -- ARGV[2]     when the reservation expires (unix ms)
--- ARGV[3..]   sku, quantity of each item, in the same order
+-- ARGV[3]     now (unix ms)
+-- ARGV[4]     the order id
+-- ARGV[5..]   sku, quantity of each item, in the same order
 -- Replies (all strings):
 --   {"admitted"|"existing", state, expires_at, sku, quantity, unit_price, ...}
 --   {"missing", item_index}                 no counters for that SKU
 --   {"short", item_index, available}        not enough stock for that SKU
--- A new reservation starts "admitting": PostgreSQL has not recorded it yet. inventory-svc moves
--- it to "reserved" once PostgreSQL accepted it, or undoes it (undo.lua).
+-- A new reservation starts "admitting" and is listed in KEYS[2]: PostgreSQL has not recorded it
+-- yet. inventory-svc moves it to "reserved" once PostgreSQL accepted it (confirm.lua), or undoes
+-- it (undo.lua); the sweeper settles admissions left there by a process that died meanwhile.
 local reservation = KEYS[1]
 
 local function answer(kind)
@@ -34,19 +38,20 @@ end
 
 -- Check every item before touching any counter, so a refusal has nothing to roll back.
 local prices = {}
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local stock = redis.call('HMGET', KEYS[i], 'available', 'price_cents')
   if not stock[1] or not stock[2] then
-    return {'missing', tostring(i - 2)}
+    return {'missing', tostring(i - 3)}
   end
   if tonumber(stock[1]) < tonumber(ARGV[2 * i]) then
-    return {'short', tostring(i - 2), stock[1]}
+    return {'short', tostring(i - 3), stock[1]}
   end
   prices[i] = stock[2]
 end
 
 redis.call('HSET', reservation, 'state', 'admitting', 'expires_at', ARGV[2])
-for i = 2, #KEYS do
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+for i = 3, #KEYS do
   local quantity = tonumber(ARGV[2 * i])
   redis.call('HINCRBY', KEYS[i], 'available', -quantity)
   redis.call('HINCRBY', KEYS[i], 'reserved', quantity)

@@ -1,0 +1,249 @@
+//! inventory-bench: how many reservations per second one hot SKU takes, measured three ways.
+//!
+//! - `grpc`: `Reserve` RPCs against running inventory-svc processes, the real path (Redis
+//!   admission script, then the PostgreSQL group commit, then the answer).
+//! - `lua`: the admission script alone, straight to Redis (the ceiling of the Redis step).
+//! - `lock`: the same admission done with plain commands under the distributed lock (acquire,
+//!   read, write, release): the alternative the Lua script replaces.
+//!
+//! Each worker sends its next request as soon as the previous one answered (closed loop). Prints
+//! one line: operations, rate, latency percentiles and errors. `scripts/bench-inventory.sh`
+//! (`make bench-inventory`) builds it in release mode and runs all three.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use orderflow_proto::inventory::v1::SetStockRequest;
+use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::lock::{LockSettings, Locks};
+use orderflow_runtime::redis::RedisConnection;
+use orderflow_tests::inventory::reserve_request;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Grpc,
+    Lua,
+    Lock,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "inventory-bench",
+    about = "Reservations per second on one hot SKU"
+)]
+struct Args {
+    mode: Mode,
+    /// inventory-svc addresses (grpc mode), comma separated; requests are spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50052")]
+    inventory: Vec<String>,
+    /// Redis (lua and lock modes).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to measure.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+const ADMIT: &str = include_str!("../../../inventory-svc/src/scripts/reserve.lua");
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sku = format!("BENCH-{}", orderflow_tests::unique_id());
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut workers = Vec::new();
+    // Redis keys to delete afterwards (reservations expire by themselves).
+    let mut scratch = None;
+    match args.mode {
+        Mode::Grpc => {
+            let mut clients = Vec::new();
+            for address in &args.inventory {
+                clients.push(
+                    InventoryServiceClient::connect(address.clone())
+                        .await
+                        .with_context(|| format!("connecting to inventory-svc at {address}"))?,
+                );
+            }
+            clients[0]
+                .set_stock(SetStockRequest {
+                    sku: sku.clone(),
+                    quantity: 1_000_000_000,
+                    price_cents: 100,
+                })
+                .await?;
+            for worker in 0..args.concurrency {
+                let client = clients[worker % clients.len()].clone();
+                let sku = sku.clone();
+                workers.push(tokio::spawn(run_until(deadline, move || {
+                    let request = reserve_request(&[(&sku, 1)]);
+                    let mut client = client.clone();
+                    async move { client.reserve(request).await.is_ok() }
+                })));
+            }
+        }
+        Mode::Lua | Mode::Lock => {
+            let keys = RedisArgs {
+                redis_url: args.redis_url.clone(),
+                redis_cluster: false,
+                redis_key_prefix: format!("bench{}", orderflow_tests::unique_id()),
+                redis_timeout_ms: 5000,
+            };
+            let redis = orderflow_runtime::redis::connect(&keys).await?;
+            let stock_key = keys.key(&["stock", &sku]);
+            let () = redis::cmd("HSET")
+                .arg(&stock_key)
+                .arg(&["available", "1000000000000", "reserved", "0", "sold", "0"])
+                .arg(&["price_cents", "100"])
+                .query_async(&mut redis.clone())
+                .await?;
+            let locks = Locks::new(
+                redis.clone(),
+                &keys.redis_key_prefix,
+                LockSettings {
+                    ttl: Duration::from_secs(5),
+                    wait: Duration::from_secs(30),
+                },
+            );
+            let script = redis::Script::new(ADMIT);
+            scratch = Some((
+                redis.clone(),
+                [stock_key.clone(), keys.key(&["unrecorded"])],
+            ));
+            for _ in 0..args.concurrency {
+                let (redis, locks, script) = (redis.clone(), locks.clone(), script.clone());
+                let (keys, sku, stock_key) = (keys.clone(), sku.clone(), stock_key.clone());
+                let unrecorded_key = keys.key(&["unrecorded"]);
+                let mode = args.mode;
+                workers.push(tokio::spawn(run_until(deadline, move || {
+                    let (redis, locks, script) = (redis.clone(), locks.clone(), script.clone());
+                    let reservation = keys.key(&["reservation", &uuid::Uuid::new_v4().to_string()]);
+                    let (sku, stock_key) = (sku.clone(), stock_key.clone());
+                    let unrecorded_key = unrecorded_key.clone();
+                    async move {
+                        match mode {
+                            Mode::Lock => {
+                                admit_under_lock(&redis, &locks, &stock_key, &reservation).await
+                            }
+                            _ => {
+                                let keys = [unrecorded_key.as_str(), &stock_key, &reservation];
+                                admit_by_script(&redis, &script, keys, &sku).await
+                            }
+                        }
+                        .is_ok()
+                    }
+                })));
+            }
+        }
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (worker_latencies, worker_errors) = worker.await?;
+        latencies.extend(worker_latencies);
+        errors += worker_errors;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some((mut redis, keys)) = scratch {
+        let () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        let index = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+        latencies
+            .get(index)
+            .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "{:?}: {} reservations in {elapsed:.1} s = {:.0}/s, concurrency {}, latency ms p50 {:.2} \
+         p99 {:.2} max {:.2}, errors {errors}",
+        args.mode,
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        args.concurrency,
+        percentile(0.50),
+        percentile(0.99),
+        percentile(1.0),
+    );
+    Ok(())
+}
+
+/// Runs `operation` back to back until `deadline`; the latencies of the successful ones and the
+/// number of failures.
+async fn run_until<F, Fut>(deadline: Instant, mut operation: F) -> (Vec<Duration>, u64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        if operation().await {
+            latencies.push(started.elapsed());
+        } else {
+            errors += 1;
+        }
+    }
+    (latencies, errors)
+}
+
+/// `keys`: the unrecorded-admissions set, the stock hash, the reservation hash.
+async fn admit_by_script(
+    redis: &RedisConnection,
+    script: &redis::Script,
+    [unrecorded_key, stock_key, reservation]: [&str; 3],
+    sku: &str,
+) -> anyhow::Result<()> {
+    let reply: Vec<String> = script
+        .key(reservation)
+        .key(unrecorded_key)
+        .key(stock_key)
+        .arg(60_000)
+        .arg(0)
+        .arg(0)
+        .arg(reservation)
+        .arg(sku)
+        .arg(1)
+        .invoke_async(&mut redis.clone())
+        .await?;
+    anyhow::ensure!(
+        reply.first().map(String::as_str) == Some("admitted"),
+        "{reply:?}"
+    );
+    Ok(())
+}
+
+/// The admission without a script: check and decrement while holding the SKU's lock.
+async fn admit_under_lock(
+    redis: &RedisConnection,
+    locks: &Locks,
+    stock_key: &str,
+    reservation: &str,
+) -> anyhow::Result<()> {
+    let guard = locks.acquire(stock_key, 0).await?;
+    let mut redis = redis.clone();
+    let available: i64 = redis::cmd("HGET")
+        .arg(stock_key)
+        .arg("available")
+        .query_async(&mut redis)
+        .await?;
+    anyhow::ensure!(available >= 1, "sold out");
+    let () = redis::pipe()
+        .hincr(stock_key, "available", -1)
+        .ignore()
+        .hincr(stock_key, "reserved", 1)
+        .ignore()
+        .hset(reservation, "state", "reserved")
+        .ignore()
+        .pexpire(reservation, 60_000)
+        .ignore()
+        .query_async(&mut redis)
+        .await?;
+    guard.release().await?;
+    Ok(())
+}
