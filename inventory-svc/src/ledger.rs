@@ -102,8 +102,18 @@ impl Ledger {
             .collect();
         let mut available = lock_skus(&mut tx, &skus).await?;
         let order_ids: Vec<Uuid> = batch.iter().map(|admission| admission.order_id).collect();
-        let mut existing = load_reservations(&mut tx, &order_ids).await?;
-        let recorded_ids: HashSet<Uuid> = existing.keys().copied().collect();
+        // Retries PostgreSQL already has are rare: look them up by key, load only those.
+        let recorded: Vec<Uuid> =
+            sqlx::query_scalar("SELECT order_id FROM reservations WHERE order_id = ANY($1)")
+                .bind(&order_ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut existing = if recorded.is_empty() {
+            HashMap::new()
+        } else {
+            load_reservations(&mut tx, &recorded).await?
+        };
+        let recorded_ids: HashSet<Uuid> = recorded.into_iter().collect();
         let decisions = admission::decide(
             &mut available,
             &recorded_ids,
@@ -472,10 +482,12 @@ async fn load_reservations(
     connection: &mut sqlx::PgConnection,
     order_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, DurableReservation>, InventoryError> {
+    // The filter is on both sides of the join so the planner uses both primary keys instead of
+    // scanning every reservation's items.
     let rows: Vec<(Uuid, String, OffsetDateTime, String, i64, i64)> = sqlx::query_as(
         "SELECT r.order_id, r.state, r.expires_at, i.sku, i.quantity, i.unit_price_cents \
          FROM reservations r JOIN reservation_items i USING (order_id) \
-         WHERE r.order_id = ANY($1) ORDER BY r.order_id, i.sku",
+         WHERE r.order_id = ANY($1) AND i.order_id = ANY($1) ORDER BY r.order_id, i.sku",
     )
     .bind(order_ids)
     .fetch_all(connection)
