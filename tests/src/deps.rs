@@ -55,13 +55,17 @@ pub fn grpcurl_binary() -> String {
 /// Creates a database of its own for one test, with the schema applied, and returns its URL
 /// and a pool on it.
 pub async fn fresh_database(id: &str) -> (String, PgPool) {
-    let server = postgres_server();
+    fresh_database_on(&postgres_server(), id).await
+}
+
+/// As `fresh_database`, on the PostgreSQL server at `server` (a URL without a database).
+pub async fn fresh_database_on(server: &str, id: &str) -> (String, PgPool) {
     let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
         .await
         .unwrap_or_else(|error| {
             panic!(
                 "PostgreSQL is not reachable at {}: {error}; {HOW_TO_START}",
-                orderflow_runtime::config::redact_url(&server)
+                orderflow_runtime::config::redact_url(server)
             )
         });
     let name = format!("orderflow_t_{id}");

@@ -21,6 +21,8 @@ pub struct InventoryOptions {
     /// Another Redis than the shared one; with `redis_cluster`, the cluster's seed nodes.
     pub redis_url: Option<String>,
     pub redis_cluster: bool,
+    /// Another PostgreSQL server than the shared one (e.g. a `PrivatePostgres`'s URL).
+    pub postgres_server: Option<String>,
     /// Further flags for every process, e.g. `--reservation-ttl-secs=1`.
     pub args: Vec<String>,
 }
@@ -54,7 +56,11 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
 impl InventoryStack {
     pub async fn start(options: InventoryOptions) -> Self {
         let id = crate::unique_id();
-        let (database_url, db) = deps::fresh_database(&id).await;
+        let server = options
+            .postgres_server
+            .clone()
+            .unwrap_or_else(deps::postgres_server);
+        let (database_url, db) = deps::fresh_database_on(&server, &id).await;
         let redis_args = RedisArgs {
             redis_url: options.redis_url.clone().unwrap_or_else(deps::redis_url),
             redis_cluster: options.redis_cluster,
@@ -177,11 +183,12 @@ impl InventoryStack {
             .unwrap_or_else(|error| panic!("{sql}: {error}"))
     }
 
-    /// Kills every process (SIGKILL).
-    pub async fn kill(&mut self) {
-        for child in &mut self.processes {
-            let _ = child.kill().await;
-        }
+    /// Kills process `index` (SIGKILL, like a crash) and waits until it is gone.
+    pub async fn kill(&mut self, index: usize) {
+        self.processes[index]
+            .kill()
+            .await
+            .expect("killing an inventory-svc process");
     }
 }
 

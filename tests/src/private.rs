@@ -1,6 +1,7 @@
 //! Dependencies of a test's own, on free loopback ports, for tests that kill or stop them: the
 //! shared ones are never disturbed. `PrivateBroker` is tansu with its own sqlite file;
-//! `PrivateRedis` is a `redis-server` without persistence; `PrivateRedisCluster` is three.
+//! `PrivateRedis` is a `redis-server` without persistence; `PrivateRedisCluster` is three;
+//! `PrivatePostgres` is a throwaway cluster made with `initdb` and run with `pg_ctl`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -200,6 +201,149 @@ impl Drop for PrivateRedisCluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A PostgreSQL cluster of its own (`initdb`, `pg_ctl`) on a free loopback port, trust
+/// authentication, for tests that stop PostgreSQL. Run as the `postgres` user when the tests
+/// run as root (PostgreSQL refuses to run as root).
+pub struct PrivatePostgres {
+    /// The server's URL, without a database.
+    pub url: String,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("orderflow-pg-{}", crate::unique_id()));
+        std::fs::create_dir_all(&dir).expect("creating the private PostgreSQL's directory");
+        let postgres = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}"),
+            port,
+            dir,
+        };
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres", &postgres.dir.display().to_string()])
+                .status()
+                .await
+                .expect("running chown");
+            assert!(
+                status.success(),
+                "could not hand the data directory to postgres"
+            );
+        }
+        postgres
+            .pg_tool(
+                "initdb",
+                &["-D", "data", "-U", "postgres", "--auth=trust", "--no-sync"],
+            )
+            .await;
+        postgres.restart().await;
+        postgres
+    }
+
+    /// Starts the server (again) on the same port and data.
+    pub async fn restart(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off",
+            self.port
+        );
+        self.pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                "data",
+                "-l",
+                "postgres.log",
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        )
+        .await;
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub async fn stop(&self) {
+        self.pg_tool("pg_ctl", &["-D", "data", "-m", "immediate", "-w", "stop"])
+            .await;
+    }
+
+    async fn pg_tool(&self, tool: &str, args: &[&str]) {
+        let binary = postgres_binary(tool);
+        let mut command = if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&binary);
+            command
+        } else {
+            Command::new(&binary)
+        };
+        let output = command
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run {binary}: {error}; install PostgreSQL with \
+                     `scripts/ensure-postgres.sh` (or run `make test`)"
+                )
+            });
+        assert!(
+            output.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let binary = postgres_binary("pg_ctl");
+        let data = self.dir.join("data");
+        let mut command = if is_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&binary);
+            command
+        } else {
+            std::process::Command::new(&binary)
+        };
+        let _ = command
+            .args(["-D", &data.display().to_string(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0)
+        .unwrap_or(false)
+}
+
+/// A PostgreSQL server program (`initdb`, `pg_ctl`): from `ORDERFLOW_PG_BIN` if set, else the
+/// newest Debian installation under `/usr/lib/postgresql`.
+fn postgres_binary(tool: &str) -> String {
+    if let Ok(dir) = std::env::var("ORDERFLOW_PG_BIN") {
+        return format!("{dir}/{tool}");
+    }
+    let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .last()
+        .map(|dir| dir.join("bin").join(tool).display().to_string())
+        .unwrap_or_else(|| tool.to_owned())
 }
 
 /// A `redis-server` on loopback `port` that keeps nothing on disk, started in `dir`.

@@ -10,7 +10,7 @@ use orderflow_proto::inventory::v1::{
     CommitRequest, ReleaseRequest, ReservationState, ReserveRequest,
 };
 use orderflow_tests::inventory::{reserve_request, InventoryOptions, InventoryStack};
-use orderflow_tests::private::PrivateRedis;
+use orderflow_tests::private::{PrivatePostgres, PrivateRedis};
 use orderflow_tests::{assert_status, eventually};
 use tonic::Code;
 
@@ -287,6 +287,147 @@ async fn units_of_an_admission_a_dead_process_never_recorded_come_back() {
     // The retry now reserves for real, once.
     client.reserve(request).await.expect("Reserve");
     assert_counters_agree(&stack, "CRASH", [7, 3, 0]).await;
+    assert_eq!(stack.refusals().await, 0);
+}
+
+#[tokio::test]
+async fn killing_a_process_mid_sale_strands_and_oversells_nothing() {
+    let mut stack = InventoryStack::start(InventoryOptions {
+        processes: 3,
+        args: vec![
+            "--unrecorded-grace-secs=1".into(),
+            "--reservation-sweep-interval-ms=100".into(),
+        ],
+        ..InventoryOptions::default()
+    })
+    .await;
+    stack.set_stock("KILL", 60, 100).await;
+
+    // 400 buyers over three processes; process 0 is killed while they are in flight. Its
+    // buyers hear transport errors (or nothing was recorded for them); the others are served.
+    let buyers = join_all((0..400).map(|i| {
+        let mut client = stack.client(i);
+        let request = reserve_request(&[("KILL", 1)]);
+        async move { (i % 3, client.reserve(request).await) }
+    }));
+    let crash = async {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        stack.kill(0).await;
+    };
+    let (answers, ()) = tokio::join!(buyers, async {
+        crash.await;
+    });
+    let (mut acknowledged, mut cut_off) = (0, 0);
+    for (process, answer) in answers {
+        match answer {
+            Ok(_) => acknowledged += 1,
+            Err(_) if process == 0 => cut_off += 1,
+            Err(status) => {
+                assert_status("reserve", &status, Code::FailedPrecondition, "insufficient")
+            }
+        }
+    }
+
+    // Whatever the dead process admitted but never recorded is settled by the survivors.
+    let unrecorded = stack.redis_args.key(&["unrecorded"]);
+    eventually(
+        "unrecorded admissions to be settled",
+        Duration::from_secs(20),
+        || {
+            let (mut redis, key) = (stack.redis.clone(), unrecorded.clone());
+            async move {
+                let left: i64 = redis::cmd("ZCARD")
+                    .arg(key)
+                    .query_async(&mut redis)
+                    .await
+                    .ok()?;
+                (left == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let [available, reserved, sold] = stack.durable_counters("KILL").await;
+    assert_eq!(available + reserved + sold, 60);
+    assert!(
+        acknowledged as i64 <= reserved,
+        "an acknowledged reservation was lost"
+    );
+
+    // No unit was stranded: the survivors sell exactly what PostgreSQL still has.
+    let more = (0..100)
+        .map(|_| reserve_request(&[("KILL", 1)]))
+        .collect::<Vec<_>>();
+    let answers = join_all(more.into_iter().map(|request| {
+        let mut client = stack.client(1);
+        async move { client.reserve(request).await }
+    }))
+    .await;
+    let sold_later = answers.iter().filter(|answer| answer.is_ok()).count() as i64;
+    assert_eq!(
+        sold_later, available,
+        "units stranded or oversold after the crash"
+    );
+    println!(
+        "crash mid-sale: {acknowledged} acknowledged, {cut_off} cut off with the process, \
+         {sold_later} sold afterwards"
+    );
+    assert_eq!(stack.durable_counters("KILL").await, [0, 60, 0]);
+    assert_eq!(stack.redis_counters("KILL").await, Some([0, 60, 0]));
+    assert_eq!(stack.refusals().await, 0);
+}
+
+#[tokio::test]
+async fn with_postgres_down_nothing_is_reserved_anywhere() {
+    let postgres = PrivatePostgres::start().await;
+    let stack = InventoryStack::start(InventoryOptions {
+        processes: 1,
+        postgres_server: Some(postgres.url.clone()),
+        ..InventoryOptions::default()
+    })
+    .await;
+    stack.set_stock("PGDOWN", 10, 100).await;
+    let mut client = stack.client(0);
+    client
+        .reserve(reserve_request(&[("PGDOWN", 2)]))
+        .await
+        .expect("Reserve");
+
+    postgres.stop().await;
+    let refused = client
+        .reserve(reserve_request(&[("PGDOWN", 1)]))
+        .await
+        .unwrap_err();
+    assert_status("PostgreSQL down", &refused, Code::Unavailable, "PostgreSQL");
+    // Redis admitted it first; the failed recording undid that.
+    assert_eq!(stack.redis_counters("PGDOWN").await, Some([8, 2, 0]));
+    let unrecorded: i64 = redis::cmd("ZCARD")
+        .arg(stack.redis_args.key(&["unrecorded"]))
+        .query_async(&mut stack.redis.clone())
+        .await
+        .expect("ZCARD");
+    assert_eq!(unrecorded, 0);
+    let refused = client
+        .set_stock(orderflow_proto::inventory::v1::SetStockRequest {
+            sku: "PGDOWN".into(),
+            quantity: 50,
+            price_cents: 100,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(stack.redis_counters("PGDOWN").await, Some([8, 2, 0]));
+
+    postgres.restart().await;
+    eventually(
+        "reservations to work again",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move { client.reserve(reserve_request(&[("PGDOWN", 1)])).await.ok() }
+        },
+    )
+    .await;
+    assert_counters_agree(&stack, "PGDOWN", [7, 3, 0]).await;
     assert_eq!(stack.refusals().await, 0);
 }
 
