@@ -20,6 +20,15 @@ pub struct PostgresArgs {
     /// Maximum connections in the PostgreSQL pool.
     #[arg(long, env = "ORDERFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
+
+    /// Longest wait for a pooled PostgreSQL connection (all busy, or PostgreSQL unreachable)
+    /// before the call fails with UNAVAILABLE.
+    #[arg(
+        long,
+        env = "ORDERFLOW_DATABASE_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub database_acquire_timeout_ms: u64,
 }
 
 impl fmt::Debug for PostgresArgs {
@@ -27,6 +36,10 @@ impl fmt::Debug for PostgresArgs {
         f.debug_struct("PostgresArgs")
             .field("database_url", &redact_url(&self.database_url))
             .field("database_max_connections", &self.database_max_connections)
+            .field(
+                "database_acquire_timeout_ms",
+                &self.database_acquire_timeout_ms,
+            )
             .finish()
     }
 }
@@ -200,6 +213,7 @@ mod tests {
         let args = PostgresArgs {
             database_url: "postgres://u:hunter2@db/x".into(),
             database_max_connections: 1,
+            database_acquire_timeout_ms: 1,
         };
         assert!(!format!("{args:?}").contains("hunter2"));
     }

@@ -13,7 +13,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn connect_and_migrate(args: &PostgresArgs) -> Result<PgPool, RuntimeError> {
     let pool = PgPoolOptions::new()
         .max_connections(args.database_max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(5))
+        .acquire_timeout(std::time::Duration::from_millis(
+            args.database_acquire_timeout_ms.max(1),
+        ))
         .connect(&args.database_url)
         .await
         .map_err(|source| RuntimeError::Postgres {

@@ -382,6 +382,7 @@ async fn with_postgres_down_nothing_is_reserved_anywhere() {
     let stack = InventoryStack::start(InventoryOptions {
         processes: 1,
         postgres_server: Some(postgres.url.clone()),
+        args: vec!["--database-acquire-timeout-ms=1000".into()],
         ..InventoryOptions::default()
     })
     .await;
