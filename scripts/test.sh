@@ -8,13 +8,12 @@ cd "$REPO_ROOT"
 "$REPO_ROOT/scripts/ensure-grpcurl.sh"  # the reflection test calls the real grpcurl
 
 server="${ORDERFLOW_TEST_POSTGRES:-postgres://orderflow:orderflow@127.0.0.1:5432}"
-stale=$(psql "$server/postgres" -qtAc \
-  "SELECT datname FROM pg_database WHERE datname LIKE 'orderflow\_t\_%'")
-if [[ -n $stale ]]; then
-  step "Dropping $(wc -l <<<"$stale") databases of earlier test runs"
-  while read -r db; do
-    psql "$server/postgres" -qtAc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
-  done <<<"$stale"
+drops=$(psql "$server/postgres" -qtAc \
+  "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE);', datname)
+     FROM pg_database WHERE datname LIKE 'orderflow\_t\_%'")
+if [[ -n $drops ]]; then
+  step "Dropping $(wc -l <<<"$drops") databases of earlier test runs"
+  psql "$server/postgres" -q <<<"$drops" >/dev/null  # one session: far faster than one each
 fi
 
 step "Building and running every test (cargo test; the first build takes a few minutes)"
