@@ -29,9 +29,10 @@ pub struct ItemRow {
     pub unit_price_cents: i64,
 }
 
-/// Why an order is recorded `CANCELLED` when it arrives without stock held for it.
-pub const STOCK_NOT_HELD: &str = "stock_not_held: its reservation was released or never made \
-before the order was recorded; no stock was taken";
+/// Why an order is recorded `CANCELLED` when it arrives without stock held for it: its
+/// reservation was released (or never made) before the order was recorded, and no stock was
+/// taken. Such an order does not hold its idempotency key (see the migrations).
+pub const STOCK_NOT_HELD: &str = "stock_not_held";
 
 /// The status an arriving order is recorded with, given its reservation's state in PostgreSQL
 /// (`None`: no reservation). Normally the reservation is held and the order keeps its status.

@@ -47,6 +47,17 @@ async fn count(stack: &Stack, sql: &str) -> i64 {
 async fn redelivered_and_duplicated_events_change_nothing() {
     let stack = Stack::start().await;
     let order_id = Uuid::now_v7();
+    let other_id = Uuid::now_v7();
+    // Both orders hold stock, as every order the API publishes does.
+    stack.set_stock("W-1", 10, 250).await;
+    for id in [order_id, other_id] {
+        stack
+            .inventory
+            .clone()
+            .reserve(reserve_request_for(&id.to_string(), &[("W-1", 3)]))
+            .await
+            .expect("Reserve");
+    }
     let event = order_created(order_id, "w-key");
     let bytes = event.encode_to_vec();
     let key = order_id.to_string();
@@ -63,7 +74,6 @@ async fn redelivered_and_duplicated_events_change_nothing() {
     stack
         .publish_raw(ORDER_CREATED, &key, &republished.encode_to_vec())
         .await;
-    let other_id = Uuid::now_v7();
     stack
         .publish_raw(
             ORDER_CREATED,
@@ -155,13 +165,19 @@ async fn an_order_whose_stock_was_released_before_it_arrived_is_recorded_cancell
         })
         .await
         .expect("Release");
-    for (order_id, key) in [(released, "w-released"), (held, "w-held")] {
+    // The client was told to retry and did, with the same idempotency key: a new order, held.
+    let retry = Uuid::now_v7();
+    inventory
+        .reserve(reserve_request_for(&retry.to_string(), &[("W-1", 3)]))
+        .await
+        .expect("Reserve");
+    for (order_id, key) in [(released, "w-key"), (held, "w-held"), (retry, "w-key")] {
         let event = order_created(order_id, key).encode_to_vec();
         stack
             .publish_raw(ORDER_CREATED, &order_id.to_string(), &event)
             .await;
     }
-    stack.wait_for_persisted_orders(2).await;
+    stack.wait_for_persisted_orders(3).await;
 
     let status = |order_id: Uuid| {
         sqlx::query_as::<_, (String, Option<String>)>(
@@ -172,9 +188,11 @@ async fn an_order_whose_stock_was_released_before_it_arrived_is_recorded_cancell
     };
     let (cancelled, reason) = status(released).await.unwrap();
     assert_eq!(cancelled, "CANCELLED");
-    assert!(reason.unwrap_or_default().starts_with("stock_not_held"));
+    assert_eq!(reason.as_deref(), Some("stock_not_held"));
     assert_eq!(status(held).await.unwrap(), ("PENDING".into(), None));
-    // The stock is untouched: only the held order's units are out.
+    // The retry is recorded too: the cancelled order does not hold the idempotency key.
+    assert_eq!(status(retry).await.unwrap(), ("PENDING".into(), None));
+    // The stock is untouched: only the held orders' units are out.
     let stock = stack.stock("W-1").await;
-    assert_eq!((stock.available, stock.reserved), (7, 3));
+    assert_eq!((stock.available, stock.reserved), (4, 6));
 }
