@@ -70,6 +70,7 @@ struct Scripts {
     settle: Script,
     restore: Script,
     set_stock: Script,
+    reconcile: Script,
 }
 
 impl Counters {
@@ -84,6 +85,7 @@ impl Counters {
                 settle: Script::new(include_str!("scripts/settle.lua")),
                 restore: Script::new(include_str!("scripts/restore.lua")),
                 set_stock: Script::new(include_str!("scripts/set_stock.lua")),
+                reconcile: Script::new(include_str!("scripts/reconcile.lua")),
             },
         }
     }
@@ -99,6 +101,7 @@ impl Counters {
             &scripts.settle,
             &scripts.restore,
             &scripts.set_stock,
+            &scripts.reconcile,
         ] {
             script.load_async(&mut self.redis.clone()).await?;
         }
@@ -309,6 +312,58 @@ impl Counters {
             .query_async(&mut self.redis.clone())
             .await?;
         Ok(())
+    }
+
+    /// Every order Redis admitted that PostgreSQL has not been confirmed to record.
+    pub async fn unrecorded(&self) -> Result<Vec<String>, InventoryError> {
+        Ok(redis::cmd("ZRANGE")
+            .arg(self.unrecorded_key())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.redis.clone())
+            .await?)
+    }
+
+    /// Sets a SKU's counters to PostgreSQL's `row` plus the units of admissions PostgreSQL has
+    /// not recorded (all unrecorded ones except `recorded`), atomically. Answers the counters
+    /// before (`None` if there were none) and the units found in flight.
+    pub async fn reconcile(
+        &self,
+        row: &SkuRow,
+        fence: i64,
+        recorded: &[String],
+    ) -> Result<(Option<StockLevel>, i64), InventoryError> {
+        let level = &row.level;
+        let reply: Vec<String> = self
+            .with_row(&self.scripts.reconcile, row, fence)
+            .key(self.unrecorded_key())
+            .arg(&level.sku)
+            .arg(self.reservation_key(""))
+            .arg(recorded)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        match reply.as_slice() {
+            [kind] if kind == "fenced" => Err(InventoryError::Fenced {
+                sku: level.sku.clone(),
+                token: fence,
+            }),
+            [kind, available, reserved, sold, price, in_flight] if kind == "reconciled" => {
+                let before = match [available, reserved, sold, price].map(|v| v.parse().ok()) {
+                    [Some(available), Some(reserved), Some(sold), Some(price_cents)] => {
+                        Some(StockLevel {
+                            sku: level.sku.clone(),
+                            available,
+                            reserved,
+                            sold,
+                            price_cents,
+                        })
+                    }
+                    _ => None,
+                };
+                Ok((before, parse_number(in_flight)?))
+            }
+            other => Err(corrupt(&format!("reconcile script answered {other:?}"))),
+        }
     }
 
     /// Applies an operator's change of `available_delta` units (and the new price) made in

@@ -4,11 +4,12 @@
 //! past its lease cannot overwrite what a newer holder wrote. Per-order reservations do not
 //! take the lock: one Lua script is atomic on its own and much faster (see docs/inventory.md).
 
-use orderflow_runtime::lock::Locks;
+use orderflow_runtime::lock::{LockGuard, Locks};
 
 use crate::counters::Counters;
 use crate::error::InventoryError;
 use crate::ledger::{Ledger, SkuRow};
+use crate::stock::StockLevel;
 
 #[derive(Clone)]
 pub struct Guarded {
@@ -30,10 +31,11 @@ impl Guarded {
         }
     }
 
-    /// The last fencing token PostgreSQL accepted for `sku` (0 for a new SKU): new tokens must
-    /// be above it even if Redis lost the token counter.
-    async fn fence_floor(&self, sku: &str) -> Result<i64, InventoryError> {
-        Ok(self.ledger.sku(sku).await?.map_or(0, |row| row.fence))
+    /// Takes `sku`'s lock. Its fencing token is above the last one PostgreSQL accepted for the
+    /// SKU (0 for a new SKU), even if Redis lost the token counter.
+    async fn lock(&self, sku: &str) -> Result<LockGuard, InventoryError> {
+        let fence_floor = self.ledger.sku(sku).await?.map_or(0, |row| row.fence);
+        Ok(self.locks.acquire(&resource(sku), fence_floor).await?)
     }
 
     /// Sets `available` and the price in PostgreSQL, then moves Redis's `available` by the
@@ -45,10 +47,7 @@ impl Guarded {
         available: i64,
         price_cents: i64,
     ) -> Result<SkuRow, InventoryError> {
-        let guard = self
-            .locks
-            .acquire(&resource(sku), self.fence_floor(sku).await?)
-            .await?;
+        let guard = self.lock(sku).await?;
         let change = self
             .ledger
             .set_stock(sku, available, price_cents, guard.fence())
@@ -71,10 +70,7 @@ impl Guarded {
     /// Recreates `sku`'s counters from PostgreSQL if Redis lost them; `None` if PostgreSQL does
     /// not know the SKU either. Concurrent callers wait for the lock and find them restored.
     pub async fn restore(&self, sku: &str) -> Result<Option<()>, InventoryError> {
-        let guard = self
-            .locks
-            .acquire(&resource(sku), self.fence_floor(sku).await?)
-            .await?;
+        let guard = self.lock(sku).await?;
         let Some(row) = self.ledger.sku(sku).await? else {
             return Ok(None);
         };
@@ -92,9 +88,51 @@ impl Guarded {
     }
 }
 
+/// What a reconciliation found and left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Redis's counters before; `None` if it had none.
+    pub before: Option<StockLevel>,
+    pub after: StockLevel,
+    /// Units of admissions PostgreSQL had not recorded yet, counted as reserved.
+    pub in_flight: i64,
+}
+
+impl Guarded {
+    /// Recomputes `sku`'s Redis counters from PostgreSQL, exactly: under the SKU's lock, with
+    /// its PostgreSQL row locked (so nothing for this SKU commits meanwhile), Redis's counters
+    /// become PostgreSQL's plus the units Redis admitted that PostgreSQL has not recorded yet.
+    /// `None` if PostgreSQL does not know the SKU.
+    pub async fn reconcile(&self, sku: &str) -> Result<Option<Reconciled>, InventoryError> {
+        let guard = self.lock(sku).await?;
+        let Some(locked) = self.ledger.lock_sku(sku).await? else {
+            return Ok(None);
+        };
+        let recorded = self
+            .ledger
+            .recorded(&self.counters.unrecorded().await?)
+            .await?;
+        let (before, in_flight) = self
+            .counters
+            .reconcile(&locked.row, guard.fence(), &recorded)
+            .await?;
+        let mut after = locked.row.level.clone();
+        after.available -= in_flight;
+        after.reserved += in_flight;
+        // Unlocks the row (nothing was written in PostgreSQL).
+        drop(locked);
+        release(guard, sku).await;
+        Ok(Some(Reconciled {
+            before,
+            after,
+            in_flight,
+        }))
+    }
+}
+
 /// Frees the lock once the work is done. Failing to (Redis lost the lock key, or the lease ran
 /// out) does not undo the work: it was fenced, and the lock expires by itself.
-async fn release(guard: orderflow_runtime::lock::LockGuard, sku: &str) {
+async fn release(guard: LockGuard, sku: &str) {
     if let Err(error) = guard.release().await {
         tracing::warn!(%sku, %error, "could not release the stock lock");
     }

@@ -79,6 +79,14 @@ impl StockChange {
     }
 }
 
+/// A SKU row locked for as long as this lives (its transaction rolls back when dropped).
+pub struct LockedSku {
+    _tx: Transaction<'static, Postgres>,
+    pub row: SkuRow,
+}
+
+const SKU_COLUMNS: &str = "available, reserved, sold, price_cents, fence";
+
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
@@ -103,11 +111,7 @@ impl Ledger {
         let mut available = lock_skus(&mut tx, &skus).await?;
         let order_ids: Vec<Uuid> = batch.iter().map(|admission| admission.order_id).collect();
         // Retries PostgreSQL already has are rare: look them up by key, load only those.
-        let recorded: Vec<Uuid> =
-            sqlx::query_scalar("SELECT order_id FROM reservations WHERE order_id = ANY($1)")
-                .bind(&order_ids)
-                .fetch_all(&mut *tx)
-                .await?;
+        let recorded = recorded_ids(&mut tx, &order_ids).await?;
         let mut existing = if recorded.is_empty() {
             HashMap::new()
         } else {
@@ -262,13 +266,39 @@ impl Ledger {
     }
 
     pub async fn sku(&self, sku: &str) -> Result<Option<SkuRow>, InventoryError> {
-        let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT available, reserved, sold, price_cents, fence FROM skus WHERE sku = $1",
-        )
-        .bind(sku)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(i64, i64, i64, i64, i64)> =
+            sqlx::query_as(&format!("SELECT {SKU_COLUMNS} FROM skus WHERE sku = $1"))
+                .bind(sku)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|row| sku_row(sku, row)))
+    }
+
+    /// Reads a SKU's row and keeps it locked (`FOR UPDATE`) until the result is dropped: no
+    /// reservation batch, release or commit of this SKU can commit meanwhile.
+    pub async fn lock_sku(&self, sku: &str) -> Result<Option<LockedSku>, InventoryError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+            "SELECT {SKU_COLUMNS} FROM skus WHERE sku = $1 FOR UPDATE"
+        ))
+        .bind(sku)
+        .fetch_optional(&mut *tx)
+        .await?;
+        Ok(row.map(|row| LockedSku {
+            _tx: tx,
+            row: sku_row(sku, row),
+        }))
+    }
+
+    /// Those of `order_ids` that PostgreSQL has a reservation for.
+    pub async fn recorded(&self, order_ids: &[String]) -> Result<Vec<String>, InventoryError> {
+        let ids: Vec<Uuid> = order_ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
+        let mut connection = self.pool.acquire().await?;
+        let recorded = recorded_ids(&mut connection, &ids).await?;
+        Ok(recorded.iter().map(Uuid::to_string).collect())
     }
 
     /// Those of `skus` that exist.
@@ -476,6 +506,19 @@ async fn set_state(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Those of `order_ids` that have a reservation: a primary-key lookup only.
+async fn recorded_ids(
+    connection: &mut sqlx::PgConnection,
+    order_ids: &[Uuid],
+) -> Result<Vec<Uuid>, InventoryError> {
+    Ok(
+        sqlx::query_scalar("SELECT order_id FROM reservations WHERE order_id = ANY($1)")
+            .bind(order_ids)
+            .fetch_all(connection)
+            .await?,
+    )
 }
 
 async fn load_reservations(

@@ -8,8 +8,9 @@ use std::time::Duration;
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryService;
 use orderflow_proto::inventory::v1::{
     BatchGetStockRequest, BatchGetStockResponse, CommitRequest, CommitResponse, GetStockRequest,
-    GetStockResponse, ReleaseRequest, ReleaseResponse, Reservation, ReserveRequest,
-    ReserveResponse, ReservedItem, SetStockRequest, SetStockResponse, Stock,
+    GetStockResponse, ReconcileStockRequest, ReconcileStockResponse, ReleaseRequest,
+    ReleaseResponse, Reservation, ReserveRequest, ReserveResponse, ReservedItem, SetStockRequest,
+    SetStockResponse, Stock,
 };
 use orderflow_proto::limits::{MAX_BATCH_SKUS, MAX_REASON_LEN};
 use orderflow_runtime::timestamp;
@@ -376,6 +377,35 @@ impl InventoryService for Inventory {
         tracing::info!(order_id = %reservation.order_id, %reason, "released");
         Ok(Response::new(ReleaseResponse {
             reservation: Some(reservation),
+        }))
+    }
+
+    async fn reconcile_stock(
+        &self,
+        request: Request<ReconcileStockRequest>,
+    ) -> Result<Response<ReconcileStockResponse>, Status> {
+        let sku = request.into_inner().sku;
+        stock::sku("sku", &sku).map_err(InventoryError::from)?;
+        let reconciled =
+            self.guarded
+                .reconcile(&sku)
+                .await?
+                .ok_or_else(|| InventoryError::UnknownSku {
+                    field: "sku".into(),
+                    sku: sku.clone(),
+                })?;
+        tracing::info!(
+            %sku,
+            before = ?reconciled.before,
+            available = reconciled.after.available,
+            reserved = reconciled.after.reserved,
+            sold = reconciled.after.sold,
+            in_flight = reconciled.in_flight,
+            "stock counters reconciled with PostgreSQL"
+        );
+        Ok(Response::new(ReconcileStockResponse {
+            before: reconciled.before.map(stock_message),
+            after: Some(stock_message(reconciled.after)),
         }))
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use orderflow_proto::inventory::v1::{
-    CommitRequest, ReleaseRequest, ReservationState, ReserveRequest,
+    CommitRequest, ReconcileStockRequest, ReleaseRequest, ReservationState, ReserveRequest,
 };
 use orderflow_tests::inventory::{reserve_request, InventoryOptions, InventoryStack};
 use orderflow_tests::private::{PrivatePostgres, PrivateRedis};
@@ -429,6 +429,77 @@ async fn with_postgres_down_nothing_is_reserved_anywhere() {
     )
     .await;
     assert_counters_agree(&stack, "PGDOWN", [7, 3, 0]).await;
+    assert_eq!(stack.refusals().await, 0);
+}
+
+#[tokio::test]
+async fn reconciling_restores_exact_counters_counting_admissions_in_flight() {
+    let stack = InventoryStack::start(processes(1)).await;
+    stack.set_stock("RECON", 20, 300).await;
+    let mut client = stack.client(0);
+    client
+        .reserve(reserve_request(&[("RECON", 5)]))
+        .await
+        .expect("Reserve");
+    // Two units admitted in Redis that PostgreSQL has not recorded yet (in flight).
+    let in_flight = reserve_request(&[("RECON", 2)]);
+    stack
+        .admit_without_recording(&in_flight.order_id, "RECON", 2)
+        .await;
+    // Redis drifts (say a follow-up write was lost).
+    let stock_key = stack.redis_args.key(&["stock", "RECON"]);
+    let () = redis::cmd("HSET")
+        .arg(&stock_key)
+        .arg(&["available", "999", "reserved", "0"])
+        .query_async(&mut stack.redis.clone())
+        .await
+        .expect("HSET");
+
+    let reconcile = ReconcileStockRequest {
+        sku: "RECON".into(),
+    };
+    let answer = client
+        .reconcile_stock(reconcile.clone())
+        .await
+        .expect("ReconcileStock")
+        .into_inner();
+    let before = answer.before.expect("counters before");
+    assert_eq!((before.available, before.reserved), (999, 0));
+    let after = answer.after.expect("counters after");
+    assert_eq!((after.available, after.reserved, after.sold), (13, 7, 0));
+    assert_eq!(after.price_cents, 300);
+    assert_eq!(stack.redis_counters("RECON").await, Some([13, 7, 0]));
+    assert_eq!(stack.durable_counters("RECON").await, [15, 5, 0]);
+
+    // Counters Redis lost entirely are recreated the same way.
+    let () = redis::cmd("DEL")
+        .arg(&stock_key)
+        .query_async(&mut stack.redis.clone())
+        .await
+        .expect("DEL");
+    let answer = client
+        .reconcile_stock(reconcile)
+        .await
+        .expect("ReconcileStock")
+        .into_inner();
+    assert!(answer.before.is_none());
+    assert_eq!(stack.redis_counters("RECON").await, Some([13, 7, 0]));
+
+    let unknown = client
+        .reconcile_stock(ReconcileStockRequest { sku: "NOPE".into() })
+        .await
+        .unwrap_err();
+    assert_status("unknown SKU", &unknown, Code::NotFound, "sku: unknown SKU");
+    let bad = client
+        .reconcile_stock(ReconcileStockRequest { sku: String::new() })
+        .await
+        .unwrap_err();
+    assert_status(
+        "empty SKU",
+        &bad,
+        Code::InvalidArgument,
+        "sku: must not be empty",
+    );
     assert_eq!(stack.refusals().await, 0);
 }
 
