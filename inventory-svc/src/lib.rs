@@ -42,7 +42,12 @@ pub struct Config {
 
     /// How long a reservation may stay neither committed nor released before its stock
     /// returns automatically. Keep it longer than order-api's payment deadline.
-    #[arg(long, env = "ORDERFLOW_RESERVATION_TTL_SECS", default_value_t = 1200)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_RESERVATION_TTL_SECS",
+        default_value_t = 1200,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub reservation_ttl_secs: u64,
 
     /// How often expired reservations are looked for.
@@ -56,7 +61,12 @@ pub struct Config {
     /// How long a reservation Redis admitted may stay unconfirmed by PostgreSQL before the
     /// sweeper settles it (its process died in between): confirmed if PostgreSQL has it, else
     /// its units return.
-    #[arg(long, env = "ORDERFLOW_UNRECORDED_GRACE_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_UNRECORDED_GRACE_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub unrecorded_grace_secs: u64,
 
     /// Most reservations recorded in PostgreSQL in one transaction (group commit).
@@ -64,7 +74,12 @@ pub struct Config {
     pub reservation_batch_max: usize,
 
     /// How long a SKU's distributed lock is held before it frees itself.
-    #[arg(long, env = "ORDERFLOW_LOCK_TTL_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_LOCK_TTL_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub lock_ttl_ms: u64,
 
     /// How long to wait for a busy SKU lock before answering UNAVAILABLE.
