@@ -5,19 +5,19 @@
 //! reservation before it is acknowledged (`recorder`, in group commits), refusing any that
 //! Redis admitted beyond what exists. Changes that write absolute values to both stores run
 //! under a fenced distributed lock (`guarded`). A sweeper returns the stock of expired
-//! reservations and settles admissions a dead process never recorded (`expiry`). The rules are
+//! reservations and settles admissions a dead process never recorded (`sweeper`). The rules are
 //! plain Rust (`stock`, `admission`), and `service` is the gRPC edge that maps every error to a
 //! status in one place (`error`). docs/inventory.md has the design.
 
 mod admission;
 mod counters;
 mod error;
-mod expiry;
 mod guarded;
 pub mod ledger;
 mod recorder;
 mod service;
 pub mod stock;
+mod sweeper;
 
 use std::time::Duration;
 
@@ -138,7 +138,7 @@ pub async fn run(
             retention: RESERVATION_RETENTION,
         },
     );
-    let sweeper = expiry::Sweeper {
+    let sweeper = sweeper::Sweeper {
         ledger,
         counters,
         interval: Duration::from_millis(config.reservation_sweep_interval_ms.max(1)),

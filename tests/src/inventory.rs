@@ -150,24 +150,15 @@ impl InventoryStack {
     /// What an inventory-svc process killed between Redis and PostgreSQL leaves behind: the
     /// admission script ran (units taken in Redis), nothing was recorded.
     pub async fn admit_without_recording(&self, order_id: &str, sku: &str, quantity: i64) {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("a clock after 1970")
-            .as_millis();
-        let reply: Vec<String> =
-            redis::Script::new(include_str!("../../inventory-svc/src/scripts/reserve.lua"))
-                .key(self.redis_args.key(&["reservation", order_id]))
-                .key(self.redis_args.key(&["unrecorded"]))
-                .key(self.redis_args.key(&["stock", sku]))
-                .arg(3_600_000)
-                .arg(now_ms + 3_600_000)
-                .arg(now_ms)
-                .arg(order_id)
-                .arg(sku)
-                .arg(quantity)
-                .invoke_async(&mut self.redis.clone())
-                .await
-                .expect("running the admission script");
+        let reply = admit_in_redis(
+            &self.redis,
+            &admission_script(),
+            &self.redis_args,
+            order_id,
+            (sku, quantity),
+        )
+        .await
+        .expect("running the admission script");
         assert_eq!(reply[0], "admitted", "{reply:?}");
     }
 
@@ -190,6 +181,37 @@ impl InventoryStack {
             .await
             .expect("killing an inventory-svc process");
     }
+}
+
+/// inventory-svc's admission script (`reserve.lua`), for callers that bypass the service.
+pub fn admission_script() -> redis::Script {
+    redis::Script::new(include_str!("../../inventory-svc/src/scripts/reserve.lua"))
+}
+
+/// Runs the admission script for one line of `order_id`, as inventory-svc does (reservation
+/// kept an hour), without recording anything in PostgreSQL. The script's reply.
+pub async fn admit_in_redis(
+    redis: &RedisConnection,
+    script: &redis::Script,
+    keys: &RedisArgs,
+    order_id: &str,
+    (sku, quantity): (&str, i64),
+) -> redis::RedisResult<Vec<String>> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    script
+        .key(keys.key(&["reservation", order_id]))
+        .key(keys.key(&["unrecorded"]))
+        .key(keys.key(&["stock", sku]))
+        .arg(3_600_000)
+        .arg(now_ms + 3_600_000)
+        .arg(now_ms)
+        .arg(order_id)
+        .arg(sku)
+        .arg(quantity)
+        .invoke_async(&mut redis.clone())
+        .await
 }
 
 /// Sets a SKU's stock as an operator does, failing the test if refused.

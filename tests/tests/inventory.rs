@@ -15,11 +15,23 @@ use orderflow_tests::{assert_status, eventually};
 use tonic::Code;
 
 fn processes(count: usize) -> InventoryOptions {
+    processes_with(count, &[])
+}
+
+/// `count` processes with further flags, e.g. a short reservation TTL.
+fn processes_with(count: usize, args: &[&str]) -> InventoryOptions {
     InventoryOptions {
         processes: count,
+        args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         ..InventoryOptions::default()
     }
 }
+
+/// Sweeps every 100 ms and settles unrecorded admissions after 1 s.
+const QUICK_SWEEPS: [&str; 2] = [
+    "--unrecorded-grace-secs=1",
+    "--reservation-sweep-interval-ms=100",
+];
 
 /// Sends every request concurrently, spread over the stack's processes; the number reserved.
 /// Any answer but a reservation or "insufficient stock" fails the test.
@@ -203,14 +215,13 @@ async fn retries_reserve_once_and_settlements_follow_the_state_machine() {
 
 #[tokio::test]
 async fn an_expired_reservation_returns_its_stock() {
-    let stack = InventoryStack::start(InventoryOptions {
-        processes: 2,
-        args: vec![
-            "--reservation-ttl-secs=1".into(),
-            "--reservation-sweep-interval-ms=100".into(),
+    let stack = InventoryStack::start(processes_with(
+        2,
+        &[
+            "--reservation-ttl-secs=1",
+            "--reservation-sweep-interval-ms=100",
         ],
-        ..InventoryOptions::default()
-    })
+    ))
     .await;
     stack.set_stock("EXP", 5, 100).await;
     let mut client = stack.client(0);
@@ -257,15 +268,7 @@ async fn an_expired_reservation_returns_its_stock() {
 
 #[tokio::test]
 async fn units_of_an_admission_a_dead_process_never_recorded_come_back() {
-    let stack = InventoryStack::start(InventoryOptions {
-        processes: 1,
-        args: vec![
-            "--unrecorded-grace-secs=1".into(),
-            "--reservation-sweep-interval-ms=100".into(),
-        ],
-        ..InventoryOptions::default()
-    })
-    .await;
+    let stack = InventoryStack::start(processes_with(1, &QUICK_SWEEPS)).await;
     stack.set_stock("CRASH", 10, 100).await;
     let request = reserve_request(&[("CRASH", 3)]);
     stack
@@ -292,15 +295,7 @@ async fn units_of_an_admission_a_dead_process_never_recorded_come_back() {
 
 #[tokio::test]
 async fn killing_a_process_mid_sale_strands_and_oversells_nothing() {
-    let mut stack = InventoryStack::start(InventoryOptions {
-        processes: 3,
-        args: vec![
-            "--unrecorded-grace-secs=1".into(),
-            "--reservation-sweep-interval-ms=100".into(),
-        ],
-        ..InventoryOptions::default()
-    })
-    .await;
+    let mut stack = InventoryStack::start(processes_with(3, &QUICK_SWEEPS)).await;
     stack.set_stock("KILL", 60, 100).await;
 
     // 400 buyers over three processes; process 0 is killed while they are in flight. Its

@@ -19,7 +19,7 @@ use orderflow_proto::inventory::v1::SetStockRequest;
 use orderflow_runtime::config::RedisArgs;
 use orderflow_runtime::lock::{LockSettings, Locks};
 use orderflow_runtime::redis::RedisConnection;
-use orderflow_tests::inventory::reserve_request;
+use orderflow_tests::inventory::{admission_script, admit_in_redis, reserve_request};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Mode {
@@ -48,8 +48,6 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
 }
-
-const ADMIT: &str = include_str!("../../../inventory-svc/src/scripts/reserve.lua");
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -109,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
                     wait: Duration::from_secs(30),
                 },
             );
-            let script = redis::Script::new(ADMIT);
+            let script = admission_script();
             scratch = Some((
                 redis.clone(),
                 [stock_key.clone(), keys.key(&["unrecorded"])],
@@ -117,21 +115,29 @@ async fn main() -> anyhow::Result<()> {
             for _ in 0..args.concurrency {
                 let (redis, locks, script) = (redis.clone(), locks.clone(), script.clone());
                 let (keys, sku, stock_key) = (keys.clone(), sku.clone(), stock_key.clone());
-                let unrecorded_key = keys.key(&["unrecorded"]);
                 let mode = args.mode;
                 workers.push(tokio::spawn(run_until(deadline, move || {
                     let (redis, locks, script) = (redis.clone(), locks.clone(), script.clone());
-                    let reservation = keys.key(&["reservation", &uuid::Uuid::new_v4().to_string()]);
-                    let (sku, stock_key) = (sku.clone(), stock_key.clone());
-                    let unrecorded_key = unrecorded_key.clone();
+                    let (keys, sku, stock_key) = (keys.clone(), sku.clone(), stock_key.clone());
+                    let order_id = uuid::Uuid::new_v4().to_string();
                     async move {
                         match mode {
                             Mode::Lock => {
+                                let reservation = keys.key(&["reservation", &order_id]);
                                 admit_under_lock(&redis, &locks, &stock_key, &reservation).await
                             }
                             _ => {
-                                let keys = [unrecorded_key.as_str(), &stock_key, &reservation];
-                                admit_by_script(&redis, &script, keys, &sku).await
+                                let line = (sku.as_str(), 1);
+                                admit_in_redis(&redis, &script, &keys, &order_id, line)
+                                    .await
+                                    .map_err(anyhow::Error::from)
+                                    .and_then(|reply| {
+                                        anyhow::ensure!(
+                                            reply.first().map(String::as_str) == Some("admitted"),
+                                            "{reply:?}"
+                                        );
+                                        Ok(())
+                                    })
                             }
                         }
                         .is_ok()
@@ -190,32 +196,6 @@ where
         }
     }
     (latencies, errors)
-}
-
-/// `keys`: the unrecorded-admissions set, the stock hash, the reservation hash.
-async fn admit_by_script(
-    redis: &RedisConnection,
-    script: &redis::Script,
-    [unrecorded_key, stock_key, reservation]: [&str; 3],
-    sku: &str,
-) -> anyhow::Result<()> {
-    let reply: Vec<String> = script
-        .key(reservation)
-        .key(unrecorded_key)
-        .key(stock_key)
-        .arg(60_000)
-        .arg(0)
-        .arg(0)
-        .arg(reservation)
-        .arg(sku)
-        .arg(1)
-        .invoke_async(&mut redis.clone())
-        .await?;
-    anyhow::ensure!(
-        reply.first().map(String::as_str) == Some("admitted"),
-        "{reply:?}"
-    );
-    Ok(())
 }
 
 /// The admission without a script: check and decrement while holding the SKU's lock.
