@@ -3,7 +3,9 @@
 
 use sqlx::PgPool;
 
-use crate::record::{self, OrderRow};
+use orderflow_runtime::order_rows;
+
+use crate::record::{self, Created};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -13,7 +15,8 @@ pub enum Applied {
     InsertedCancelled,
     /// This event was applied before (a redelivery).
     DuplicateEvent,
-    /// Another event already wrote this order (the API published it twice).
+    /// The order is already there: another event wrote it (the API published it twice), or
+    /// order-api did, at the order's first status change.
     OrderExists,
     /// Another order already holds this user's idempotency key; this one was not written.
     IdempotencyKeyTaken,
@@ -48,14 +51,15 @@ impl From<sqlx::Error> for ApplyError {
 pub async fn order_created(
     pool: &PgPool,
     topic: &str,
-    row: &OrderRow,
+    created: &Created,
 ) -> Result<Applied, ApplyError> {
+    let row = &created.row;
     let mut tx = pool.begin().await?;
     let first_time = sqlx::query(
         "INSERT INTO processed_events (event_id, topic, order_id) VALUES ($1, $2, $3) \
          ON CONFLICT (event_id) DO NOTHING",
     )
-    .bind(row.event_id)
+    .bind(created.event_id)
     .bind(topic)
     .bind(row.order_id)
     .execute(&mut *tx)
@@ -73,43 +77,10 @@ pub async fn order_created(
             .bind(row.order_id)
             .fetch_optional(&mut *tx)
             .await?;
-    let (status, cancel_reason) = record::arrival_status(row.status, reservation_state.as_deref());
-    let inserted = sqlx::query(
-        "INSERT INTO orders (order_id, user_id, idempotency_key, status, cancel_reason, \
-                             total_cents, currency, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-    )
-    .bind(row.order_id)
-    .bind(&row.user_id)
-    .bind(&row.idempotency_key)
-    .bind(status)
-    .bind(cancel_reason)
-    .bind(row.total_cents)
-    .bind(&row.currency)
-    .bind(row.created_at)
-    .bind(row.updated_at)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-
-    let applied = if inserted {
-        let line_numbers: Vec<i32> = (0..).take(row.items.len()).collect();
-        let skus: Vec<&str> = row.items.iter().map(|item| item.sku.as_str()).collect();
-        let quantities: Vec<i64> = row.items.iter().map(|item| item.quantity).collect();
-        let prices: Vec<i64> = row.items.iter().map(|item| item.unit_price_cents).collect();
-        sqlx::query(
-            "INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_cents) \
-             SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::bigint[], $5::bigint[])",
-        )
-        .bind(row.order_id)
-        .bind(line_numbers)
-        .bind(skus)
-        .bind(quantities)
-        .bind(prices)
-        .execute(&mut *tx)
-        .await?;
-        if cancel_reason.is_some() {
+    let cancel = record::arrival_cancel(reservation_state.as_deref());
+    let cancelled = cancel.is_some();
+    let applied = if order_rows::insert(&mut tx, row, cancel).await? {
+        if cancelled {
             Applied::InsertedCancelled
         } else {
             Applied::Inserted

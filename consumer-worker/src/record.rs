@@ -2,31 +2,14 @@
 //! an event that fails here can never be applied and is skipped as poison, not retried.
 
 use orderflow_proto::events::v1::OrderCreated;
-use orderflow_proto::order::v1::OrderStatus;
-use orderflow_proto::order_status;
-use orderflow_runtime::timestamp;
-use time::OffsetDateTime;
+use orderflow_runtime::order_rows::{ArrivalCancel, OrderRow};
 use uuid::Uuid;
 
+/// An `order-created` event that can be applied: its id and the rows of its order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderRow {
+pub struct Created {
     pub event_id: Uuid,
-    pub order_id: Uuid,
-    pub user_id: String,
-    pub idempotency_key: String,
-    pub status: &'static str,
-    pub total_cents: i64,
-    pub currency: String,
-    pub created_at: OffsetDateTime,
-    pub updated_at: OffsetDateTime,
-    pub items: Vec<ItemRow>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemRow {
-    pub sku: String,
-    pub quantity: i64,
-    pub unit_price_cents: i64,
+    pub row: OrderRow,
 }
 
 /// Why an order is recorded `CANCELLED` when it arrives without stock held for it: its
@@ -34,85 +17,53 @@ pub struct ItemRow {
 /// taken. Such an order does not hold its idempotency key (see the migrations).
 pub const STOCK_NOT_HELD: &str = "stock_not_held";
 
-/// The status an arriving order is recorded with, given its reservation's state in PostgreSQL
-/// (`None`: no reservation). Normally the reservation is held and the order keeps its status.
-/// If the stock was already given back (the API heard no broker acknowledgement and undid the
-/// placement, yet the event arrived), recording it as placed would sell units someone else may
-/// now hold: it is recorded `CANCELLED` with a reason instead, and no stock moves.
-pub fn arrival_status(
-    status: &'static str,
-    reservation_state: Option<&str>,
-) -> (&'static str, Option<&'static str>) {
+/// Whether an arriving order is recorded `CANCELLED`, given its reservation's state in
+/// PostgreSQL (`None`: no reservation). Normally the reservation is held and the order is
+/// recorded as placed. If the stock was already given back (the API heard no broker
+/// acknowledgement and undid the placement, yet the event arrived), recording it as placed
+/// would sell units someone else may now hold: it is recorded `CANCELLED` with a reason
+/// instead, and no stock moves.
+pub fn arrival_cancel(reservation_state: Option<&str>) -> Option<ArrivalCancel> {
     match reservation_state {
-        Some("reserved" | "committed") => (status, None),
-        _ => (
-            order_status::to_db(OrderStatus::Cancelled),
-            Some(STOCK_NOT_HELD),
-        ),
+        Some("reserved" | "committed") => None,
+        _ => Some(ArrivalCancel {
+            reason: STOCK_NOT_HELD,
+        }),
     }
 }
 
-pub fn order_created(event: &OrderCreated) -> Result<OrderRow, String> {
+pub fn order_created(event: &OrderCreated) -> Result<Created, String> {
     let event_id = Uuid::try_parse(&event.event_id)
         .map_err(|_| format!("bad event_id {:?}", event.event_id))?;
     let order = event.order.as_ref().ok_or("event carries no order")?;
-    let order_id = Uuid::try_parse(&order.order_id)
-        .map_err(|_| format!("bad order_id {:?}", order.order_id))?;
     if event.order_id != order.order_id {
         return Err(format!(
             "event order_id {:?} differs from its order's {:?}",
             event.order_id, order.order_id
         ));
     }
-    let status = order_status::from_db(order_status::to_db(order.status()))
-        .map(order_status::to_db)
-        .ok_or_else(|| format!("order has no valid status ({})", order.status))?;
-    if order.items.is_empty() {
-        return Err("order has no items".into());
-    }
-    let at = |field: &str, value: &Option<prost_types::Timestamp>| {
-        value
-            .as_ref()
-            .and_then(timestamp::from_proto)
-            .ok_or_else(|| format!("order has no valid {field}"))
-    };
-    Ok(OrderRow {
+    Ok(Created {
         event_id,
-        order_id,
-        user_id: order.user_id.clone(),
-        idempotency_key: event.idempotency_key.clone(),
-        status,
-        total_cents: order.total_cents,
-        currency: order.currency.clone(),
-        created_at: at("created_at", &order.created_at)?,
-        updated_at: at("updated_at", &order.updated_at)?,
-        items: order
-            .items
-            .iter()
-            .map(|item| ItemRow {
-                sku: item.sku.clone(),
-                quantity: item.quantity,
-                unit_price_cents: item.unit_price_cents,
-            })
-            .collect(),
+        row: OrderRow::from_order(order, &event.idempotency_key)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use orderflow_proto::order::v1::{Order, OrderItem};
+    use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus};
+    use orderflow_runtime::timestamp;
 
     use super::*;
 
     #[test]
     fn an_order_without_held_stock_arrives_cancelled() {
         for held in ["reserved", "committed"] {
-            assert_eq!(arrival_status("PENDING", Some(held)), ("PENDING", None));
+            assert!(arrival_cancel(Some(held)).is_none());
         }
         for gone in [Some("released"), None] {
             assert_eq!(
-                arrival_status("PENDING", gone),
-                ("CANCELLED", Some(STOCK_NOT_HELD))
+                arrival_cancel(gone).map(|cancel| cancel.reason),
+                Some(STOCK_NOT_HELD)
             );
         }
     }
@@ -145,10 +96,9 @@ mod tests {
 
     #[test]
     fn a_complete_event_becomes_rows() {
-        let row = order_created(&event()).unwrap();
-        assert_eq!(row.status, "PENDING");
-        assert_eq!(row.items.len(), 1);
-        assert_eq!(row.total_cents, 200);
+        let created = order_created(&event()).unwrap();
+        assert_eq!(created.row.status, "PENDING");
+        assert_eq!(created.row.idempotency_key, "k");
     }
 
     #[test]
@@ -159,19 +109,11 @@ mod tests {
         bad_id.event_id = "x".into();
         let mut mismatch = event();
         mismatch.order_id = Uuid::now_v7().to_string();
-        let mut no_status = event();
-        if let Some(order) = no_status.order.as_mut() {
-            order.status = 0;
-        }
         let mut no_items = event();
         if let Some(order) = no_items.order.as_mut() {
             order.items.clear();
         }
-        let mut no_time = event();
-        if let Some(order) = no_time.order.as_mut() {
-            order.created_at = None;
-        }
-        for bad in [no_order, bad_id, mismatch, no_status, no_items, no_time] {
+        for bad in [no_order, bad_id, mismatch, no_items] {
             assert!(order_created(&bad).is_err(), "{bad:?}");
         }
     }

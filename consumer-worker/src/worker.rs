@@ -76,11 +76,11 @@ impl Worker {
 
     async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Next {
         let position = (message.partition(), message.offset());
-        let row = OrderCreated::decode(message.payload().unwrap_or_default())
+        let created = OrderCreated::decode(message.payload().unwrap_or_default())
             .map_err(|error| error.to_string())
             .and_then(|event| record::order_created(&event));
-        let row = match row {
-            Ok(row) => row,
+        let created = match created {
+            Ok(created) => created,
             Err(reason) => {
                 tracing::error!(?position, %reason, "skipping an event that can never be applied");
                 return Next::Continue;
@@ -89,30 +89,30 @@ impl Worker {
 
         let mut backoff = Duration::from_millis(100);
         loop {
-            match apply::order_created(&self.pool, message.topic(), &row).await {
+            match apply::order_created(&self.pool, message.topic(), &created).await {
                 Ok(applied) => {
                     match applied {
                         Applied::Inserted | Applied::DuplicateEvent | Applied::OrderExists => {
-                            tracing::debug!(order_id = %row.order_id, ?applied, "applied");
+                            tracing::debug!(order_id = %created.row.order_id, ?applied, "applied");
                         }
                         Applied::InsertedCancelled => tracing::warn!(
-                            order_id = %row.order_id,
+                            order_id = %created.row.order_id,
                             "order recorded CANCELLED: its stock was released before it arrived"
                         ),
                         Applied::IdempotencyKeyTaken => tracing::error!(
-                            order_id = %row.order_id,
-                            user_id = %row.user_id,
+                            order_id = %created.row.order_id,
+                            user_id = %created.row.user_id,
                             "order not persisted: another order already holds its idempotency key"
                         ),
                     }
                     return Next::Continue;
                 }
                 Err(ApplyError::Refused(error)) => {
-                    tracing::error!(?position, order_id = %row.order_id, %error, "skipping an event PostgreSQL refuses");
+                    tracing::error!(?position, order_id = %created.row.order_id, %error, "skipping an event PostgreSQL refuses");
                     return Next::Continue;
                 }
                 Err(error @ ApplyError::Unavailable(_)) => {
-                    tracing::warn!(order_id = %row.order_id, %error, ?backoff, "retrying");
+                    tracing::warn!(order_id = %created.row.order_id, %error, ?backoff, "retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return Next::Stop,
                         () = tokio::time::sleep(backoff) => {}

@@ -358,16 +358,7 @@ impl InventoryService for Inventory {
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
         let ReleaseRequest { order_id, reason } = request.into_inner();
-        if reason.len() > MAX_REASON_LEN {
-            return Err(InventoryError::from(FieldError::new(
-                "reason",
-                format!(
-                    "must be at most {MAX_REASON_LEN} bytes, got {}",
-                    reason.len()
-                ),
-            ))
-            .into());
-        }
+        validate::text("reason", &reason, MAX_REASON_LEN).map_err(InventoryError::from)?;
         let reason = if reason.is_empty() {
             "unspecified"
         } else {

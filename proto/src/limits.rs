@@ -17,3 +17,9 @@ pub const MAX_PRICE_CENTS: i64 = 1_000_000_000_000;
 pub const MAX_BATCH_SKUS: usize = 500;
 /// Longest free-text reason (a release or cancellation), in bytes.
 pub const MAX_REASON_LEN: usize = 256;
+/// Most order ids in one BatchGetOrders.
+pub const MAX_BATCH_ORDERS: usize = 500;
+/// Most orders on one ListOrders page; a request for more gets this many.
+pub const MAX_PAGE_SIZE: i32 = 500;
+/// Orders on one ListOrders page when the request does not say.
+pub const DEFAULT_PAGE_SIZE: i32 = 50;

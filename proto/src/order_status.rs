@@ -5,6 +5,16 @@ use crate::order::v1::OrderStatus;
 
 const PREFIX: &str = "ORDER_STATUS_";
 
+/// Every status an order can have, in lifecycle order.
+pub const ALL: [OrderStatus; 6] = [
+    OrderStatus::Pending,
+    OrderStatus::Paid,
+    OrderStatus::Shipped,
+    OrderStatus::Completed,
+    OrderStatus::Cancelled,
+    OrderStatus::Expired,
+];
+
 /// `OrderStatus::Paid` → `"PAID"`.
 pub fn to_db(status: OrderStatus) -> &'static str {
     let name = status.as_str_name();
@@ -23,14 +33,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_status() {
-        for status in [
-            OrderStatus::Pending,
-            OrderStatus::Paid,
-            OrderStatus::Shipped,
-            OrderStatus::Completed,
-            OrderStatus::Cancelled,
-            OrderStatus::Expired,
-        ] {
+        for status in ALL {
             assert_eq!(from_db(to_db(status)), Some(status));
         }
         assert_eq!(to_db(OrderStatus::Paid), "PAID");

@@ -6,6 +6,7 @@ pub mod config;
 pub mod grpc;
 pub mod kafka;
 pub mod lock;
+pub mod order_rows;
 pub mod postgres;
 pub mod redis;
 pub mod shutdown;

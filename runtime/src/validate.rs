@@ -48,6 +48,17 @@ pub fn identifier(field: &str, value: &str, max_len: usize) -> Result<(), FieldE
     Ok(())
 }
 
+/// Free text (a reason) of at most `max_len` bytes; empty is allowed.
+pub fn text(field: &str, value: &str, max_len: usize) -> Result<(), FieldError> {
+    if value.len() > max_len {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max_len} bytes, got {}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// An integer within `min..=max`.
 pub fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<i64, FieldError> {
     if (min..=max).contains(&value) {
