@@ -2,6 +2,8 @@
 //! gRPC status.
 
 use orderflow_runtime::validate::FieldError;
+
+use crate::lifecycle::Refusal;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +32,20 @@ pub enum OrderError {
     #[error("order event not acknowledged by the broker: {0}; the order was not placed, retry")]
     BrokerUnavailable(String),
 
-    #[error("{step} did not finish within the create timeout ({after:?}); the order was not placed, retry")]
+    /// The call's time budget ran out during `step`; nothing was changed.
+    #[error("{step} did not finish within {after:?} (the {}); nothing was changed, retry", if *.caller_deadline { "caller's deadline" } else { "server's limit" })]
     Timeout {
         step: &'static str,
         after: std::time::Duration,
+        caller_deadline: bool,
     },
+
+    /// The state machine refused the request.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+
+    #[error("page_token: not a token this API issued; pass next_page_token from the previous page, or nothing for the first")]
+    BadPageToken,
 
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -62,7 +73,14 @@ impl From<OrderError> for Status {
     fn from(error: OrderError) -> Self {
         let message = error.to_string();
         match error {
-            OrderError::InvalidArgument(_) => Status::invalid_argument(message),
+            OrderError::InvalidArgument(_)
+            | OrderError::BadPageToken
+            | OrderError::Refused(Refusal::WrongAmount { .. }) => Status::invalid_argument(message),
+            OrderError::Refused(_) => Status::failed_precondition(message),
+            OrderError::Timeout {
+                caller_deadline: true,
+                ..
+            } => Status::deadline_exceeded(message),
             OrderError::OrderNotFound(_) => Status::not_found(message),
             OrderError::IdempotencyKeyReused => Status::already_exists(message),
             OrderError::InventoryRefused(status) => Status::new(status.code(), message),

@@ -1,4 +1,5 @@
-//! Publishes order events to Kafka and waits for the broker's acknowledgement.
+//! Publishes order events to Kafka and waits for the broker's acknowledgement, and builds the
+//! event each status change publishes.
 //!
 //! A failed send replaces its producer with a fresh one: an idempotent producer whose messages
 //! timed out, or whose broker restarted, can stay broken for good (librdkafka asks for a new
@@ -14,7 +15,10 @@
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use orderflow_proto::events::v1::OrderCreated;
+use orderflow_proto::events::v1::{
+    OrderCancelled, OrderCompleted, OrderCreated, OrderPaid, OrderShipped,
+};
+use orderflow_proto::order::v1::Order;
 use orderflow_proto::topics;
 use orderflow_runtime::config::KafkaArgs;
 use orderflow_runtime::RuntimeError;
@@ -28,7 +32,6 @@ use crate::error::OrderError;
 pub struct Publisher {
     kafka: KafkaArgs,
     current: RwLock<Generation>,
-    order_created_topic: String,
     ack_timeout: Duration,
 }
 
@@ -45,28 +48,33 @@ impl Publisher {
                 number: 0,
                 producer: orderflow_runtime::kafka::producer(kafka)?,
             }),
-            order_created_topic: kafka.topic(topics::ORDER_CREATED),
             ack_timeout: Duration::from_millis(kafka.kafka_ack_timeout_ms),
             kafka: kafka.clone(),
         })
     }
 
-    /// Resolves once the broker acknowledged the event (`acks=all`). Fails after the ack timeout
-    /// or at `deadline`, whichever comes first, and then nothing of it is left to be sent: the
-    /// caller undoes its work. (An ack lost on the wire after the broker wrote the event cannot
-    /// be told apart from a lost event; the consumers decide on such an order, see README.)
+    /// Publishes `order-created` (see [`Publisher::publish`]).
     pub async fn order_created(
         &self,
         event: &OrderCreated,
         deadline: Instant,
     ) -> Result<(), OrderError> {
-        let payload = event.encode_to_vec();
-        let record = FutureRecord::to(&self.order_created_topic)
+        self.publish(&Event::order_created(event), deadline).await
+    }
+
+    /// Resolves once the broker acknowledged the event (`acks=all`). Fails after the ack timeout
+    /// or at `deadline`, whichever comes first, and then nothing of it is left to be sent: the
+    /// caller undoes its work or tries again later. (An ack lost on the wire after the broker
+    /// wrote the event cannot be told apart from a lost event; consumers deduplicate on the
+    /// event id, see README.)
+    pub async fn publish(&self, event: &Event, deadline: Instant) -> Result<(), OrderError> {
+        let topic = self.kafka.topic(event.topic);
+        let record = FutureRecord::to(&topic)
             .key(event.order_id.as_bytes())
-            .payload(&payload)
+            .payload(&event.payload)
             .headers(OwnedHeaders::new().insert(Header {
                 key: topics::EVENT_TYPE_HEADER,
-                value: Some("orderflow.events.v1.OrderCreated"),
+                value: Some(event.event_type.as_str()),
             }));
         let (number, producer) = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
@@ -109,5 +117,102 @@ impl Publisher {
             }
             Err(error) => tracing::error!(%error, "could not create a new Kafka producer"),
         }
+    }
+}
+
+/// One encoded event, ready to publish (or to keep in the outbox until it is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Unprefixed topic name, one of `orderflow_proto::topics`.
+    pub topic: &'static str,
+    /// Fully qualified protobuf type, sent in the `event-type` header.
+    pub event_type: String,
+    pub order_id: String,
+    pub payload: Vec<u8>,
+}
+
+impl Event {
+    fn new(
+        topic: &'static str,
+        message_name: &str,
+        order_id: &str,
+        message: &impl Message,
+    ) -> Self {
+        Self {
+            topic,
+            event_type: format!("orderflow.events.v1.{message_name}"),
+            order_id: order_id.to_owned(),
+            payload: message.encode_to_vec(),
+        }
+    }
+
+    pub fn order_created(event: &OrderCreated) -> Self {
+        Self::new(
+            topics::ORDER_CREATED,
+            "OrderCreated",
+            &event.order_id,
+            event,
+        )
+    }
+
+    /// The event announcing that `order` reached its current status (`reason` for a
+    /// cancellation or expiry).
+    pub fn status_changed(order: &Order, reason: Option<&str>) -> Option<Self> {
+        use orderflow_proto::order::v1::OrderStatus;
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let order_id = order.order_id.clone();
+        let occurred_at = order.updated_at;
+        let snapshot = Some(order.clone());
+        Some(match order.status() {
+            OrderStatus::Paid => Self::new(
+                topics::ORDER_PAID,
+                "OrderPaid",
+                &order_id,
+                &OrderPaid {
+                    event_id,
+                    order_id: order_id.clone(),
+                    occurred_at,
+                    order: snapshot,
+                    payment_id: order.payment_id.clone(),
+                    amount_cents: order.total_cents,
+                },
+            ),
+            OrderStatus::Cancelled | OrderStatus::Expired => Self::new(
+                topics::ORDER_CANCELLED,
+                "OrderCancelled",
+                &order_id,
+                &OrderCancelled {
+                    event_id,
+                    order_id: order_id.clone(),
+                    occurred_at,
+                    order: snapshot,
+                    reason: reason.unwrap_or_default().to_owned(),
+                },
+            ),
+            OrderStatus::Shipped => Self::new(
+                topics::ORDER_SHIPPED,
+                "OrderShipped",
+                &order_id,
+                &OrderShipped {
+                    event_id,
+                    order_id: order_id.clone(),
+                    occurred_at,
+                    order: snapshot,
+                    tracking_number: order.tracking_number.clone(),
+                },
+            ),
+            OrderStatus::Completed => Self::new(
+                topics::ORDER_COMPLETED,
+                "OrderCompleted",
+                &order_id,
+                &OrderCompleted {
+                    event_id,
+                    order_id: order_id.clone(),
+                    occurred_at,
+                    order: snapshot,
+                },
+            ),
+            OrderStatus::Pending | OrderStatus::Unspecified => return None,
+        })
     }
 }

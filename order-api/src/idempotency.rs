@@ -9,13 +9,23 @@
 //!
 //! Key: `{prefix}:idempotency:<sha256(user_id, key)>`, so keys are per user and of fixed size.
 //! Value: `state|fingerprint|order_id|created_at_micros`.
+//!
+//! Redis may lose its data; PostgreSQL keeps every persisted order's key for good. The marker
+//! `{prefix}:idempotency-memory` says "Redis holds every claim of the retention period". Every
+//! claim checks it in the same script; while it is missing (a new deployment, or Redis lost its
+//! data), a new claim also looks the key up in PostgreSQL, and one task rebuilds the placed
+//! claims of the retention period from PostgreSQL and then sets the marker.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use orderflow_runtime::config::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -72,8 +82,10 @@ impl ClaimRecord {
 /// What claiming a key found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// The key was free: the caller now owns it and places the order.
-    Claimed,
+    /// The key was free in Redis: the caller now owns it and places the order. Unless
+    /// `memory_complete`, the key may have been used before Redis lost its data: the caller
+    /// asks PostgreSQL first.
+    Claimed { memory_complete: bool },
     /// The key was claimed before, by this record.
     Taken(ClaimRecord),
 }
@@ -84,7 +96,9 @@ pub struct Claims {
     keys: RedisArgs,
     retention: Duration,
     lease: Duration,
+    claim: Script,
     delete_if_equal: Script,
+    rebuilding: Arc<AtomicBool>,
 }
 
 impl Claims {
@@ -99,6 +113,16 @@ impl Claims {
             keys,
             retention,
             lease,
+            // KEYS: the claim, the memory marker; ARGV: record, lease ms. Answers
+            // {claimed (1/0), memory complete (1/0), the claim held (when not claimed)}.
+            claim: Script::new(
+                "local complete = redis.call('EXISTS', KEYS[2]) \
+                 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+                   return {1, complete, false} \
+                 end \
+                 return {0, complete, redis.call('GET', KEYS[1])}",
+            ),
+            rebuilding: Arc::new(AtomicBool::new(false)),
             delete_if_equal: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                    return redis.call('DEL', KEYS[1]) \
@@ -117,6 +141,10 @@ impl Claims {
             .key(&["idempotency", &hex::encode(hasher.finalize())])
     }
 
+    fn memory_key(&self) -> String {
+        self.keys.key(&["idempotency-memory"])
+    }
+
     /// Claims the key with `record` (state `Placing`) unless someone claimed it before.
     pub async fn claim(
         &self,
@@ -124,31 +152,95 @@ impl Claims {
         idempotency_key: &str,
         record: &ClaimRecord,
     ) -> Result<Claim, OrderError> {
-        let key = self.key(user_id, idempotency_key);
         let mut redis = self.redis.clone();
-        // The owner of a claim may delete it between our SET and GET (a failed placement): then
-        // the key is free again and the next round claims it.
-        for _ in 0..3 {
-            let claimed: bool = redis::cmd("SET")
-                .arg(&key)
+        let (claimed, complete, existing): (i64, i64, Option<String>) = self
+            .claim
+            .key(self.key(user_id, idempotency_key))
+            .key(self.memory_key())
+            .arg(record.encode())
+            .arg(millis(self.lease))
+            .invoke_async(&mut redis)
+            .await?;
+        if claimed == 1 {
+            return Ok(Claim::Claimed {
+                memory_complete: complete == 1,
+            });
+        }
+        let existing = existing.unwrap_or_default();
+        ClaimRecord::decode(&existing)
+            .map(Claim::Taken)
+            .ok_or_else(|| OrderError::Internal(format!("unreadable claim {existing:?}")))
+    }
+
+    /// Unless a rebuild runs already in this process, starts one in the background: every
+    /// order of the retention period persisted in PostgreSQL gets its placed claim back (claims
+    /// Redis still has are kept), then the memory marker is set.
+    pub fn rebuild_in_background(&self, pool: PgPool) {
+        if self.rebuilding.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let claims = self.clone();
+        tokio::spawn(async move {
+            match claims.rebuild(&pool).await {
+                Ok(restored) => {
+                    tracing::info!(restored, "idempotency keys rebuilt from PostgreSQL")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "rebuilding idempotency keys failed; the next claim retries")
+                }
+            }
+            claims.rebuilding.store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn rebuild(&self, pool: &PgPool) -> Result<u64, OrderError> {
+        let retention_secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+        let mut rows = sqlx::query(
+            "SELECT o.user_id, o.idempotency_key, o.order_id, o.created_at, \
+                    EXTRACT(EPOCH FROM (o.created_at + $1 * interval '1 second' - now()))::bigint \
+                      AS remaining_secs, \
+                    array_agg(i.sku) AS skus, array_agg(i.quantity) AS quantities \
+             FROM orders o JOIN order_items i USING (order_id) \
+             WHERE o.created_at > now() - $1 * interval '1 second' \
+               AND o.cancel_reason IS DISTINCT FROM 'stock_not_held' \
+             GROUP BY o.order_id",
+        )
+        .bind(retention_secs)
+        .fetch(pool);
+        let mut redis = self.redis.clone();
+        let mut pipe = redis::pipe();
+        let mut restored = 0;
+        while let Some(row) = rows.try_next().await? {
+            let user_id: String = row.try_get("user_id")?;
+            let key: String = row.try_get("idempotency_key")?;
+            let skus: Vec<String> = row.try_get("skus")?;
+            let quantities: Vec<i64> = row.try_get("quantities")?;
+            let record = ClaimRecord {
+                state: ClaimState::Placed,
+                fingerprint: crate::order::fingerprint(
+                    &user_id,
+                    skus.iter().map(String::as_str).zip(quantities),
+                ),
+                order_id: row.try_get("order_id")?,
+                created_at: row.try_get("created_at")?,
+            };
+            let remaining: i64 = row.try_get("remaining_secs")?;
+            pipe.cmd("SET")
+                .arg(self.key(&user_id, &key))
                 .arg(record.encode())
                 .arg("NX")
-                .arg("PX")
-                .arg(millis(self.lease))
-                .query_async::<Option<String>>(&mut redis)
-                .await?
-                .is_some();
-            if claimed {
-                return Ok(Claim::Claimed);
-            }
-            let existing: Option<String> = redis.get(&key).await?;
-            if let Some(existing) = existing {
-                return ClaimRecord::decode(&existing)
-                    .map(Claim::Taken)
-                    .ok_or_else(|| OrderError::Internal(format!("unreadable claim {existing:?}")));
+                .arg("EX")
+                .arg(remaining.max(1))
+                .ignore();
+            restored += 1;
+            if restored % 1_000 == 0 {
+                let () = pipe.query_async(&mut redis).await?;
+                pipe = redis::pipe();
             }
         }
-        Err(OrderError::InProgress)
+        let () = pipe.query_async(&mut redis).await?;
+        let () = redis.set(self.memory_key(), 1).await?;
+        Ok(restored)
     }
 
     /// Marks the claim placed and keeps it for the retention period.

@@ -1,17 +1,28 @@
-//! order-api: the fast path of an order. `CreateOrder` validates, claims the idempotency key,
-//! reserves stock through inventory-svc, caches the pending order in Redis, publishes
-//! `order-created` and answers once the broker acknowledged it; consumer-worker persists the
-//! order to PostgreSQL later. Reads come from the Redis cache, else PostgreSQL.
+//! order-api: the fast path of an order and its lifecycle. `CreateOrder` validates, claims the
+//! idempotency key, reserves stock through inventory-svc, caches the pending order in Redis,
+//! publishes `order-created` and answers once the broker acknowledged it; consumer-worker
+//! persists the order to PostgreSQL later. Status changes are decided in PostgreSQL
+//! (`transitions`), with their events and stock settlements as follow-ups (`followups`);
+//! unpaid orders expire (`expiry`); reads come from the Redis cache, else PostgreSQL (`reads`);
+//! WatchOrder streams changes announced by PostgreSQL (`watch`). See docs/orders.md.
 
 mod cache;
+mod deadline;
 mod error;
 mod events;
+mod expiry;
+mod followups;
 mod idempotency;
+mod lifecycle;
 mod order;
 mod placement;
+mod reads;
 mod service;
 mod store;
+mod transitions;
+mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -58,6 +69,26 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_CREATE_TIMEOUT_MS", default_value_t = 10_000)]
     pub create_timeout_ms: u64,
 
+    /// Upper bound on every other call (reads, status changes) when the caller's deadline is
+    /// not shorter.
+    #[arg(long, env = "ORDERFLOW_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+
+    /// An order unpaid this long after it was placed expires and its stock goes back on sale.
+    /// Keep it below inventory-svc's --reservation-ttl-secs, so a reservation never lapses
+    /// before its order could still be paid.
+    #[arg(long, env = "ORDERFLOW_PAYMENT_DEADLINE_SECS", default_value_t = 900)]
+    pub payment_deadline_secs: u64,
+
+    /// How often each order-api process looks for unpaid orders past their deadline.
+    #[arg(long, env = "ORDERFLOW_EXPIRY_INTERVAL_MS", default_value_t = 1_000)]
+    pub expiry_interval_ms: u64,
+
+    /// How often each order-api process retries events not yet acknowledged by the broker and
+    /// stock not yet settled in inventory-svc (a status change also wakes it at once).
+    #[arg(long, env = "ORDERFLOW_FOLLOWUP_INTERVAL_MS", default_value_t = 1_000)]
+    pub followup_interval_ms: u64,
+
     #[command(flatten)]
     pub postgres: PostgresArgs,
 
@@ -97,13 +128,27 @@ pub async fn run(
             .connect_lazy(),
     );
 
+    let publisher = Arc::new(events::Publisher::new(&config.kafka)?);
+    let store = store::OrderStore::new(pool.clone());
+    let cache = cache::OrderCache::new(
+        redis.clone(),
+        config.redis.clone(),
+        Duration::from_secs(config.order_cache_ttl_secs),
+    );
+    let reads = reads::Reads {
+        cache: cache.clone(),
+        store: store.clone(),
+    };
+    let followups = followups::Followups::new(pool, inventory.clone(), Arc::clone(&publisher));
+    let transitions = transitions::Transitions {
+        store: store.clone(),
+        cache: cache.clone(),
+        followups: followups.clone(),
+    };
+    let feed = watch::ChangeFeed::new(store);
     let placement = placement::Placement::new(placement::Parts {
         inventory,
-        cache: cache::OrderCache::new(
-            redis.clone(),
-            config.redis.clone(),
-            Duration::from_secs(config.order_cache_ttl_secs),
-        ),
+        cache,
         claims: idempotency::Claims::new(
             redis,
             config.redis.clone(),
@@ -111,15 +156,46 @@ pub async fn run(
             // The lease must outlive the placement's deadline (see placement.rs).
             Duration::from_millis(config.create_timeout_ms) * 2,
         ),
-        publisher: events::Publisher::new(&config.kafka)?,
-        store: store::OrderStore::new(pool),
+        publisher,
+        reads: reads.clone(),
         currency: config.currency,
-        create_timeout: Duration::from_millis(config.create_timeout_ms),
+        payment_window: Duration::from_secs(config.payment_deadline_secs),
     });
-    orderflow_runtime::grpc::serve(
-        OrderServiceServer::new(service::OrderApi::new(placement)),
+
+    // Stops the background tasks when the server stops, for whatever reason.
+    let background_stop = shutdown.child_token();
+    let background = [
+        tokio::spawn(followups.run(
+            Duration::from_millis(config.followup_interval_ms.max(1)),
+            background_stop.clone(),
+        )),
+        tokio::spawn(expiry::run(
+            transitions.clone(),
+            Duration::from_millis(config.expiry_interval_ms.max(1)),
+            background_stop.clone(),
+        )),
+        tokio::spawn(feed.clone().run(background_stop.clone())),
+    ];
+    let api = service::OrderApi {
+        placement,
+        reads,
+        transitions,
+        feed,
+        create_timeout: Duration::from_millis(config.create_timeout_ms),
+        request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+        shutdown: shutdown.clone(),
+    };
+    let served = orderflow_runtime::grpc::serve(
+        OrderServiceServer::new(api),
         listener,
-        shutdown.cancelled_owned(),
+        shutdown.clone().cancelled_owned(),
     )
-    .await
+    .await;
+    background_stop.cancel();
+    for task in background {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "an order-api background task failed");
+        }
+    }
+    served
 }

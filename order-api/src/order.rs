@@ -2,6 +2,7 @@
 //! idempotency check, and how a reservation becomes a priced order.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use orderflow_proto::inventory::v1::ReservedItem;
 use orderflow_proto::limits::{
@@ -83,18 +84,39 @@ impl NewOrder {
     /// Identifies the request's content: the same user and the same lines, in any order, give
     /// the same fingerprint; anything else gives another.
     pub fn fingerprint(&self) -> String {
-        let mut lines: Vec<&Line> = self.lines.iter().collect();
-        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
-        let mut hasher = Sha256::new();
-        hasher.update(self.user_id.as_bytes());
-        for line in lines {
-            hasher.update([0]);
-            hasher.update(line.sku.as_bytes());
-            hasher.update([0]);
-            hasher.update(line.quantity.to_be_bytes());
-        }
-        hex::encode(&hasher.finalize()[..16])
+        fingerprint(
+            &self.user_id,
+            self.lines
+                .iter()
+                .map(|line| (line.sku.as_str(), line.quantity)),
+        )
     }
+}
+
+/// The fingerprint of the request that placed `order` (see [`NewOrder::fingerprint`]).
+pub fn order_fingerprint(order: &Order) -> String {
+    fingerprint(
+        &order.user_id,
+        order
+            .items
+            .iter()
+            .map(|item| (item.sku.as_str(), item.quantity)),
+    )
+}
+
+/// Identifies a request by `user_id` for `lines` (sku, quantity), in any order.
+pub fn fingerprint<'a>(user_id: &str, lines: impl Iterator<Item = (&'a str, i64)>) -> String {
+    let mut lines: Vec<(&str, i64)> = lines.collect();
+    lines.sort_unstable();
+    let mut hasher = Sha256::new();
+    hasher.update(user_id.as_bytes());
+    for (sku, quantity) in lines {
+        hasher.update([0]);
+        hasher.update(sku.as_bytes());
+        hasher.update([0]);
+        hasher.update(quantity.to_be_bytes());
+    }
+    hex::encode(&hasher.finalize()[..16])
 }
 
 /// Why reserved items cannot be priced into an order.
@@ -106,13 +128,15 @@ pub enum PricingError {
     Overflow,
 }
 
-/// The PENDING order for `new_order`, priced with the unit prices of its reservation.
+/// The PENDING order for `new_order` (version 1), priced with the unit prices of its
+/// reservation, to be paid before `payment_window` has passed.
 pub fn pending_order(
     order_id: Uuid,
     new_order: &NewOrder,
     reserved: &[ReservedItem],
     currency: &str,
     created_at: OffsetDateTime,
+    payment_window: Duration,
 ) -> Result<Order, PricingError> {
     let prices: HashMap<&str, i64> = reserved
         .iter()
@@ -144,6 +168,8 @@ pub fn pending_order(
         status: OrderStatus::Pending.into(),
         created_at: at,
         updated_at: at,
+        expires_at: Some(timestamp::to_proto(created_at + payment_window)),
+        version: 1,
         ..Order::default()
     })
 }
@@ -228,6 +254,16 @@ mod tests {
         let mut other_user = a.clone();
         other_user.user_id = "user-2".into();
         assert_ne!(a.fingerprint(), other_user.fingerprint());
+        let placed = pending_order(
+            Uuid::now_v7(),
+            &b,
+            &[reserved("a", 1), reserved("b", 1)],
+            "CNY",
+            timestamp::now(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(order_fingerprint(&placed), a.fingerprint());
     }
 
     fn reserved(sku: &str, unit_price_cents: i64) -> ReservedItem {
@@ -247,20 +283,28 @@ mod tests {
             &[reserved("b", 500), reserved("a", 1999)],
             "CNY",
             timestamp::now(),
+            Duration::from_secs(900),
         )
         .unwrap();
         assert_eq!(order.total_cents, 2 * 1999 + 500);
+        assert_eq!(order.version, 1);
+        assert_eq!(
+            order.expires_at.unwrap().seconds - order.created_at.unwrap().seconds,
+            900
+        );
         assert_eq!(order.items[0].unit_price_cents, 1999);
         assert_eq!(order.status(), OrderStatus::Pending);
         assert_eq!(order.currency, "CNY");
     }
+
+    const WINDOW: Duration = Duration::from_secs(60);
 
     #[test]
     fn refuses_missing_prices_and_overflow() {
         let new_order = NewOrder::validate(request(&[("a", 2)])).unwrap();
         let now = timestamp::now();
         assert_eq!(
-            pending_order(Uuid::now_v7(), &new_order, &[], "CNY", now),
+            pending_order(Uuid::now_v7(), &new_order, &[], "CNY", now, WINDOW),
             Err(PricingError::MissingItem("a".into()))
         );
         assert_eq!(
@@ -269,7 +313,8 @@ mod tests {
                 &new_order,
                 &[reserved("a", i64::MAX)],
                 "CNY",
-                now
+                now,
+                WINDOW
             ),
             Err(PricingError::Overflow)
         );

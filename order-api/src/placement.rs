@@ -16,26 +16,27 @@ use orderflow_proto::events::v1::OrderCreated;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{ReleaseRequest, ReserveItem, ReserveRequest};
 use orderflow_proto::order::v1::{CreateOrderRequest, Order};
-use orderflow_runtime::{timestamp, validate};
+use orderflow_runtime::timestamp;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::cache::OrderCache;
+use crate::deadline::CallDeadline;
 use crate::error::OrderError;
 use crate::events::Publisher;
 use crate::idempotency::{Claim, ClaimRecord, ClaimState, Claims};
 use crate::order::{self, NewOrder};
-use crate::store::OrderStore;
+use crate::reads::Reads;
 
 /// Everything a placement needs, built once at start-up.
 pub struct Parts {
     pub inventory: InventoryServiceClient<Channel>,
     pub cache: OrderCache,
     pub claims: Claims,
-    pub publisher: Publisher,
-    pub store: OrderStore,
+    pub publisher: Arc<Publisher>,
+    pub reads: Reads,
     pub currency: String,
-    pub create_timeout: Duration,
+    pub payment_window: Duration,
 }
 
 #[derive(Clone)]
@@ -50,13 +51,14 @@ impl Placement {
         }
     }
 
-    pub async fn create(&self, request: CreateOrderRequest) -> Result<Order, OrderError> {
-        // Starts before the claim, whose lease (twice the create timeout) thus outlives every
-        // step this placement may still take: no retry can claim the key while it runs.
-        let deadline = Deadline {
-            at: tokio::time::Instant::now() + self.parts.create_timeout,
-            total: self.parts.create_timeout,
-        };
+    /// Places the order within `deadline`, which must start before the claim: the claim's
+    /// lease (twice the create timeout) then outlives every step this placement may still
+    /// take, so no retry can claim the key while it runs.
+    pub async fn create(
+        &self,
+        request: CreateOrderRequest,
+        deadline: CallDeadline,
+    ) -> Result<Order, OrderError> {
         let new_order = NewOrder::validate(request)?;
         let record = ClaimRecord {
             state: ClaimState::Placing,
@@ -64,13 +66,20 @@ impl Placement {
             order_id: Uuid::now_v7(),
             created_at: timestamp::now(),
         };
-        let claim = self
-            .parts
-            .claims
-            .claim(&new_order.user_id, &new_order.idempotency_key, &record)
-            .await?;
+        let claims = &self.parts.claims;
+        let claim = deadline
+            .run(
+                "claiming the idempotency key in Redis",
+                claims.claim(&new_order.user_id, &new_order.idempotency_key, &record),
+            )
+            .await??;
         match claim {
-            Claim::Claimed => {
+            Claim::Claimed { memory_complete } => {
+                if !memory_complete {
+                    if let Some(earlier) = self.placed_before(&new_order, &record).await? {
+                        return Ok(earlier);
+                    }
+                }
                 let parts = Arc::clone(&self.parts);
                 tokio::spawn(async move { parts.place_or_undo(new_order, record, deadline).await })
                     .await
@@ -84,6 +93,7 @@ impl Placement {
                 // Placed, so acknowledged: it is cached or, once persisted, in PostgreSQL.
                 ClaimState::Placed => self
                     .parts
+                    .reads
                     .find(existing.order_id)
                     .await?
                     .ok_or(OrderError::InProgress),
@@ -91,69 +101,46 @@ impl Placement {
         }
     }
 
-    pub async fn get(&self, order_id: &str) -> Result<Order, OrderError> {
-        let id = validate::uuid("order_id", order_id)?;
-        self.parts
-            .find(id)
+    /// While Redis may have forgotten keys: the order PostgreSQL has under this key, which the
+    /// claim `record` (just taken) is turned into; or the key's refusal if that order differs.
+    async fn placed_before(
+        &self,
+        new_order: &NewOrder,
+        record: &ClaimRecord,
+    ) -> Result<Option<Order>, OrderError> {
+        let claims = &self.parts.claims;
+        let store = &self.parts.reads.store;
+        claims.rebuild_in_background(store.pool().clone());
+        let Some(earlier) = store
+            .by_idempotency_key(&new_order.user_id, &new_order.idempotency_key)
             .await?
-            .ok_or_else(|| OrderError::OrderNotFound(order_id.to_owned()))
-    }
-}
-
-/// The end of a placement's time budget, shared by its steps, so a timeout names the step
-/// that was slow.
-#[derive(Clone, Copy)]
-struct Deadline {
-    at: tokio::time::Instant,
-    total: Duration,
-}
-
-impl Deadline {
-    async fn run<T>(
-        self,
-        step: &'static str,
-        work: impl std::future::Future<Output = T>,
-    ) -> Result<T, OrderError> {
-        tokio::time::timeout_at(self.at, work)
-            .await
-            .map_err(|_| OrderError::Timeout {
-                step,
-                after: self.total,
-            })
+        else {
+            return Ok(None);
+        };
+        if order::order_fingerprint(&earlier) != record.fingerprint {
+            claims
+                .abandon(&new_order.user_id, &new_order.idempotency_key, record)
+                .await?;
+            return Err(OrderError::IdempotencyKeyReused);
+        }
+        let placed = ClaimRecord {
+            order_id: Uuid::try_parse(&earlier.order_id)
+                .map_err(|error| OrderError::Internal(error.to_string()))?,
+            ..record.clone()
+        };
+        claims
+            .mark_placed(&new_order.user_id, &new_order.idempotency_key, &placed)
+            .await?;
+        Ok(Some(earlier))
     }
 }
 
 impl Parts {
-    /// The cached order, else the persisted one (which then refills the cache). A cache that
-    /// cannot be read is passed over: PostgreSQL still answers.
-    async fn find(&self, order_id: Uuid) -> Result<Option<Order>, OrderError> {
-        let key = order_id.to_string();
-        match self.cache.get(&key).await {
-            Ok(Some(order)) => return Ok(Some(order)),
-            Ok(None) => {}
-            Err(error) => {
-                tracing::warn!(%error, order_id = %key, "order cache unreadable; reading PostgreSQL")
-            }
-        }
-        let Some(order) = self.store.get(order_id).await? else {
-            return Ok(None);
-        };
-        // The reader has its answer; refilling the cache need not delay it.
-        let cache = self.cache.clone();
-        let cached = order.clone();
-        tokio::spawn(async move {
-            if let Err(error) = cache.put(&cached).await {
-                tracing::warn!(%error, order_id = %key, "could not refill the order cache");
-            }
-        });
-        Ok(Some(order))
-    }
-
     async fn place_or_undo(
         &self,
         new_order: NewOrder,
         record: ClaimRecord,
-        deadline: Deadline,
+        deadline: CallDeadline,
     ) -> Result<Order, OrderError> {
         let placed = self.place(&new_order, &record, deadline).await;
         if placed.is_err() {
@@ -166,21 +153,23 @@ impl Parts {
         &self,
         new_order: &NewOrder,
         record: &ClaimRecord,
-        deadline: Deadline,
+        deadline: CallDeadline,
     ) -> Result<Order, OrderError> {
         let order_id = record.order_id.to_string();
         let mut inventory = self.inventory.clone();
-        let reserve = inventory.reserve(ReserveRequest {
-            order_id: order_id.clone(),
-            items: new_order
-                .lines
-                .iter()
-                .map(|line| ReserveItem {
-                    sku: line.sku.clone(),
-                    quantity: line.quantity,
-                })
-                .collect(),
-        });
+        let reserve = inventory.reserve(
+            deadline.request(ReserveRequest {
+                order_id: order_id.clone(),
+                items: new_order
+                    .lines
+                    .iter()
+                    .map(|line| ReserveItem {
+                        sku: line.sku.clone(),
+                        quantity: line.quantity,
+                    })
+                    .collect(),
+            }),
+        );
         let reservation = deadline
             .run("reserving stock in inventory-svc", reserve)
             .await?
@@ -195,11 +184,15 @@ impl Parts {
             &reservation.items,
             &self.currency,
             record.created_at,
+            self.payment_window,
         )
         .map_err(|error| OrderError::Internal(error.to_string()))?;
 
         deadline
-            .run("caching the order in Redis", self.cache.put(&order))
+            .run(
+                "caching the order in Redis",
+                self.cache.put_placed(&order, &new_order.idempotency_key),
+            )
             .await??;
         let event = OrderCreated {
             event_id: Uuid::now_v7().to_string(),

@@ -1,31 +1,59 @@
-//! The gRPC edge of the order API.
+//! The gRPC edge of the order API: each RPC gets its time budget (the caller's deadline or
+//! ours), validates its fields, and hands over to placement, reads or transitions.
 
+use std::time::Duration;
+
+use orderflow_proto::limits::{MAX_ID_LEN, MAX_REASON_LEN};
 use orderflow_proto::order::v1::order_service_server::OrderService;
 use orderflow_proto::order::v1::{
     BatchGetOrdersRequest, BatchGetOrdersResponse, CancelOrderRequest, CancelOrderResponse,
     CompleteOrderRequest, CompleteOrderResponse, CreateOrderRequest, CreateOrderResponse,
-    GetOrderRequest, GetOrderResponse, ListOrdersRequest, ListOrdersResponse, PayOrderRequest,
-    PayOrderResponse, ShipOrderRequest, ShipOrderResponse, WatchOrderRequest, WatchOrderResponse,
+    GetOrderRequest, GetOrderResponse, ListOrdersRequest, ListOrdersResponse, Order,
+    PayOrderRequest, PayOrderResponse, ShipOrderRequest, ShipOrderResponse, WatchOrderRequest,
+    WatchOrderResponse,
 };
+use orderflow_runtime::validate;
+use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::deadline::CallDeadline;
+use crate::error::OrderError;
+use crate::lifecycle::{self, Action};
 use crate::placement::Placement;
+use crate::reads::Reads;
+use crate::transitions::Transitions;
+use crate::watch::ChangeFeed;
+
+/// Why an order was cancelled when the request gives no reason.
+const DEFAULT_CANCEL_REASON: &str = "cancelled on request";
 
 pub struct OrderApi {
-    placement: Placement,
+    pub placement: Placement,
+    pub reads: Reads,
+    pub transitions: Transitions,
+    pub feed: ChangeFeed,
+    pub create_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Ends open WatchOrder streams, so a graceful shutdown is not held up by them.
+    pub shutdown: CancellationToken,
 }
 
 impl OrderApi {
-    pub fn new(placement: Placement) -> Self {
-        Self { placement }
+    fn deadline<T>(&self, request: &Request<T>) -> CallDeadline {
+        CallDeadline::for_call(request.metadata(), self.request_timeout)
     }
-}
 
-fn not_yet<T>(rpc: &str) -> Result<T, Status> {
-    Err(Status::unimplemented(format!(
-        "{rpc} is not implemented yet: it arrives with the order lifecycle"
-    )))
+    async fn change<T>(
+        &self,
+        request: &Request<T>,
+        order_id: &str,
+        action: Action,
+    ) -> Result<Order, Status> {
+        let deadline = self.deadline(request);
+        let id = validate::uuid("order_id", order_id).map_err(OrderError::from)?;
+        Ok(self.transitions.apply(id, action, deadline).await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -34,7 +62,11 @@ impl OrderService for OrderApi {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<CreateOrderResponse>, Status> {
-        let order = self.placement.create(request.into_inner()).await?;
+        let deadline = CallDeadline::for_call(request.metadata(), self.create_timeout);
+        let order = self
+            .placement
+            .create(request.into_inner(), deadline)
+            .await?;
         Ok(Response::new(CreateOrderResponse { order: Some(order) }))
     }
 
@@ -42,58 +74,168 @@ impl OrderService for OrderApi {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
-        let order = self.placement.get(&request.into_inner().order_id).await?;
+        let deadline = self.deadline(&request);
+        let order_id = request.into_inner().order_id;
+        let order = deadline
+            .run("reading the order", self.reads.get(&order_id))
+            .await??;
         Ok(Response::new(GetOrderResponse { order: Some(order) }))
     }
 
     async fn batch_get_orders(
         &self,
-        _request: Request<BatchGetOrdersRequest>,
+        request: Request<BatchGetOrdersRequest>,
     ) -> Result<Response<BatchGetOrdersResponse>, Status> {
-        not_yet("BatchGetOrders")
+        let deadline = self.deadline(&request);
+        let order_ids = request.into_inner().order_ids;
+        let batch = deadline
+            .run("reading the orders", self.reads.batch(&order_ids))
+            .await??;
+        Ok(Response::new(BatchGetOrdersResponse {
+            orders: batch.orders,
+            missing_order_ids: batch.missing,
+        }))
     }
 
     async fn list_orders(
         &self,
-        _request: Request<ListOrdersRequest>,
+        request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        not_yet("ListOrders")
+        let deadline = self.deadline(&request);
+        let ListOrdersRequest {
+            user_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = deadline
+            .run(
+                "listing the orders",
+                self.reads.list(&user_id, page_size, &page_token),
+            )
+            .await??;
+        Ok(Response::new(ListOrdersResponse {
+            orders: page.orders,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn pay_order(
         &self,
-        _request: Request<PayOrderRequest>,
+        request: Request<PayOrderRequest>,
     ) -> Result<Response<PayOrderResponse>, Status> {
-        not_yet("PayOrder")
+        let message = request.get_ref();
+        validate::identifier("payment_id", &message.payment_id, MAX_ID_LEN)
+            .map_err(OrderError::from)?;
+        let action = Action::Pay {
+            payment_id: message.payment_id.clone(),
+            amount_cents: message.amount_cents,
+        };
+        let order = self.change(&request, &message.order_id, action).await?;
+        Ok(Response::new(PayOrderResponse { order: Some(order) }))
     }
 
     async fn cancel_order(
         &self,
-        _request: Request<CancelOrderRequest>,
+        request: Request<CancelOrderRequest>,
     ) -> Result<Response<CancelOrderResponse>, Status> {
-        not_yet("CancelOrder")
+        let message = request.get_ref();
+        validate::text("reason", &message.reason, MAX_REASON_LEN).map_err(OrderError::from)?;
+        let reason = if message.reason.is_empty() {
+            DEFAULT_CANCEL_REASON.to_owned()
+        } else {
+            message.reason.clone()
+        };
+        let action = Action::Cancel { reason };
+        let order = self.change(&request, &message.order_id, action).await?;
+        Ok(Response::new(CancelOrderResponse { order: Some(order) }))
     }
 
     async fn ship_order(
         &self,
-        _request: Request<ShipOrderRequest>,
+        request: Request<ShipOrderRequest>,
     ) -> Result<Response<ShipOrderResponse>, Status> {
-        not_yet("ShipOrder")
+        let message = request.get_ref();
+        validate::identifier("tracking_number", &message.tracking_number, MAX_ID_LEN)
+            .map_err(OrderError::from)?;
+        let action = Action::Ship {
+            tracking_number: message.tracking_number.clone(),
+        };
+        let order = self.change(&request, &message.order_id, action).await?;
+        Ok(Response::new(ShipOrderResponse { order: Some(order) }))
     }
 
     async fn complete_order(
         &self,
-        _request: Request<CompleteOrderRequest>,
+        request: Request<CompleteOrderRequest>,
     ) -> Result<Response<CompleteOrderResponse>, Status> {
-        not_yet("CompleteOrder")
+        let order_id = request.get_ref().order_id.clone();
+        let order = self.change(&request, &order_id, Action::Complete).await?;
+        Ok(Response::new(CompleteOrderResponse { order: Some(order) }))
     }
 
     type WatchOrderStream = BoxStream<WatchOrderResponse>;
 
     async fn watch_order(
         &self,
-        _request: Request<WatchOrderRequest>,
+        request: Request<WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        not_yet("WatchOrder")
+        let deadline = self.deadline(&request);
+        let order_id = request.into_inner().order_id;
+        let id = validate::uuid("order_id", &order_id).map_err(OrderError::from)?;
+        // Subscribed before reading, so no change between the read and the first wait is missed.
+        let mut subscription = self.feed.subscribe(id);
+        let current = deadline
+            .run("reading the order", self.reads.find(id))
+            .await??
+            .ok_or(OrderError::OrderNotFound(order_id))?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let reads = self.reads.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last = current;
+            if sender.send(Ok(answer(&last))).await.is_err() {
+                return;
+            }
+            while !lifecycle::is_terminal(last.status()) {
+                let next = tokio::select! {
+                    () = sender.closed() => return,
+                    () = shutdown.cancelled() => {
+                        let _ = sender.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
+                        return;
+                    }
+                    next = subscription.changes.recv() => next,
+                };
+                let next = match next {
+                    Ok(order) => Order::clone(&order),
+                    // Fell behind: the current state covers every change missed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        match reads.find(id).await {
+                            Ok(Some(order)) => order,
+                            Ok(None) => continue,
+                            Err(error) => {
+                                let _ = sender.send(Err(error.into())).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if next.version > last.version {
+                    last = next;
+                    if sender.send(Ok(answer(&last))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}
+
+fn answer(order: &Order) -> WatchOrderResponse {
+    WatchOrderResponse {
+        order: Some(order.clone()),
     }
 }

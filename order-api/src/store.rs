@@ -1,13 +1,32 @@
-//! Reads persisted orders from PostgreSQL (consumer-worker writes them).
+//! Orders in PostgreSQL: reads (one statement for any number of orders, with their items),
+//! keyset pages of one user's orders, and the locked read a status change starts with.
 
 use orderflow_proto::order::v1::{Order, OrderItem};
 use orderflow_proto::order_status;
 use orderflow_runtime::timestamp;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::OrderError;
+
+/// The columns of an order and its items aggregated in line order, from `orders o`.
+const ORDER_COLUMNS: &str = "o.order_id, o.user_id, o.status, o.total_cents, o.currency, \
+     o.payment_id, o.tracking_number, o.cancel_reason, o.created_at, o.updated_at, \
+     o.expires_at, o.version, i.skus, i.quantities, i.prices";
+const ITEMS_JOIN: &str = "CROSS JOIN LATERAL ( \
+       SELECT array_agg(sku ORDER BY line_no) AS skus, \
+              array_agg(quantity ORDER BY line_no) AS quantities, \
+              array_agg(unit_price_cents ORDER BY line_no) AS prices \
+       FROM order_items WHERE order_id = o.order_id) i";
+
+/// Where a page of one user's orders starts: after this (created_at, order_id), newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    pub created_at: OffsetDateTime,
+    pub order_id: Uuid,
+}
 
 #[derive(Clone)]
 pub struct OrderStore {
@@ -19,63 +38,142 @@ impl OrderStore {
         Self { pool }
     }
 
-    pub async fn get(&self, order_id: Uuid) -> Result<Option<Order>, OrderError> {
-        let Some(row) = sqlx::query(
-            "SELECT user_id, status, total_cents, currency, payment_id, tracking_number, \
-                    cancel_reason, created_at, updated_at, expires_at \
-             FROM orders WHERE order_id = $1",
-        )
-        .bind(order_id)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let items = sqlx::query(
-            "SELECT sku, quantity, unit_price_cents FROM order_items \
-             WHERE order_id = $1 ORDER BY line_no",
-        )
-        .bind(order_id)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|item| {
-            Ok(OrderItem {
-                sku: item.try_get("sku")?,
-                quantity: item.try_get("quantity")?,
-                unit_price_cents: item.try_get("unit_price_cents")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-
-        let status: String = row.try_get("status")?;
-        let status = order_status::from_db(&status).ok_or_else(|| {
-            OrderError::Internal(format!("order {order_id} has unknown status {status:?}"))
-        })?;
-        let at = |column: &str| -> Result<_, sqlx::Error> {
-            Ok(row
-                .try_get::<Option<OffsetDateTime>, _>(column)?
-                .map(timestamp::to_proto))
-        };
-        Ok(Some(Order {
-            order_id: order_id.to_string(),
-            user_id: row.try_get("user_id")?,
-            items,
-            total_cents: row.try_get("total_cents")?,
-            currency: row.try_get("currency")?,
-            status: status.into(),
-            created_at: at("created_at")?,
-            updated_at: at("updated_at")?,
-            payment_id: row
-                .try_get::<Option<String>, _>("payment_id")?
-                .unwrap_or_default(),
-            tracking_number: row
-                .try_get::<Option<String>, _>("tracking_number")?
-                .unwrap_or_default(),
-            cancel_reason: row
-                .try_get::<Option<String>, _>("cancel_reason")?
-                .unwrap_or_default(),
-            expires_at: at("expires_at")?,
-        }))
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
+
+    /// The persisted orders among `order_ids`, in no particular order.
+    pub async fn get_many(&self, order_ids: &[Uuid]) -> Result<Vec<Order>, OrderError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch(&mut conn, order_ids).await
+    }
+
+    /// The order the user placed with `idempotency_key`, if it was persisted (an order recorded
+    /// `stock_not_held` does not hold its key).
+    pub async fn by_idempotency_key(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Order>, OrderError> {
+        let order_id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT order_id FROM orders WHERE user_id = $1 AND idempotency_key = $2 \
+               AND cancel_reason IS DISTINCT FROM 'stock_not_held'",
+        )
+        .bind(user_id)
+        .bind(idempotency_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        match order_id {
+            Some(order_id) => Ok(self.get_many(&[order_id]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` of the user's orders, newest first, after `cursor`.
+    pub async fn page(
+        &self,
+        user_id: &str,
+        cursor: Option<PageCursor>,
+        limit: i64,
+    ) -> Result<Vec<Order>, OrderError> {
+        let order = "ORDER BY o.created_at DESC, o.order_id DESC";
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM ( \
+               SELECT * FROM orders o WHERE o.user_id = $1 \
+                 AND ($2::timestamptz IS NULL OR (o.created_at, o.order_id) < ($2, $3)) \
+               {order} LIMIT $4) o {ITEMS_JOIN} {order}"
+        );
+        sqlx::query(&sql)
+            .bind(user_id)
+            .bind(cursor.map(|cursor| cursor.created_at))
+            .bind(cursor.map(|cursor| cursor.order_id))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(order_from_row)
+            .collect()
+    }
+}
+
+/// Locks the order's row for a status change and reads it; `None` if it is not persisted, or,
+/// with `skip_locked`, if another transaction holds it.
+pub async fn lock(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    skip_locked: bool,
+) -> Result<Option<Order>, OrderError> {
+    let sql = if skip_locked {
+        "SELECT 1 FROM orders WHERE order_id = $1 FOR UPDATE SKIP LOCKED"
+    } else {
+        "SELECT 1 FROM orders WHERE order_id = $1 FOR UPDATE"
+    };
+    let locked: Option<i32> = sqlx::query_scalar(sql)
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if locked.is_none() {
+        return Ok(None);
+    }
+    Ok(fetch(conn, &[order_id]).await?.pop())
+}
+
+async fn fetch(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<Vec<Order>, OrderError> {
+    let sql =
+        format!("SELECT {ORDER_COLUMNS} FROM orders o {ITEMS_JOIN} WHERE o.order_id = ANY($1)");
+    sqlx::query(&sql)
+        .bind(order_ids)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect()
+}
+
+fn order_from_row(row: &PgRow) -> Result<Order, OrderError> {
+    let order_id: Uuid = row.try_get("order_id")?;
+    let status: String = row.try_get("status")?;
+    let status = order_status::from_db(&status).ok_or_else(|| {
+        OrderError::Internal(format!("order {order_id} has unknown status {status:?}"))
+    })?;
+    let skus: Vec<String> = row.try_get::<Option<_>, _>("skus")?.unwrap_or_default();
+    let quantities: Vec<i64> = row
+        .try_get::<Option<_>, _>("quantities")?
+        .unwrap_or_default();
+    let prices: Vec<i64> = row.try_get::<Option<_>, _>("prices")?.unwrap_or_default();
+    let items = skus
+        .into_iter()
+        .zip(quantities)
+        .zip(prices)
+        .map(|((sku, quantity), unit_price_cents)| OrderItem {
+            sku,
+            quantity,
+            unit_price_cents,
+        })
+        .collect();
+    let at = |column: &str| -> Result<_, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<OffsetDateTime>, _>(column)?
+            .map(timestamp::to_proto))
+    };
+    let text = |column: &str| -> Result<String, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<String>, _>(column)?
+            .unwrap_or_default())
+    };
+    Ok(Order {
+        order_id: order_id.to_string(),
+        user_id: row.try_get("user_id")?,
+        items,
+        total_cents: row.try_get("total_cents")?,
+        currency: row.try_get("currency")?,
+        status: status.into(),
+        created_at: at("created_at")?,
+        updated_at: at("updated_at")?,
+        payment_id: text("payment_id")?,
+        tracking_number: text("tracking_number")?,
+        cancel_reason: text("cancel_reason")?,
+        expires_at: at("expires_at")?,
+        version: row.try_get("version")?,
+    })
 }

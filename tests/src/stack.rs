@@ -32,6 +32,8 @@ pub struct Options {
     pub redis_url: Option<String>,
     pub kafka_ack_timeout_ms: Option<u64>,
     pub create_timeout_ms: Option<u64>,
+    /// order-api's `--payment-deadline-secs` (short, to see orders expire).
+    pub payment_deadline_secs: Option<u64>,
 }
 
 pub struct Stack {
@@ -124,6 +126,10 @@ impl Stack {
         order_args.push(format!("--inventory-url=http://{inventory_address}"));
         if let Some(ms) = options.create_timeout_ms {
             order_args.push(format!("--create-timeout-ms={ms}"));
+        }
+        if let Some(secs) = options.payment_deadline_secs {
+            order_args.push(format!("--payment-deadline-secs={secs}"));
+            order_args.push("--expiry-interval-ms=200".into());
         }
         tasks.push(tokio::spawn(order_api::run(
             order_api::Config::parse_from(order_args),

@@ -43,10 +43,13 @@ async fn every_server_reports_serving() {
 #[tokio::test]
 async fn rpcs_of_later_milestones_answer_unimplemented() {
     let stack = Stack::start().await;
-    let status = stack
-        .order
-        .clone()
-        .pay_order(orderflow_proto::order::v1::PayOrderRequest::default())
+    use orderflow_proto::notify::v1::notification_service_client::NotificationServiceClient;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.addresses.notify))
+            .unwrap()
+            .connect_lazy();
+    let status = NotificationServiceClient::new(channel)
+        .list_notifications(orderflow_proto::notify::v1::ListNotificationsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);

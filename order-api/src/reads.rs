@@ -1,0 +1,225 @@
+//! GetOrder, BatchGetOrders and ListOrders: the cache first, PostgreSQL for what it lacks, and
+//! the cache refilled (in the background: the reader already has its answer) with what was
+//! read. A cached copy is used only when no change of the order is in flight (see cache.rs),
+//! so a read never shows a state older than one acknowledged.
+
+use std::collections::HashMap;
+
+use orderflow_proto::limits::{DEFAULT_PAGE_SIZE, MAX_BATCH_ORDERS, MAX_ID_LEN, MAX_PAGE_SIZE};
+use orderflow_proto::order::v1::Order;
+use orderflow_runtime::timestamp;
+use orderflow_runtime::validate::{self, FieldError};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::cache::{Cached, OrderCache};
+use crate::error::OrderError;
+use crate::store::{OrderStore, PageCursor};
+
+#[derive(Clone)]
+pub struct Reads {
+    pub cache: OrderCache,
+    pub store: OrderStore,
+}
+
+/// Found orders, in the order asked for, and the ids nobody has.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub orders: Vec<Order>,
+    pub missing: Vec<String>,
+}
+
+/// One page of a user's orders and the token of the next (empty on the last page).
+#[derive(Debug)]
+pub struct Page {
+    pub orders: Vec<Order>,
+    pub next_page_token: String,
+}
+
+impl Reads {
+    pub async fn get(&self, order_id: &str) -> Result<Order, OrderError> {
+        let id = validate::uuid("order_id", order_id)?;
+        self.find(id)
+            .await?
+            .ok_or_else(|| OrderError::OrderNotFound(order_id.to_owned()))
+    }
+
+    pub async fn find(&self, order_id: Uuid) -> Result<Option<Order>, OrderError> {
+        Ok(self.find_many(&[order_id]).await?.pop())
+    }
+
+    /// Up to [`MAX_BATCH_ORDERS`] ids; repeated ids are answered once.
+    pub async fn batch(&self, order_ids: &[String]) -> Result<Batch, OrderError> {
+        if order_ids.is_empty() || order_ids.len() > MAX_BATCH_ORDERS {
+            return Err(FieldError::new(
+                "order_ids",
+                format!(
+                    "must hold 1 to {MAX_BATCH_ORDERS} ids, got {}",
+                    order_ids.len()
+                ),
+            )
+            .into());
+        }
+        let mut ids = Vec::with_capacity(order_ids.len());
+        for (index, order_id) in order_ids.iter().enumerate() {
+            let id = validate::uuid(&format!("order_ids[{index}]"), order_id)?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let found = self.find_many(&ids).await?;
+        let mut by_id: HashMap<String, Order> = found
+            .into_iter()
+            .map(|order| (order.order_id.clone(), order))
+            .collect();
+        let mut batch = Batch::default();
+        for id in ids {
+            let id = id.to_string();
+            match by_id.remove(&id) {
+                Some(order) => batch.orders.push(order),
+                None => batch.missing.push(id),
+            }
+        }
+        Ok(batch)
+    }
+
+    /// The orders found among `order_ids` (distinct): one pipelined cache round trip, and one
+    /// PostgreSQL query for whatever the cache could not answer.
+    async fn find_many(&self, order_ids: &[Uuid]) -> Result<Vec<Order>, OrderError> {
+        let keys: Vec<String> = order_ids.iter().map(Uuid::to_string).collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let cached = match self.cache.get_many(&key_refs).await {
+            Ok(cached) => cached,
+            Err(error) => {
+                tracing::warn!(%error, "order cache unreadable; reading PostgreSQL");
+                vec![Cached::Missing; order_ids.len()]
+            }
+        };
+        let mut found = Vec::with_capacity(order_ids.len());
+        let mut unanswered = Vec::new();
+        let mut fallback = HashMap::new();
+        for (id, cached) in order_ids.iter().zip(cached) {
+            match cached {
+                Cached::Fresh(order) => found.push(order),
+                Cached::Changing(copy) => {
+                    unanswered.push(*id);
+                    if let Some(copy) = copy {
+                        fallback.insert(copy.order_id.clone(), copy);
+                    }
+                }
+                Cached::Missing => unanswered.push(*id),
+            }
+        }
+        if unanswered.is_empty() {
+            return Ok(found);
+        }
+        let persisted = self.store.get_many(&unanswered).await?;
+        for order in &persisted {
+            fallback.remove(&order.order_id);
+        }
+        self.refill(persisted.clone());
+        found.extend(persisted);
+        // Not persisted yet, and the change in flight did not commit: the cached copy is it.
+        found.extend(fallback.into_values());
+        Ok(found)
+    }
+
+    fn refill(&self, orders: Vec<Order>) {
+        if orders.is_empty() {
+            return;
+        }
+        let cache = self.cache.clone();
+        tokio::spawn(async move {
+            for order in orders {
+                if let Err(error) = cache.put_if_newer(&order).await {
+                    tracing::warn!(%error, order_id = %order.order_id, "could not refill the order cache");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// One user's orders, newest first, from PostgreSQL (an order appears once consumer-worker
+    /// or its first status change persisted it).
+    pub async fn list(
+        &self,
+        user_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page, OrderError> {
+        validate::identifier("user_id", user_id, MAX_ID_LEN)?;
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size if size < 0 => {
+                return Err(FieldError::new(
+                    "page_size",
+                    format!("must not be negative, got {size}"),
+                )
+                .into())
+            }
+            size => size.min(MAX_PAGE_SIZE),
+        };
+        let cursor = if page_token.is_empty() {
+            None
+        } else {
+            Some(decode_token(page_token).ok_or(OrderError::BadPageToken)?)
+        };
+        // One more than asked tells whether another page follows.
+        let mut orders = self
+            .store
+            .page(user_id, cursor, i64::from(size) + 1)
+            .await?;
+        let next_page_token = if orders.len() > size as usize {
+            orders.truncate(size as usize);
+            orders.last().map(encode_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            orders,
+            next_page_token,
+        })
+    }
+}
+
+/// `hex("<created_at in µs>.<order_id>")` of the last order on the page: opaque to clients,
+/// and it pins the position, so orders inserted meanwhile neither repeat nor shift a page.
+fn encode_token(order: &Order) -> String {
+    let micros = order
+        .created_at
+        .as_ref()
+        .and_then(timestamp::from_proto)
+        .map_or(0, |at| at.unix_timestamp_nanos() / 1_000);
+    hex::encode(format!("{micros}.{}", order.order_id))
+}
+
+fn decode_token(token: &str) -> Option<PageCursor> {
+    let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (micros, order_id) = text.split_once('.')?;
+    let micros: i128 = micros.parse().ok()?;
+    Some(PageCursor {
+        created_at: OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1_000)?).ok()?,
+        order_id: Uuid::try_parse(order_id).ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_forgeries() {
+        let at = timestamp::now();
+        let order = Order {
+            order_id: Uuid::now_v7().to_string(),
+            created_at: Some(timestamp::to_proto(at)),
+            ..Order::default()
+        };
+        let cursor = decode_token(&encode_token(&order)).unwrap();
+        assert_eq!(cursor.created_at, at);
+        assert_eq!(cursor.order_id.to_string(), order.order_id);
+        for bad in ["", "zz", &hex::encode("1.not-a-uuid"), &hex::encode("x.y")] {
+            assert_eq!(decode_token(bad), None, "{bad:?}");
+        }
+    }
+}

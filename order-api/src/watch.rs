@@ -1,0 +1,165 @@
+//! Live order status for WatchOrder without polling per watcher: each order-api process keeps
+//! one PostgreSQL `LISTEN` connection; every committed status change notifies its order id
+//! (in the change's transaction, so only committed changes are announced, whichever replica
+//! made them). A notification for an order somebody here watches is read once and broadcast to
+//! all of its watchers; one for an unwatched order costs a map lookup.
+//!
+//! If the listening connection drops, notifications may have been missed: on reconnecting,
+//! every watched order is read again and broadcast, and watchers skip versions they have seen.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use orderflow_proto::order::v1::Order;
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store::OrderStore;
+use crate::transitions::CHANGES_CHANNEL;
+
+/// Changes a slow watcher may fall behind by before it re-reads the order.
+const WATCHER_BACKLOG: usize = 16;
+
+#[derive(Clone)]
+pub struct ChangeFeed {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    watched: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Order>>>>,
+    store: OrderStore,
+}
+
+/// One watcher's stream of an order's new states; unsubscribes when dropped.
+pub struct Subscription {
+    pub changes: broadcast::Receiver<Arc<Order>>,
+    order_id: Uuid,
+    feed: Arc<Inner>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut watched = self
+            .feed
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // This subscription's receiver is still counted.
+        if watched
+            .get(&self.order_id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            watched.remove(&self.order_id);
+        }
+    }
+}
+
+impl ChangeFeed {
+    pub fn new(store: OrderStore) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                watched: Mutex::new(HashMap::new()),
+                store,
+            }),
+        }
+    }
+
+    pub fn subscribe(&self, order_id: Uuid) -> Subscription {
+        let mut watched = self
+            .inner
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changes = watched
+            .entry(order_id)
+            .or_insert_with(|| broadcast::channel(WATCHER_BACKLOG).0)
+            .subscribe();
+        Subscription {
+            changes,
+            order_id,
+            feed: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Listens for changes until `shutdown`, reconnecting when the connection drops.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.listen(&shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "order change feed lost its PostgreSQL connection; reconnecting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn listen(&self, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(self.inner.store.pool()).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        // Whatever changed while nobody listened.
+        self.broadcast_current(self.watched_ids()).await;
+        loop {
+            let notification = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                notification = listener.try_recv() => notification?,
+            };
+            match notification {
+                Some(notification) => {
+                    let Ok(order_id) = Uuid::try_parse(notification.payload()) else {
+                        continue;
+                    };
+                    if self.watched_ids().contains(&order_id) {
+                        self.broadcast_current(vec![order_id]).await;
+                    }
+                }
+                // The connection dropped and was re-established: anything may have changed.
+                None => self.broadcast_current(self.watched_ids()).await,
+            }
+        }
+    }
+
+    fn watched_ids(&self) -> Vec<Uuid> {
+        let watched = self
+            .inner
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        watched.keys().copied().collect()
+    }
+
+    async fn broadcast_current(&self, order_ids: Vec<Uuid>) {
+        if order_ids.is_empty() {
+            return;
+        }
+        let orders = match self.inner.store.get_many(&order_ids).await {
+            Ok(orders) => orders,
+            Err(error) => {
+                tracing::warn!(%error, "could not read changed orders for their watchers");
+                return;
+            }
+        };
+        let watched = self
+            .inner
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for order in orders {
+            let sender = Uuid::try_parse(&order.order_id)
+                .ok()
+                .and_then(|order_id| watched.get(&order_id));
+            if let Some(sender) = sender {
+                // No receiver left: the last watcher is unsubscribing right now.
+                let _ = sender.send(Arc::new(order));
+            }
+        }
+    }
+}
