@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers. Each script says what it does.
-.PHONY: run test lint stack bench-inventory
+.PHONY: run test lint stack bench-inventory bench-orders
 
 ## Set up whatever is missing, build, and run the stack and all four services (Ctrl-C stops them).
 run:
@@ -22,3 +22,7 @@ stack:
 ## Reservations per second on one hot SKU: Reserve end to end, the Lua script, the lock (release build).
 bench-inventory:
 	@scripts/bench-inventory.sh
+
+## GetOrder and BatchGetOrders(100) latency against freshly placed orders (release build).
+bench-orders:
+	@scripts/bench-orders.sh

@@ -4,6 +4,7 @@
 //!
 //! A missing dependency fails the test with the command that starts it; nothing is skipped.
 
+pub mod bench;
 pub mod deps;
 pub mod inventory;
 pub mod locking;

@@ -19,6 +19,7 @@ use orderflow_proto::inventory::v1::SetStockRequest;
 use orderflow_runtime::config::RedisArgs;
 use orderflow_runtime::lock::{LockSettings, Locks};
 use orderflow_runtime::redis::RedisConnection;
+use orderflow_tests::bench::{report, run_until};
 use orderflow_tests::inventory::{admission_script, admit_in_redis, reserve_request};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -53,7 +54,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let sku = format!("BENCH-{}", orderflow_tests::unique_id());
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
     let mut workers = Vec::new();
     // Redis keys to delete afterwards (reservations expire by themselves).
     let mut scratch = None;
@@ -146,56 +148,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let started = Instant::now();
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for worker in workers {
-        let (worker_latencies, worker_errors) = worker.await?;
-        latencies.extend(worker_latencies);
-        errors += worker_errors;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let what = format!("{:?} reservations", args.mode);
+    report(&what, args.concurrency, started, workers).await?;
     if let Some((mut redis, keys)) = scratch {
         let () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
     }
-    latencies.sort_unstable();
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
-        latencies
-            .get(index)
-            .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
-    };
-    println!(
-        "{:?}: {} reservations in {elapsed:.1} s = {:.0}/s, concurrency {}, latency ms p50 {:.2} \
-         p99 {:.2} max {:.2}, errors {errors}",
-        args.mode,
-        latencies.len(),
-        latencies.len() as f64 / elapsed,
-        args.concurrency,
-        percentile(0.50),
-        percentile(0.99),
-        percentile(1.0),
-    );
     Ok(())
-}
-
-/// Runs `operation` back to back until `deadline`; the latencies of the successful ones and the
-/// number of failures.
-async fn run_until<F, Fut>(deadline: Instant, mut operation: F) -> (Vec<Duration>, u64)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    while Instant::now() < deadline {
-        let started = Instant::now();
-        if operation().await {
-            latencies.push(started.elapsed());
-        } else {
-            errors += 1;
-        }
-    }
-    (latencies, errors)
 }
 
 /// The admission without a script: check and decrement while holding the SKU's lock.
