@@ -34,10 +34,15 @@ pub struct Options {
     pub create_timeout_ms: Option<u64>,
     /// order-api's `--payment-deadline-secs` (short, to see orders expire).
     pub payment_deadline_secs: Option<u64>,
+    /// More order-api replicas besides the first (same database, Redis prefix and topics), as
+    /// a deployment with several would run; reachable through `Stack::replicas`.
+    pub extra_order_apis: usize,
 }
 
 pub struct Stack {
     pub order: OrderServiceClient<Channel>,
+    /// Clients of the extra order-api replicas (`Options::extra_order_apis`).
+    pub replicas: Vec<OrderServiceClient<Channel>>,
     pub inventory: InventoryServiceClient<Channel>,
     pub addresses: Addresses,
     /// The test's own database.
@@ -132,10 +137,20 @@ impl Stack {
             order_args.push("--expiry-interval-ms=200".into());
         }
         tasks.push(tokio::spawn(order_api::run(
-            order_api::Config::parse_from(order_args),
+            order_api::Config::parse_from(&order_args),
             order_listener,
             shutdown.clone(),
         )));
+        let mut replica_addresses = Vec::new();
+        for _ in 0..options.extra_order_apis {
+            let replica_listener = listener().await;
+            replica_addresses.push(replica_listener.local_addr().expect("local address"));
+            tasks.push(tokio::spawn(order_api::run(
+                order_api::Config::parse_from(&order_args),
+                replica_listener,
+                shutdown.clone(),
+            )));
+        }
 
         let notify_listener = listener().await;
         let notify_address = notify_listener.local_addr().expect("local address");
@@ -161,6 +176,10 @@ impl Stack {
 
         let mut stack = Self {
             order: OrderServiceClient::new(channel(order_address)),
+            replicas: replica_addresses
+                .iter()
+                .map(|address| OrderServiceClient::new(channel(*address)))
+                .collect(),
             inventory: InventoryServiceClient::new(channel(inventory_address)),
             addresses: Addresses {
                 order_api: order_address,
@@ -175,11 +194,19 @@ impl Stack {
             shutdown,
             tasks,
         };
-        for (address, service) in [
+        let order_service = "orderflow.order.v1.OrderService";
+        let servers = [
             (inventory_address, "orderflow.inventory.v1.InventoryService"),
-            (order_address, "orderflow.order.v1.OrderService"),
+            (order_address, order_service),
             (notify_address, "orderflow.notify.v1.NotificationService"),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            replica_addresses
+                .iter()
+                .map(|address| (*address, order_service)),
+        );
+        for (address, service) in servers {
             stack.wait_serving(address, service).await;
         }
         stack

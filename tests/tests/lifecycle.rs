@@ -734,3 +734,90 @@ async fn a_short_deadline_is_deadline_exceeded_and_changes_nothing() {
     wait_for_stock(&stack, "DL-1", (8, 0, 2)).await;
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn replicas_expire_each_order_once_and_watchers_see_every_replicas_changes() {
+    let stack = Stack::start_with(Options {
+        payment_deadline_secs: Some(2),
+        extra_order_apis: 2,
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("REP-1", 100, 100).await;
+    let clients: Vec<Client> = std::iter::once(stack.order.clone())
+        .chain(stack.replicas.iter().cloned())
+        .collect();
+
+    // A change made through one replica reaches a watcher connected to another.
+    let watched = place(&stack, "watched", "nina", "REP-1", 1).await;
+    let mut stream = clients[2]
+        .clone()
+        .watch_order(WatchOrderRequest {
+            order_id: watched.order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stream
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .order
+            .unwrap()
+            .version,
+        1
+    );
+    cancel(&mut clients[1].clone(), &watched.order_id)
+        .await
+        .unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the watcher hears of the change made through another replica")
+        .unwrap()
+        .unwrap()
+        .order
+        .unwrap();
+    assert_eq!(cancelled.status(), OrderStatus::Cancelled);
+    assert!(stream.message().await.unwrap().is_none(), "the stream ends");
+
+    // 30 unpaid orders through all three; three expiry tasks race for them.
+    for index in 0..30 {
+        let mut client = clients[index % 3].clone();
+        client
+            .create_order(order_request(&format!("x{index}"), "nina", &[("REP-1", 1)]))
+            .await
+            .unwrap();
+    }
+    stack.wait_for_persisted_orders(31).await;
+    eventually(
+        "every unpaid order to expire",
+        Duration::from_secs(30),
+        || async {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PENDING'")
+                    .fetch_one(&stack.db)
+                    .await
+                    .unwrap();
+            (pending == 0).then_some(())
+        },
+    )
+    .await;
+    let expiries: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM order_status_history WHERE status = 'EXPIRED' GROUP BY order_id",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(expiries, vec![1; 30], "each order expired exactly once");
+    wait_for_stock(&stack, "REP-1", (100, 0, 0)).await;
+    eventually(
+        "one order-cancelled per order",
+        Duration::from_secs(20),
+        || async { (outbox_left(&stack).await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(stack.published("order-cancelled").await, 31);
+    stack.stop().await;
+}
