@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod deps;
 pub mod inventory;
+pub mod link;
 pub mod locking;
 pub mod private;
 pub mod stack;

@@ -22,6 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::deps;
+use crate::link::Link;
 
 /// Settings a test may change; everything else is isolated and defaulted.
 #[derive(Debug, Clone, Default)]
@@ -37,12 +38,16 @@ pub struct Options {
     /// More order-api replicas besides the first (same database, Redis prefix and topics), as
     /// a deployment with several would run; reachable through `Stack::replicas`.
     pub extra_order_apis: usize,
+    /// order-api reaches inventory-svc through a [`Link`] the test can cut.
+    pub inventory_link: bool,
 }
 
 pub struct Stack {
     pub order: OrderServiceClient<Channel>,
     /// Clients of the extra order-api replicas (`Options::extra_order_apis`).
     pub replicas: Vec<OrderServiceClient<Channel>>,
+    /// The link between order-api and inventory-svc (`Options::inventory_link`).
+    pub inventory_link: Option<Link>,
     pub inventory: InventoryServiceClient<Channel>,
     pub addresses: Addresses,
     /// The test's own database.
@@ -128,7 +133,15 @@ impl Stack {
             .chain(redis_args.iter().cloned())
             .chain(kafka_args.iter().cloned())
             .collect();
-        order_args.push(format!("--inventory-url=http://{inventory_address}"));
+        let inventory_link = if options.inventory_link {
+            Some(Link::start(inventory_address).await)
+        } else {
+            None
+        };
+        let inventory_for_orders = inventory_link
+            .as_ref()
+            .map_or(inventory_address, |link| link.address);
+        order_args.push(format!("--inventory-url=http://{inventory_for_orders}"));
         if let Some(ms) = options.create_timeout_ms {
             order_args.push(format!("--create-timeout-ms={ms}"));
         }
@@ -176,6 +189,7 @@ impl Stack {
 
         let mut stack = Self {
             order: OrderServiceClient::new(channel(order_address)),
+            inventory_link,
             replicas: replica_addresses
                 .iter()
                 .map(|address| OrderServiceClient::new(channel(*address)))
@@ -302,10 +316,23 @@ impl Stack {
 
     /// Number of orders persisted in this test's database.
     pub async fn persisted_orders(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM orders")
+        self.rows("orders").await
+    }
+
+    /// Number of rows in `table` of this test's database.
+    pub async fn rows(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.db)
             .await
-            .expect("counting orders")
+            .unwrap_or_else(|error| panic!("counting the rows of {table}: {error}"))
+    }
+
+    /// Waits until the outbox is empty: every decided event was acknowledged by the broker.
+    pub async fn wait_for_outbox_drained(&self) {
+        crate::eventually("the outbox to drain", Duration::from_secs(60), || async {
+            (self.rows("order_outbox").await == 0).then_some(())
+        })
+        .await;
     }
 
     /// Waits until exactly `count` orders are persisted.

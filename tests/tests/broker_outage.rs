@@ -1,6 +1,9 @@
-//! With the broker down, CreateOrder answers UNAVAILABLE and leaves no reservation behind; once
-//! it is back, the same request goes through. Uses a broker of its own: the shared one stays up.
+//! With the broker down, CreateOrder answers UNAVAILABLE and leaves no reservation behind, while
+//! status changes go on (their events wait in the outbox); once it is back, the same request goes
+//! through and the waiting events are published. Uses a broker of its own: the shared one stays
+//! up.
 
+use orderflow_proto::order::v1::{OrderStatus, PayOrderRequest};
 use orderflow_tests::private::PrivateBroker;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, order_request};
@@ -20,7 +23,7 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
 
     // A producer's first idempotent send waits for its producer id; retrying with the same
     // idempotency key is what a client does while that is slow.
-    stack
+    let before = stack
         .create_order_eventually(
             "an order while the broker is up",
             order_request("before", "frank", &[("SKU-B", 1)]),
@@ -28,14 +31,29 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
         .await;
 
     broker.kill().await;
+    // No broker on a status change's path: it commits, and its event waits in the outbox.
+    let paid = stack
+        .order
+        .clone()
+        .pay_order(PayOrderRequest {
+            order_id: before.order_id.clone(),
+            payment_id: "p".into(),
+            amount_cents: before.total_cents,
+        })
+        .await
+        .expect("PayOrder with the broker down")
+        .into_inner()
+        .order
+        .expect("an order");
+    assert_eq!(paid.status(), OrderStatus::Paid);
     let during = order_request("during", "frank", &[("SKU-B", 2)]);
     let refused = stack.create_order(during.clone()).await.unwrap_err();
     assert_status("broker down", &refused, Code::Unavailable, "broker");
 
     let stock = stack.stock("SKU-B").await;
     assert_eq!(
-        (stock.available, stock.reserved),
-        (4, 1),
+        (stock.available, stock.reserved, stock.sold),
+        (4, 0, 1),
         "the refused order's reservation was released"
     );
     assert_eq!(
@@ -49,7 +67,12 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
         .create_order_eventually("CreateOrder to succeed once the broker is back", during)
         .await;
     let stock = stack.stock("SKU-B").await;
-    assert_eq!((stock.available, stock.reserved), (2, 3));
+    assert_eq!((stock.available, stock.reserved), (2, 2));
+    stack.wait_for_outbox_drained().await;
+    assert_eq!(
+        stack.published(orderflow_proto::topics::ORDER_PAID).await,
+        1
+    );
     stack.wait_for_persisted_orders(2).await;
     // The refused attempt's event was purged, never sent late: two orders, two events.
     assert_eq!(

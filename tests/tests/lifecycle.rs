@@ -98,14 +98,6 @@ async fn wait_for_stock(stack: &Stack, sku: &str, expected: (i64, i64, i64)) {
     );
 }
 
-/// Events decided but not yet acknowledged by the broker.
-async fn outbox_left(stack: &Stack) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM order_outbox")
-        .fetch_one(&stack.db)
-        .await
-        .expect("counting the outbox")
-}
-
 #[tokio::test]
 async fn every_status_change_and_every_refusal() {
     let stack = Stack::start().await;
@@ -296,10 +288,7 @@ async fn every_status_change_and_every_refusal() {
             (4, "COMPLETED")
         ]
     );
-    eventually("the outbox to drain", Duration::from_secs(20), || async {
-        (outbox_left(&stack).await == 0).then_some(())
-    })
-    .await;
+    stack.wait_for_outbox_drained().await;
     for (topic, count) in [
         ("order-paid", 1),
         ("order-shipped", 1),
@@ -725,7 +714,7 @@ async fn a_short_deadline_is_deadline_exceeded_and_changes_nothing() {
         order,
         "nothing changed"
     );
-    assert_eq!(outbox_left(&stack).await, 0);
+    assert_eq!(stack.rows("order_outbox").await, 0);
     wait_for_stock(&stack, "DL-1", (8, 2, 0)).await;
     assert_eq!(
         pay(&mut client, &order, "p").await.unwrap().status(),
@@ -812,12 +801,57 @@ async fn replicas_expire_each_order_once_and_watchers_see_every_replicas_changes
     .unwrap();
     assert_eq!(expiries, vec![1; 30], "each order expired exactly once");
     wait_for_stock(&stack, "REP-1", (100, 0, 0)).await;
+    stack.wait_for_outbox_drained().await;
+    assert_eq!(stack.published("order-cancelled").await, 31);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_stands_while_inventory_is_unreachable_and_its_stock_settles_later() {
+    let stack = Stack::start_with(Options {
+        inventory_link: true,
+        ..Options::default()
+    })
+    .await;
+    let link = stack.inventory_link.as_ref().expect("the inventory link");
+    stack.set_stock("LINK-1", 10, 100).await;
+    let mut client = stack.order.clone();
+    let to_pay = place(&stack, "l1", "olga", "LINK-1", 2).await;
+    let to_cancel = place(&stack, "l2", "olga", "LINK-1", 3).await;
+
+    link.cut();
+    let refused = stack
+        .create_order(order_request("l3", "olga", &[("LINK-1", 1)]))
+        .await
+        .unwrap_err();
+    assert_status(
+        "inventory unreachable",
+        &refused,
+        Code::Unavailable,
+        "inventory",
+    );
+    // The decisions are PostgreSQL's: they stand, and their stock waits for inventory-svc.
+    assert_eq!(
+        pay(&mut client, &to_pay, "p").await.unwrap().status(),
+        OrderStatus::Paid
+    );
+    assert_eq!(
+        cancel(&mut client, &to_cancel.order_id)
+            .await
+            .unwrap()
+            .status(),
+        OrderStatus::Cancelled
+    );
+    assert_eq!(stack.rows("stock_settlements").await, 2);
+    assert_eq!(durable_stock(&stack, "LINK-1").await, (5, 5, 0));
+
+    link.restore();
+    wait_for_stock(&stack, "LINK-1", (8, 0, 2)).await;
     eventually(
-        "one order-cancelled per order",
-        Duration::from_secs(20),
-        || async { (outbox_left(&stack).await == 0).then_some(()) },
+        "the settlements to be done",
+        Duration::from_secs(30),
+        || async { (stack.rows("stock_settlements").await == 0).then_some(()) },
     )
     .await;
-    assert_eq!(stack.published("order-cancelled").await, 31);
     stack.stop().await;
 }
