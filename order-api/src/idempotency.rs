@@ -1,7 +1,7 @@
 //! Idempotency keys in Redis: the first CreateOrder with a key claims it for one order id; a
 //! retry with the same key finds that claim and returns the same order instead of a second one.
 //!
-//! A claim is `placing` (with a lease of twice the create timeout, so it outlives the
+//! A claim is `placing` (with a lease of twice the placement's time budget, so it outlives the
 //! placement) while the order is being placed, and `placed` (kept for the idempotency TTL,
 //! 24 h by default) once the broker acknowledged it. A failed placement deletes its own claim so
 //! a retry can start afresh; a process that dies mid-placement leaves a claim that lapses with
@@ -95,24 +95,17 @@ pub struct Claims {
     redis: RedisConnection,
     keys: RedisArgs,
     retention: Duration,
-    lease: Duration,
     claim: Script,
     delete_if_equal: Script,
     rebuilding: Arc<AtomicBool>,
 }
 
 impl Claims {
-    pub fn new(
-        redis: RedisConnection,
-        keys: RedisArgs,
-        retention: Duration,
-        lease: Duration,
-    ) -> Self {
+    pub fn new(redis: RedisConnection, keys: RedisArgs, retention: Duration) -> Self {
         Self {
             redis,
             keys,
             retention,
-            lease,
             // KEYS: the claim, the memory marker; ARGV: record, lease ms. Answers
             // {claimed (1/0), memory complete (1/0), the claim held (when not claimed)}.
             claim: Script::new(
@@ -145,12 +138,14 @@ impl Claims {
         self.keys.key(&["idempotency-memory"])
     }
 
-    /// Claims the key with `record` (state `Placing`) unless someone claimed it before.
+    /// Claims the key with `record` (state `Placing`) for `lease` unless someone claimed it
+    /// before.
     pub async fn claim(
         &self,
         user_id: &str,
         idempotency_key: &str,
         record: &ClaimRecord,
+        lease: Duration,
     ) -> Result<Claim, OrderError> {
         let mut redis = self.redis.clone();
         let (claimed, complete, existing): (i64, i64, Option<String>) = self
@@ -158,7 +153,7 @@ impl Claims {
             .key(self.key(user_id, idempotency_key))
             .key(self.memory_key())
             .arg(record.encode())
-            .arg(millis(self.lease))
+            .arg(millis(lease))
             .invoke_async(&mut redis)
             .await?;
         if claimed == 1 {

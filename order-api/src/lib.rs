@@ -153,8 +153,6 @@ pub async fn run(
             redis,
             config.redis.clone(),
             Duration::from_secs(config.idempotency_ttl_secs),
-            // The lease must outlive the placement's deadline (see placement.rs).
-            Duration::from_millis(config.create_timeout_ms) * 2,
         ),
         publisher,
         reads: reads.clone(),

@@ -51,9 +51,10 @@ impl Placement {
         }
     }
 
-    /// Places the order within `deadline`, which must start before the claim: the claim's
-    /// lease (twice the create timeout) then outlives every step this placement may still
-    /// take, so no retry can claim the key while it runs.
+    /// Places the order within `deadline`, which starts before the claim: the claim's lease,
+    /// twice what is left of the budget, then outlives every step this placement may still
+    /// take (so no retry can claim the key while it runs), and a caller with a short deadline
+    /// does not lock its key for longer than that.
     pub async fn create(
         &self,
         request: CreateOrderRequest,
@@ -70,7 +71,12 @@ impl Placement {
         let claim = deadline
             .run(
                 "claiming the idempotency key in Redis",
-                claims.claim(&new_order.user_id, &new_order.idempotency_key, &record),
+                claims.claim(
+                    &new_order.user_id,
+                    &new_order.idempotency_key,
+                    &record,
+                    deadline.remaining() * 2,
+                ),
             )
             .await??;
         match claim {
