@@ -69,10 +69,12 @@ impl CallDeadline {
             })
     }
 
-    /// A request to another service carrying what is left of this budget as its deadline.
+    /// A request to another service carrying what is left of this budget as its deadline. A
+    /// little more, in fact: the client enforces that deadline too, and our own step timeout
+    /// (`run`) must be the one to fire, so the caller hears which step ran out of time.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request.set_timeout(self.remaining().max(Duration::from_millis(1)));
+        request.set_timeout(self.remaining() + Duration::from_millis(20));
         request
     }
 }

@@ -158,6 +158,7 @@ pub async fn run(
         reads: reads.clone(),
         currency: config.currency,
         payment_window: Duration::from_secs(config.payment_deadline_secs),
+        late_release_after: Duration::from_millis(config.create_timeout_ms) * 2,
     });
 
     // Stops the background tasks when the server stops, for whatever reason.

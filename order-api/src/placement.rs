@@ -37,7 +37,12 @@ pub struct Parts {
     pub reads: Reads,
     pub currency: String,
     pub payment_window: Duration,
+    /// When a placement failed without knowing whether its Reserve took effect, its
+    /// reservation is released once more this long after the undo (see `place_or_undo`).
+    pub late_release_after: Duration,
 }
+
+const RESERVE_STEP: &str = "reserving stock in inventory-svc";
 
 #[derive(Clone)]
 pub struct Placement {
@@ -87,7 +92,7 @@ impl Placement {
                     }
                 }
                 let parts = Arc::clone(&self.parts);
-                tokio::spawn(async move { parts.place_or_undo(new_order, record, deadline).await })
+                tokio::spawn(place_or_undo(parts, new_order, record, deadline))
                     .await
                     .map_err(|error| OrderError::Internal(format!("placement task: {error}")))?
             }
@@ -141,18 +146,44 @@ impl Placement {
     }
 }
 
+/// Places the order; if that fails, undoes what was done. The caller hears the outcome once the
+/// undo finished or its deadline passed, whichever comes first: a dependency slow to undo (a
+/// stalled inventory-svc) must not make the caller miss its deadline, and the undo goes on.
+async fn place_or_undo(
+    parts: Arc<Parts>,
+    new_order: NewOrder,
+    record: ClaimRecord,
+    deadline: CallDeadline,
+) -> Result<Order, OrderError> {
+    let placed = parts.place(&new_order, &record, deadline).await;
+    if let Err(error) = &placed {
+        // A Reserve we stopped waiting for may still reach inventory-svc after the undo's
+        // release (a stalled network delivers it late) and hold its units until the
+        // reservation expires. Its order id is this placement's alone, so releasing it once
+        // more later cannot touch anyone else's stock.
+        let outcome_unknown = matches!(error, OrderError::InventoryUnavailable(_))
+            || matches!(error, OrderError::Timeout { step, .. } if *step == RESERVE_STEP);
+        let undo = tokio::spawn(async move {
+            parts.undo(&new_order, &record).await;
+            if outcome_unknown {
+                parts.release_late(record.order_id);
+            }
+        });
+        // Elapsed: the undo goes on in its task.
+        let _ = tokio::time::timeout_at(deadline.at, undo).await;
+    }
+    placed
+}
+
 impl Parts {
-    async fn place_or_undo(
-        &self,
-        new_order: NewOrder,
-        record: ClaimRecord,
-        deadline: CallDeadline,
-    ) -> Result<Order, OrderError> {
-        let placed = self.place(&new_order, &record, deadline).await;
-        if placed.is_err() {
-            self.undo(&new_order, &record).await;
-        }
-        placed
+    fn release_late(&self, order_id: Uuid) {
+        let (inventory, delay) = (self.inventory.clone(), self.late_release_after);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(status) = release(inventory, &order_id.to_string()).await {
+                tracing::error!(%order_id, %status, "could not release the reservation of a failed order");
+            }
+        });
     }
 
     async fn place(
@@ -177,7 +208,7 @@ impl Parts {
             }),
         );
         let reservation = deadline
-            .run("reserving stock in inventory-svc", reserve)
+            .run(RESERVE_STEP, reserve)
             .await?
             .map_err(OrderError::from_inventory)?
             .into_inner()
@@ -223,20 +254,8 @@ impl Parts {
     /// Best effort: each step is idempotent, and what fails here is logged for an operator.
     async fn undo(&self, new_order: &NewOrder, record: &ClaimRecord) {
         let order_id = record.order_id.to_string();
-        let released = self
-            .inventory
-            .clone()
-            .release(ReleaseRequest {
-                order_id: order_id.clone(),
-                reason: "order placement failed".into(),
-            })
-            .await;
-        match released {
-            Ok(_) => {}
-            Err(status) if status.code() == tonic::Code::NotFound => {}
-            Err(status) => {
-                tracing::error!(%order_id, %status, "could not release the reservation of a failed order");
-            }
+        if let Err(status) = release(self.inventory.clone(), &order_id).await {
+            tracing::error!(%order_id, %status, "could not release the reservation of a failed order");
         }
         if let Err(error) = self.cache.remove(&order_id).await {
             tracing::error!(%order_id, %error, "could not remove a failed order from the cache");
@@ -248,5 +267,22 @@ impl Parts {
         {
             tracing::error!(%order_id, %error, "could not free the idempotency key of a failed order");
         }
+    }
+}
+
+/// Releases the reservation of a failed placement, if it has one.
+async fn release(
+    mut inventory: InventoryServiceClient<Channel>,
+    order_id: &str,
+) -> Result<(), tonic::Status> {
+    let released = inventory
+        .release(ReleaseRequest {
+            order_id: order_id.to_owned(),
+            reason: "order placement failed".into(),
+        })
+        .await;
+    match released {
+        Err(status) if status.code() != tonic::Code::NotFound => Err(status),
+        _ => Ok(()),
     }
 }

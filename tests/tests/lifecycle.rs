@@ -855,3 +855,46 @@ async fn a_change_stands_while_inventory_is_unreachable_and_its_stock_settles_la
     .await;
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_placement_past_the_callers_deadline_leaves_nothing_even_if_its_reserve_arrives_late() {
+    let stack = Stack::start_with(Options {
+        inventory_link: true,
+        create_timeout_ms: Some(2_000),
+        kafka_ack_timeout_ms: Some(1_500),
+        ..Options::default()
+    })
+    .await;
+    let link = stack.inventory_link.as_ref().expect("the inventory link");
+    stack.set_stock("LATE-1", 10, 100).await;
+    let request = order_request("late", "pia", &[("LATE-1", 4)]);
+
+    link.stall();
+    let mut call = tonic::Request::new(request.clone());
+    call.set_timeout(Duration::from_millis(300));
+    let late = stack.order.clone().create_order(call).await.unwrap_err();
+    assert_status(
+        "stalled inventory",
+        &late,
+        Code::DeadlineExceeded,
+        "reserving stock",
+    );
+    // What was sent arrives now: the Reserve, then the undo's Release, on the one connection.
+    // (Over separate connections the Release could come first; order-api then releases once
+    // more after twice the create timeout, hence the wait below.)
+    link.restore();
+    assert!(
+        stack.redis_keys("order:*").await.is_empty(),
+        "nothing cached"
+    );
+    wait_for_stock(&stack, "LATE-1", (10, 0, 0)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await; // past the late release (2 × 2 s)
+    wait_for_stock(&stack, "LATE-1", (10, 0, 0)).await;
+    assert_eq!(stack.published("order-created").await, 0);
+
+    // The key is free again: the retry places the order once.
+    let placed = stack.create_order(request).await.expect("the retry");
+    assert_eq!(placed.status(), OrderStatus::Pending);
+    wait_for_stock(&stack, "LATE-1", (6, 4, 0)).await;
+    stack.stop().await;
+}
