@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -18,27 +19,45 @@ const ROUND_SIZE: i64 = 256;
 /// Time budget of expiring one order.
 const EXPIRE_LIMIT: Duration = Duration::from_secs(10);
 
-pub async fn run(transitions: Transitions, interval: Duration, shutdown: CancellationToken) {
+/// Expires due orders every `interval`, `concurrency` at a time (each holds a PostgreSQL
+/// connection meanwhile), until `shutdown`.
+pub async fn run(
+    transitions: Transitions,
+    interval: Duration,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let mut pause = interval;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(pause) => {}
         }
-        let due: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(
-            "SELECT order_id FROM orders WHERE status = 'PENDING' AND expires_at <= now() \
-             ORDER BY expires_at LIMIT $1",
-        )
-        .bind(ROUND_SIZE)
-        .fetch_all(transitions.store.pool())
-        .await;
-        let due = match due {
-            Ok(due) => due,
+        // A full round means more are due (a flash sale's unpaid orders expire together): the
+        // next round starts at once.
+        pause = match expire_round(&transitions, concurrency).await {
+            Ok(expired) if expired == ROUND_SIZE as usize => Duration::ZERO,
+            Ok(_) => interval,
             Err(error) => {
                 tracing::warn!(%error, "could not look for expired orders; retrying later");
-                continue;
+                interval
             }
         };
-        for order_id in due {
+    }
+}
+
+/// Expires up to a round of due orders, several at a time; answers how many were due.
+async fn expire_round(transitions: &Transitions, concurrency: usize) -> Result<usize, sqlx::Error> {
+    let due: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT order_id FROM orders WHERE status = 'PENDING' AND expires_at <= now() \
+         ORDER BY expires_at LIMIT $1",
+    )
+    .bind(ROUND_SIZE)
+    .fetch_all(transitions.store.pool())
+    .await?;
+    let count = due.len();
+    futures::stream::iter(due)
+        .for_each_concurrent(concurrency, |order_id| async move {
             let expired = transitions
                 .apply_with(
                     order_id,
@@ -50,6 +69,7 @@ pub async fn run(transitions: Transitions, interval: Duration, shutdown: Cancell
             if let Err(error) = expired {
                 tracing::warn!(%order_id, %error, "could not expire an order; retrying later");
             }
-        }
-    }
+        })
+        .await;
+    Ok(count)
 }

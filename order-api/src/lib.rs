@@ -171,6 +171,9 @@ pub async fn run(
         tokio::spawn(expiry::run(
             transitions.clone(),
             Duration::from_millis(config.expiry_interval_ms.max(1)),
+            // A quarter of the pool, so expiring a flash sale's unpaid orders leaves the rest to
+            // requests.
+            (config.postgres.database_max_connections as usize / 4).max(1),
             background_stop.clone(),
         )),
         tokio::spawn(feed.clone().run(background_stop.clone())),

@@ -1,7 +1,8 @@
-//! With Redis gone, persisted orders stay readable from PostgreSQL, and CreateOrder answers
-//! UNAVAILABLE without publishing anything. Uses a Redis of its own: the shared one stays up.
+//! With Redis gone, persisted orders stay readable from PostgreSQL, and CreateOrder and status
+//! changes answer UNAVAILABLE without changing or publishing anything (a change that could not
+//! mark the cache could leave it stale). Uses a Redis of its own: the shared one stays up.
 
-use orderflow_proto::order::v1::GetOrderRequest;
+use orderflow_proto::order::v1::{GetOrderRequest, PayOrderRequest};
 use orderflow_proto::topics::ORDER_CREATED;
 use orderflow_tests::private::PrivateRedis;
 use orderflow_tests::stack::{Options, Stack};
@@ -34,7 +35,25 @@ async fn without_redis_reads_fall_back_to_postgres_and_orders_are_refused() {
         .expect("GetOrder answers from PostgreSQL without Redis")
         .into_inner()
         .order;
-    assert_eq!(read, Some(created));
+    assert_eq!(read, Some(created.clone()));
+
+    let refused = stack
+        .order
+        .clone()
+        .pay_order(PayOrderRequest {
+            order_id: created.order_id.clone(),
+            payment_id: "p".into(),
+            amount_cents: created.total_cents,
+        })
+        .await
+        .unwrap_err();
+    assert_status("pay without Redis", &refused, Code::Unavailable, "Redis");
+    let status: String = sqlx::query_scalar("SELECT status FROM orders")
+        .fetch_one(&stack.db)
+        .await
+        .expect("reading the order's status");
+    assert_eq!(status, "PENDING", "nothing changed");
+    assert_eq!(stack.rows("order_outbox").await, 0);
 
     let refused = stack
         .create_order(order_request("during", "grace", &[("SKU-X", 1)]))
