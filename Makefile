@@ -23,6 +23,6 @@ stack:
 bench-inventory:
 	@scripts/bench-inventory.sh
 
-## GetOrder and BatchGetOrders(100) latency against freshly placed orders (release build).
+## CreateOrder, GetOrder and BatchGetOrders(100) rate and latency (release build).
 bench-orders:
 	@scripts/bench-orders.sh

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# `make bench-orders`: GetOrder and BatchGetOrders(100) latency on this machine. Release build;
-# inventory-svc, order-api and consumer-worker on free ports against the local stack (their own
-# Redis key prefix, topic prefix and consumer group), then order-bench places orders and reads
-# them. Settings: BENCH_CONCURRENCY (default 8), BENCH_SECONDS per RPC (default 10),
-# BENCH_ORDERS (default 2000).
+# `make bench-orders`: CreateOrder, GetOrder and BatchGetOrders(100) rate and latency on this
+# machine. Release build; inventory-svc, order-api and consumer-worker on free ports against the
+# local stack (their own Redis key prefix, topic prefix and consumer group), then order-bench
+# places orders and reads them back. Settings: BENCH_CONCURRENCY (default 8), BENCH_SECONDS per
+# RPC (default 10).
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
@@ -30,5 +30,4 @@ wait_port 127.0.0.1 "$order_port" order-api 30
 
 target/release/order-bench --order-api "http://127.0.0.1:$order_port" \
   --inventory "http://127.0.0.1:$inventory_port" \
-  --concurrency "${BENCH_CONCURRENCY:-8}" --seconds "${BENCH_SECONDS:-10}" \
-  --orders "${BENCH_ORDERS:-2000}"
+  --concurrency "${BENCH_CONCURRENCY:-8}" --seconds "${BENCH_SECONDS:-10}"

@@ -1,11 +1,13 @@
-//! order-bench: read latency of the order API against running services — GetOrder of one
-//! order, and BatchGetOrders of 100 — after placing the orders it reads.
+//! order-bench: the order API against running services, one RPC after the other: CreateOrder
+//! (of one unit of a SKU with plenty of stock), then GetOrder and BatchGetOrders(100) of the
+//! orders just placed.
 //!
 //! Closed loop: each worker sends its next request as soon as the previous one answered. The
 //! orders were just placed, so reads come from the Redis cache (the normal case).
 //! `scripts/bench-orders.sh` (`make bench-orders`) starts the services in release mode and runs
 //! it.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,9 +29,6 @@ struct Args {
     order_api: String,
     #[arg(long, default_value = "http://127.0.0.1:50052")]
     inventory: String,
-    /// Orders placed, then read.
-    #[arg(long, default_value_t = 2_000)]
-    orders: usize,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -59,29 +58,39 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
 
-    let mut placing = Vec::new();
-    for worker in 0..args.concurrency.max(1) {
-        let (mut client, sku, run) = (order.clone(), sku.clone(), run.clone());
-        let count = args.orders / args.concurrency.max(1);
-        placing.push(tokio::spawn(async move {
-            let mut ids = Vec::with_capacity(count);
-            for index in 0..count {
-                let request = order_request(
-                    &format!("{run}-{index}"),
-                    &format!("bench-{worker}"),
-                    &[(&sku, 1)],
-                );
-                let placed = client.create_order(request).await?.into_inner();
-                ids.push(placed.order.map(|order| order.order_id).unwrap_or_default());
+    let placed = Arc::new(Mutex::new(Vec::new()));
+    let (mut workers, started) = (Vec::new(), Instant::now());
+    let until = started + Duration::from_secs(args.seconds);
+    for worker in 0..args.concurrency {
+        let (client, sku, run, placed) = (order.clone(), sku.clone(), run.clone(), placed.clone());
+        let mut index = 0;
+        workers.push(tokio::spawn(run_until(until, move || {
+            index += 1;
+            let key = format!("{run}-{worker}-{index}");
+            let request = order_request(&key, &format!("bench-{worker}"), &[(&sku, 1)]);
+            let (mut client, placed) = (client.clone(), placed.clone());
+            async move {
+                let Ok(answer) = client.create_order(request).await else {
+                    return false;
+                };
+                let order_id = answer.into_inner().order.map(|order| order.order_id);
+                placed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(order_id);
+                true
             }
-            anyhow::Ok(ids)
-        }));
+        })));
     }
-    let mut ids = Vec::new();
-    for worker in placing {
-        ids.extend(worker.await??);
-    }
-    println!("placed {} orders of SKU {sku}", ids.len());
+    report("CreateOrder", args.concurrency, started, workers).await?;
+    let ids: Vec<String> = placed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    anyhow::ensure!(
+        ids.len() > args.batch,
+        "too few orders placed to read them back"
+    );
 
     let deadline = || Instant::now() + Duration::from_secs(args.seconds);
     let (mut workers, started, until) = (Vec::new(), Instant::now(), deadline());
