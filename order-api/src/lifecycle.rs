@@ -59,6 +59,32 @@ pub fn is_terminal(status: OrderStatus) -> bool {
     )
 }
 
+/// The order as it was at an earlier `version` with `status` (from its history), rebuilt from
+/// its current state. Exact, because each change only sets its own fields and never touches
+/// them again: a payment id exists from PAID on, a tracking number from SHIPPED on, a cancel
+/// reason only in CANCELLED and EXPIRED.
+pub fn as_of(
+    current: &Order,
+    version: i64,
+    status: OrderStatus,
+    changed_at: OffsetDateTime,
+) -> Order {
+    let mut earlier = current.clone();
+    earlier.version = version;
+    earlier.status = status.into();
+    earlier.updated_at = Some(timestamp::to_proto(changed_at));
+    if status == OrderStatus::Pending {
+        earlier.payment_id.clear();
+    }
+    if !matches!(status, OrderStatus::Shipped | OrderStatus::Completed) {
+        earlier.tracking_number.clear();
+    }
+    if !matches!(status, OrderStatus::Cancelled | OrderStatus::Expired) {
+        earlier.cancel_reason.clear();
+    }
+    earlier
+}
+
 /// What happens to the stock an order reserved when it leaves PENDING.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StockSettlement {
@@ -404,6 +430,33 @@ mod tests {
         assert_eq!(
             decide(&no_deadline, &Action::Expire, due),
             Ok(Decision::NotDue)
+        );
+    }
+
+    #[test]
+    fn earlier_states_are_rebuilt_exactly() {
+        let now = timestamp::now();
+        let pending = order(OrderStatus::Pending, now);
+        let step = |order: &Order, action: Action| match decide(order, &action, now) {
+            Ok(Decision::Apply(change)) => change.order,
+            other => panic!("{action:?} on {order:?}: {other:?}"),
+        };
+        let paid = step(&pending, actions()[0].clone());
+        let shipped = step(&paid, actions()[2].clone());
+        let completed = step(&shipped, Action::Complete);
+        for earlier in [&pending, &paid, &shipped] {
+            assert_eq!(
+                as_of(&completed, earlier.version, earlier.status(), now),
+                Order {
+                    updated_at: Some(timestamp::to_proto(now)),
+                    ..earlier.clone()
+                }
+            );
+        }
+        let cancelled = step(&pending, actions()[1].clone());
+        assert_eq!(
+            as_of(&cancelled, 3, OrderStatus::Pending, now).cancel_reason,
+            ""
         );
     }
 

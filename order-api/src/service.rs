@@ -19,11 +19,11 @@ use tonic::{Request, Response, Status};
 
 use crate::deadline::CallDeadline;
 use crate::error::OrderError;
-use crate::lifecycle::{self, Action};
+use crate::lifecycle::Action;
 use crate::placement::Placement;
 use crate::reads::Reads;
 use crate::transitions::Transitions;
-use crate::watch::ChangeFeed;
+use crate::watch::{self, ChangeFeed};
 
 /// Why an order was cancelled when the request gives no reason.
 const DEFAULT_CANCEL_REASON: &str = "cancelled on request";
@@ -183,59 +183,17 @@ impl OrderService for OrderApi {
         let order_id = request.into_inner().order_id;
         let id = validate::uuid("order_id", &order_id).map_err(OrderError::from)?;
         // Subscribed before reading, so no change between the read and the first wait is missed.
-        let mut subscription = self.feed.subscribe(id);
+        let subscription = self.feed.subscribe(id);
         let current = deadline
             .run("reading the order", self.reads.find(id))
             .await??
             .ok_or(OrderError::OrderNotFound(order_id))?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let reads = self.reads.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let mut last = current;
-            if sender.send(Ok(answer(&last))).await.is_err() {
-                return;
-            }
-            while !lifecycle::is_terminal(last.status()) {
-                let next = tokio::select! {
-                    () = sender.closed() => return,
-                    () = shutdown.cancelled() => {
-                        let _ = sender.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
-                        return;
-                    }
-                    next = subscription.changes.recv() => next,
-                };
-                let next = match next {
-                    Ok(order) => Order::clone(&order),
-                    // Fell behind: the current state covers every change missed.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        match reads.find(id).await {
-                            Ok(Some(order)) => order,
-                            Ok(None) => continue,
-                            Err(error) => {
-                                let _ = sender.send(Err(error.into())).await;
-                                return;
-                            }
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                if next.version > last.version {
-                    last = next;
-                    if sender.send(Ok(answer(&last))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
-    }
-}
-
-fn answer(order: &Order) -> WatchOrderResponse {
-    WatchOrderResponse {
-        order: Some(order.clone()),
+        let changes = watch::stream(
+            subscription,
+            current,
+            self.reads.clone(),
+            self.shutdown.clone(),
+        );
+        Ok(Response::new(Box::pin(changes)))
     }
 }

@@ -1,7 +1,7 @@
 //! Orders in PostgreSQL: reads (one statement for any number of orders, with their items),
 //! keyset pages of one user's orders, and the locked read a status change starts with.
 
-use orderflow_proto::order::v1::{Order, OrderItem};
+use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus};
 use orderflow_proto::order_status;
 use orderflow_runtime::timestamp;
 use sqlx::postgres::PgRow;
@@ -69,6 +69,28 @@ impl OrderStore {
         }
     }
 
+    /// The order's history between two versions (both excluded), oldest first: (version,
+    /// status, time of the change).
+    pub async fn history_between(
+        &self,
+        order_id: Uuid,
+        after: i64,
+        before: i64,
+    ) -> Result<Vec<(i64, OrderStatus, OffsetDateTime)>, OrderError> {
+        let rows: Vec<(i64, String, OffsetDateTime)> = sqlx::query_as(
+            "SELECT version, status, changed_at FROM order_status_history \
+             WHERE order_id = $1 AND version > $2 AND version < $3 ORDER BY version",
+        )
+        .bind(order_id)
+        .bind(after)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(version, status, at)| Ok((version, status_from_db(order_id, &status)?, at)))
+            .collect()
+    }
+
     /// Up to `limit` of the user's orders, newest first, after `cursor`.
     pub async fn page(
         &self,
@@ -132,10 +154,7 @@ async fn fetch(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<Vec<Order>
 
 fn order_from_row(row: &PgRow) -> Result<Order, OrderError> {
     let order_id: Uuid = row.try_get("order_id")?;
-    let status: String = row.try_get("status")?;
-    let status = order_status::from_db(&status).ok_or_else(|| {
-        OrderError::Internal(format!("order {order_id} has unknown status {status:?}"))
-    })?;
+    let status = status_from_db(order_id, &row.try_get::<String, _>("status")?)?;
     let skus: Vec<String> = row.try_get::<Option<_>, _>("skus")?.unwrap_or_default();
     let quantities: Vec<i64> = row
         .try_get::<Option<_>, _>("quantities")?
@@ -175,5 +194,11 @@ fn order_from_row(row: &PgRow) -> Result<Order, OrderError> {
         cancel_reason: text("cancel_reason")?,
         expires_at: at("expires_at")?,
         version: row.try_get("version")?,
+    })
+}
+
+fn status_from_db(order_id: Uuid, status: &str) -> Result<OrderStatus, OrderError> {
+    order_status::from_db(status).ok_or_else(|| {
+        OrderError::Internal(format!("order {order_id} has unknown status {status:?}"))
     })
 }

@@ -6,17 +6,23 @@
 //!
 //! If the listening connection drops, notifications may have been missed: on reconnecting,
 //! every watched order is read again and broadcast, and watchers skip versions they have seen.
+//! A state read may already be a few changes ahead (changes in quick succession): the watcher
+//! then rebuilds the versions in between from the order's history, so it sends every change.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use orderflow_proto::order::v1::Order;
+use orderflow_proto::order::v1::{Order, WatchOrderResponse};
 use sqlx::postgres::PgListener;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
 use uuid::Uuid;
 
+use crate::lifecycle;
+use crate::reads::Reads;
 use crate::store::OrderStore;
 use crate::transitions::CHANGES_CHANNEL;
 
@@ -35,7 +41,7 @@ struct Inner {
 
 /// One watcher's stream of an order's new states; unsubscribes when dropped.
 pub struct Subscription {
-    pub changes: broadcast::Receiver<Arc<Order>>,
+    changes: broadcast::Receiver<Arc<Order>>,
     order_id: Uuid,
     feed: Arc<Inner>,
 }
@@ -162,4 +168,74 @@ impl ChangeFeed {
             }
         }
     }
+}
+
+/// The WatchOrder stream: `current`, then every later version of the order, in order; ends
+/// after a terminal status, when the client goes away, or (with `UNAVAILABLE`) at `shutdown`.
+pub fn stream(
+    mut subscription: Subscription,
+    current: Order,
+    reads: Reads,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<WatchOrderResponse, Status>> {
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let order_id = subscription.order_id;
+        let send = |order: Order| {
+            let sender = sender.clone();
+            async move {
+                let answer = WatchOrderResponse { order: Some(order) };
+                sender.send(Ok(answer)).await.is_ok()
+            }
+        };
+        let mut last = current;
+        if !send(last.clone()).await {
+            return;
+        }
+        while !lifecycle::is_terminal(last.status()) {
+            let next = tokio::select! {
+                () = sender.closed() => return,
+                () = shutdown.cancelled() => {
+                    let _ = sender.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
+                    return;
+                }
+                next = subscription.changes.recv() => next,
+            };
+            let next = match next {
+                Ok(order) => Ok(Some(Order::clone(&order))),
+                // Fell behind: the current state covers every change missed.
+                Err(broadcast::error::RecvError::Lagged(_)) => reads.find(order_id).await,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let next = match next {
+                Ok(Some(next)) if next.version > last.version => next,
+                Ok(_) => continue,
+                Err(error) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            let between = match reads
+                .store
+                .history_between(order_id, last.version, next.version)
+                .await
+            {
+                Ok(between) => between,
+                Err(error) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            for (version, status, at) in between {
+                if !send(lifecycle::as_of(&next, version, status, at)).await {
+                    return;
+                }
+            }
+            last = next;
+            if !send(last.clone()).await {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
 }
