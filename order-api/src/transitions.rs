@@ -151,7 +151,8 @@ impl Transitions {
     }
 }
 
-/// Writes the change and everything that commits with it, in one statement.
+/// Writes the change and everything that commits with it, in one statement, if the order is
+/// still at the version the change was decided on.
 async fn write(conn: &mut PgConnection, order_id: Uuid, change: &Change) -> Result<(), OrderError> {
     let order = &change.order;
     let event = Event::status_changed(order, change.reason.as_deref()).ok_or_else(|| {
@@ -167,11 +168,11 @@ async fn write(conn: &mut PgConnection, order_id: Uuid, change: &Change) -> Resu
         _ => change.reason.clone().unwrap_or_default(),
     };
     let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
-    sqlx::query(
+    let written = sqlx::query(
         "WITH updated AS ( \
            UPDATE orders SET status = $2, version = $3, updated_at = $4, payment_id = $5, \
                              tracking_number = $6, cancel_reason = $7 \
-           WHERE order_id = $1 RETURNING order_id), \
+           WHERE order_id = $1 AND version = $3 - 1 RETURNING order_id), \
          history AS ( \
            INSERT INTO order_status_history (order_id, version, status, reason, changed_at) \
            SELECT order_id, $3, $2, $8, $4 FROM updated), \
@@ -199,7 +200,14 @@ async fn write(conn: &mut PgConnection, order_id: Uuid, change: &Change) -> Resu
     .bind(settlement_reason)
     .bind(SETTLE_GRACE_MS)
     .bind(CHANGES_CHANNEL)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    // The row lock makes this impossible; the version check makes it a compare-and-set even so.
+    match written {
+        Some(_) => Ok(()),
+        None => Err(OrderError::Internal(format!(
+            "order {order_id} changed under a status change (expected version {})",
+            order.version - 1
+        ))),
+    }
 }
