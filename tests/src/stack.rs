@@ -29,8 +29,10 @@ use crate::link::Link;
 pub struct Options {
     /// Another broker than the shared one (e.g. a `PrivateBroker`).
     pub kafka_brokers: Option<String>,
-    /// Another Redis than the shared one (e.g. a `PrivateRedis`).
+    /// Another Redis than the shared one (e.g. a `PrivateRedis`), or with `redis_cluster` the
+    /// seed nodes of a `PrivateRedisCluster`.
     pub redis_url: Option<String>,
+    pub redis_cluster: bool,
     pub kafka_ack_timeout_ms: Option<u64>,
     pub create_timeout_ms: Option<u64>,
     /// order-api's `--payment-deadline-secs` (short, to see orders expire).
@@ -87,7 +89,9 @@ impl Stack {
             .unwrap_or_else(deps::kafka_brokers);
         deps::require_tcp(&kafka_brokers, "The Kafka broker").await;
         let redis_url = options.redis_url.clone().unwrap_or_else(deps::redis_url);
-        let redis = deps::redis(&redis_url).await;
+        // The test's own connection goes to one node; the services get the whole cluster.
+        let first_node = redis_url.split(',').next().unwrap_or_default();
+        let redis = deps::redis(first_node).await;
         let (database_url, db) = deps::fresh_database(&id).await;
         let redis_key_prefix = format!("t{id}");
         let topic_prefix = format!("t{id}.");
@@ -100,6 +104,7 @@ impl Stack {
         let redis_args = [
             format!("--redis-url={redis_url}"),
             format!("--redis-key-prefix={redis_key_prefix}"),
+            format!("--redis-cluster={}", options.redis_cluster),
         ];
         let mut kafka_args = vec![
             format!("--kafka-brokers={kafka_brokers}"),

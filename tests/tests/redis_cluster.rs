@@ -91,3 +91,73 @@ async fn inventory_and_locks_work_on_a_redis_cluster() {
     let counter = stack.redis_args.key(&["lock-test-counter"]);
     assert_mutual_exclusion(&locks, &stack.redis, &counter).await;
 }
+
+#[tokio::test]
+async fn the_order_lifecycle_works_on_a_redis_cluster() {
+    use orderflow_proto::order::v1::{
+        BatchGetOrdersRequest, GetOrderRequest, OrderStatus, PayOrderRequest, WatchOrderRequest,
+    };
+    use orderflow_tests::order_request;
+    use orderflow_tests::stack::{Options, Stack};
+
+    let cluster = PrivateRedisCluster::start().await;
+    let stack = Stack::start_with(Options {
+        redis_url: Some(cluster.seeds.clone()),
+        redis_cluster: true,
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("CL-ORDER", 10, 250).await;
+    let request = order_request("cluster-key", "quinn", &[("CL-ORDER", 2)]);
+    let order = stack
+        .create_order(request.clone())
+        .await
+        .expect("CreateOrder");
+    assert_eq!(
+        stack.create_order(request).await.unwrap(),
+        order,
+        "the key holds"
+    );
+    let mut client = stack.order.clone();
+    let mut watch = client
+        .watch_order(WatchOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let paid = client
+        .pay_order(PayOrderRequest {
+            order_id: order.order_id.clone(),
+            payment_id: "p".into(),
+            amount_cents: order.total_cents,
+        })
+        .await
+        .expect("PayOrder")
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(paid.status(), OrderStatus::Paid);
+    let read = client
+        .get_order(GetOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order;
+    assert_eq!(read.as_ref(), Some(&paid));
+    let batch = client
+        .batch_get_orders(BatchGetOrdersRequest {
+            order_ids: vec![order.order_id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.orders, [paid.clone()]);
+    assert_eq!(watch.message().await.unwrap().unwrap().order, Some(order));
+    assert_eq!(watch.message().await.unwrap().unwrap().order, Some(paid));
+    let stock = stack.stock("CL-ORDER").await;
+    assert_eq!((stock.available, stock.reserved, stock.sold), (8, 0, 2));
+    stack.stop().await;
+}
