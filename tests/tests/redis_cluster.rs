@@ -154,7 +154,7 @@ async fn the_order_lifecycle_works_on_a_redis_cluster() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(batch.orders, [paid.clone()]);
+    assert_eq!(batch.orders, std::slice::from_ref(&paid));
     assert_eq!(watch.message().await.unwrap().unwrap().order, Some(order));
     assert_eq!(watch.message().await.unwrap().unwrap().order, Some(paid));
     let stock = stack.stock("CL-ORDER").await;
