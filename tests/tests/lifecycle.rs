@@ -678,7 +678,7 @@ async fn a_watcher_sees_the_whole_lifecycle_and_the_stream_ends() {
 }
 
 #[tokio::test]
-async fn a_short_deadline_is_deadline_exceeded_and_changes_nothing() {
+async fn a_short_deadline_or_a_hang_up_changes_nothing() {
     let stack = Stack::start().await;
     stack.set_stock("DL-1", 10, 100).await;
     let mut client = stack.order.clone();
@@ -705,7 +705,17 @@ async fn a_short_deadline_is_deadline_exceeded_and_changes_nothing() {
         Code::DeadlineExceeded,
         "locking the order",
     );
+    // A caller that hangs up (no deadline at all) abandons its change just the same.
+    let hung_up = tokio::spawn({
+        let (mut client, order) = (client.clone(), order.clone());
+        async move { pay(&mut client, &order, "p").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hung_up.abort();
+    assert!(hung_up.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_millis(200)).await;
     blocker.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     assert_eq!(
         get(&mut client, &order.order_id).await.unwrap(),
