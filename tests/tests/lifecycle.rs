@@ -697,7 +697,7 @@ async fn a_short_deadline_or_a_hang_up_changes_nothing() {
         payment_id: "p".into(),
         amount_cents: order.total_cents,
     });
-    request.set_timeout(Duration::from_millis(300));
+    request.set_timeout(Duration::from_secs(1));
     let late = client.pay_order(request).await.unwrap_err();
     assert_status(
         "short deadline",
@@ -879,7 +879,7 @@ async fn a_placement_past_the_callers_deadline_leaves_nothing_even_if_its_reserv
 
     link.stall();
     let mut call = tonic::Request::new(request.clone());
-    call.set_timeout(Duration::from_millis(300));
+    call.set_timeout(Duration::from_secs(1));
     let late = stack.order.clone().create_order(call).await.unwrap_err();
     assert_status(
         "stalled inventory",
