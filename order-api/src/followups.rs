@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::deadline::CallDeadline;
 use crate::error::OrderError;
 use crate::events::{Event, Publisher};
+use crate::lifecycle::StockSettlement;
 
 /// The background task leaves a new settlement to its request for this long.
 pub const SETTLE_GRACE_MS: i64 = 5_000;
@@ -81,60 +82,67 @@ impl Followups {
             return Ok(());
         };
         let action: String = pending.try_get("action")?;
+        let action = StockSettlement::from_db(&action)
+            .ok_or_else(|| OrderError::Internal(format!("unknown stock settlement {action:?}")))?;
         let reason: String = pending.try_get("reason")?;
         let attempts: i32 = pending.try_get("attempts")?;
         let mut inventory = self.inventory.clone();
         let id = order_id.to_string();
-        let answer = if action == "commit" {
-            let call = inventory.commit(deadline.request(CommitRequest { order_id: id }));
-            deadline
-                .run("committing stock in inventory-svc", call)
-                .await?
-                .map(drop)
-        } else {
-            let call = inventory.release(deadline.request(ReleaseRequest {
-                order_id: id,
-                reason,
-            }));
-            deadline
-                .run("releasing stock in inventory-svc", call)
-                .await?
-                .map(drop)
+        let answer = match action {
+            StockSettlement::Commit => {
+                let call = inventory.commit(deadline.request(CommitRequest { order_id: id }));
+                deadline
+                    .run("committing stock in inventory-svc", call)
+                    .await?
+                    .map(drop)
+            }
+            StockSettlement::Release => {
+                let call = inventory.release(deadline.request(ReleaseRequest {
+                    order_id: id,
+                    reason,
+                }));
+                deadline
+                    .run("releasing stock in inventory-svc", call)
+                    .await?
+                    .map(drop)
+            }
         };
-        match answer {
+        let status = match answer {
+            Ok(()) => None,
             // A release of a reservation inventory-svc never had has nothing to give back.
-            Ok(()) => {}
-            Err(status) if status.code() == Code::NotFound && action == "release" => {}
-            Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) => {
-                // The reservation is in the other final state: no retry can change that, an
-                // operator must (e.g. refund a payment whose stock was released).
-                tracing::error!(%order_id, %action, %status, "stock settlement refused; left for an operator in stock_settlements");
-                sqlx::query(
-                    "UPDATE stock_settlements SET attempts = attempts + 1, last_error = $2, \
-                            next_attempt_at = 'infinity' WHERE order_id = $1",
-                )
-                .bind(order_id)
-                .bind(status.message())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                return Ok(());
+            Err(status)
+                if status.code() == Code::NotFound && action == StockSettlement::Release =>
+            {
+                None
             }
-            Err(status) => {
-                let backoff_ms = 1_000_i64 << attempts.clamp(0, 6);
-                sqlx::query(
-                    "UPDATE stock_settlements SET attempts = attempts + 1, last_error = $2, \
-                            next_attempt_at = now() + $3 * interval '1 millisecond' \
-                     WHERE order_id = $1",
-                )
-                .bind(order_id)
-                .bind(status.message())
-                .bind(backoff_ms)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                return Err(OrderError::from_inventory(status));
+            Err(status) => Some(status),
+        };
+        if let Some(status) = status {
+            // Refused: the reservation is in the other final state. No retry can change that,
+            // an operator must (e.g. refund a payment whose stock was released), so the row is
+            // parked (no next attempt). Anything else is retried with capped backoff.
+            let refused = matches!(status.code(), Code::FailedPrecondition | Code::NotFound);
+            let retry_after_ms = (!refused).then(|| 1_000_i64 << attempts.clamp(0, 6));
+            if refused {
+                tracing::error!(%order_id, action = action.as_db(), %status, "stock settlement refused; left for an operator in stock_settlements");
             }
+            sqlx::query(
+                "UPDATE stock_settlements SET attempts = attempts + 1, last_error = $2, \
+                        next_attempt_at = CASE WHEN $3::bigint IS NULL THEN 'infinity' \
+                                          ELSE now() + $3 * interval '1 millisecond' END \
+                 WHERE order_id = $1",
+            )
+            .bind(order_id)
+            .bind(status.message())
+            .bind(retry_after_ms)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return if refused {
+                Ok(())
+            } else {
+                Err(OrderError::from_inventory(status))
+            };
         }
         sqlx::query("DELETE FROM stock_settlements WHERE order_id = $1")
             .bind(order_id)

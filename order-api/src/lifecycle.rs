@@ -101,6 +101,12 @@ impl StockSettlement {
             Self::Release => "release",
         }
     }
+
+    pub fn from_db(name: &str) -> Option<Self> {
+        [Self::Commit, Self::Release]
+            .into_iter()
+            .find(|settlement| settlement.as_db() == name)
+    }
 }
 
 /// An accepted status change.

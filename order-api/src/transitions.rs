@@ -120,7 +120,7 @@ impl Transitions {
                 self.cache.put_if_newer(&change.order),
             )
             .await;
-        if let Err(error) = cached.and_then(|cached| cached) {
+        if let Err(error) = cached.and_then(std::convert::identity) {
             // The cache still says a change is in flight, so readers ask PostgreSQL.
             tracing::warn!(%order_id, %error, "could not cache an order's new status");
         }

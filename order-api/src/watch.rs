@@ -123,7 +123,7 @@ impl ChangeFeed {
                     let Ok(order_id) = Uuid::try_parse(notification.payload()) else {
                         continue;
                     };
-                    if self.watched_ids().contains(&order_id) {
+                    if self.is_watched(order_id) {
                         self.broadcast_current(vec![order_id]).await;
                     }
                 }
@@ -131,6 +131,15 @@ impl ChangeFeed {
                 None => self.broadcast_current(self.watched_ids()).await,
             }
         }
+    }
+
+    fn is_watched(&self, order_id: Uuid) -> bool {
+        let watched = self
+            .inner
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        watched.contains_key(&order_id)
     }
 
     fn watched_ids(&self) -> Vec<Uuid> {
