@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "orderflow/inventory/v1/inventory.proto",
     "orderflow/notify/v1/notify.proto",
     "orderflow/events/v1/events.proto",
+    "orderflow/consumer/v1/consumer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

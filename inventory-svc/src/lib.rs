@@ -146,7 +146,7 @@ pub async fn run(
     };
     let sweeper = tokio::spawn(sweeper.run(shutdown.clone()));
     let served = orderflow_runtime::grpc::serve(
-        InventoryServiceServer::new(inventory),
+        orderflow_runtime::grpc::Services::new(InventoryServiceServer::new(inventory)),
         listener,
         shutdown.cancelled_owned(),
     )

@@ -188,7 +188,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let served = orderflow_runtime::grpc::serve(
-        OrderServiceServer::new(api),
+        orderflow_runtime::grpc::Services::new(OrderServiceServer::new(api)),
         listener,
         shutdown.clone().cancelled_owned(),
     )

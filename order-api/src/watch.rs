@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use orderflow_proto::order::v1::{Order, WatchOrderResponse};
+use orderflow_runtime::backoff;
 use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -92,20 +92,12 @@ impl ChangeFeed {
 
     /// Listens for changes until `shutdown`, reconnecting when the connection drops.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.listen(&shutdown).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(%error, ?backoff, "order change feed lost its PostgreSQL connection; reconnecting");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        backoff::until_done(
+            "the order change feed (PostgreSQL LISTEN)",
+            &shutdown,
+            || self.listen(&shutdown),
+        )
+        .await;
     }
 
     async fn listen(&self, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {

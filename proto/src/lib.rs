@@ -19,6 +19,12 @@ pub mod notify {
     }
 }
 
+pub mod consumer {
+    pub mod v1 {
+        tonic::include_proto!("orderflow.consumer.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("orderflow.events.v1");

@@ -130,6 +130,52 @@ impl KafkaArgs {
     }
 }
 
+/// How a process consumes order events (see `consume`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConsumerArgs {
+    /// Most messages applied together in one PostgreSQL transaction; 1 turns batching off.
+    #[arg(
+        long,
+        env = "ORDERFLOW_CONSUMER_BATCH_MAX_MESSAGES",
+        default_value_t = 256
+    )]
+    pub batch_max_messages: usize,
+
+    /// Longest wait for more messages once a batch has its first one.
+    #[arg(
+        long,
+        env = "ORDERFLOW_CONSUMER_BATCH_MAX_WAIT_MS",
+        default_value_t = 20
+    )]
+    pub batch_max_wait_ms: u64,
+
+    /// Longest pause between two attempts to apply a batch while PostgreSQL is unavailable
+    /// (the pause doubles from 100 ms up to this).
+    #[arg(
+        long,
+        env = "ORDERFLOW_CONSUMER_MAX_BACKOFF_MS",
+        default_value_t = 5_000
+    )]
+    pub max_backoff_ms: u64,
+
+    /// How often the consumer's lag per partition is measured (and logged while behind).
+    #[arg(
+        long,
+        env = "ORDERFLOW_CONSUMER_LAG_REPORT_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub lag_report_interval_ms: u64,
+
+    /// How long the group waits for a silent member (crashed, partitioned) before its
+    /// partitions go to the others. Shorter fails over faster; heartbeats go every third of it.
+    #[arg(
+        long,
+        env = "ORDERFLOW_CONSUMER_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub session_timeout_ms: u64,
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct TelemetryArgs {
     /// Log filter in `tracing` syntax, e.g. `info` or `order_api=debug,info`. sqlx is quieted

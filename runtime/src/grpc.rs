@@ -1,4 +1,4 @@
-//! Serves one gRPC service together with what every orderflow server offers besides: the
+//! Serves a process's gRPC services together with what every orderflow server offers besides: the
 //! standard health service and server reflection (v1 and v1alpha, since grpcurl 1.8 only speaks
 //! v1alpha), so operators can call any server with grpcurl and no .proto files.
 
@@ -9,54 +9,102 @@ use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::RuntimeError;
 
-/// Serves `service` on `listener` until `shutdown` completes, then lets in-flight calls finish.
-pub async fn serve<S>(
-    service: S,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), RuntimeError>
-where
+/// A generated tonic server (e.g. `OrderServiceServer`), as [`Services`] takes it.
+pub trait GrpcService:
+    Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+    + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + NamedService
         + Clone
         + Send
         + Sync
-        + 'static,
-    S::Future: Send + 'static,
+        + 'static
 {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(S::NAME, ServingStatus::Serving)
-        .await;
+}
 
-    let reflection_v1 = reflection_builder(S::NAME)
+/// The gRPC services one process serves, with their names for health and reflection.
+pub struct Services {
+    routes: Routes,
+    names: Vec<&'static str>,
+}
+
+impl Services {
+    pub fn new<S>(service: S) -> Self
+    where
+        S: GrpcService,
+        S::Future: Send + 'static,
+    {
+        Self {
+            routes: Routes::new(service),
+            names: vec![S::NAME],
+        }
+    }
+
+    pub fn and<S>(mut self, service: S) -> Self
+    where
+        S: GrpcService,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self.names.push(S::NAME);
+        self
+    }
+}
+
+/// Serves `services` on `listener` until `shutdown` completes, then lets in-flight calls finish.
+pub async fn serve(
+    services: Services,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RuntimeError> {
+    let Services { routes, names } = services;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in &names {
+        health_reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+
+    let reflection_v1 = reflection_builder(&names)
         .build_v1()
         .map_err(reflection_error)?;
-    let reflection_v1alpha = reflection_builder(S::NAME)
+    let reflection_v1alpha = reflection_builder(&names)
         .build_v1alpha()
         .map_err(reflection_error)?;
 
     let address = listener.local_addr().ok();
-    tracing::info!(service = S::NAME, ?address, "gRPC server listening");
+    tracing::info!(services = ?names, ?address, "gRPC server listening");
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service)
+        .add_service(reflection_v1alpha);
+    Server::builder()
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;
-            health_reporter
-                .set_service_status(S::NAME, ServingStatus::NotServing)
-                .await;
-            tracing::info!(service = S::NAME, "gRPC server draining");
+            for name in &names {
+                health_reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!(services = ?names, "gRPC server draining");
         })
         .await?;
     Ok(())
@@ -64,11 +112,15 @@ where
 
 /// Reflection over every contract (so message types resolve), listing only the services this
 /// server actually serves.
-fn reflection_builder(service: &str) -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(orderflow_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name(service)
+fn reflection_builder(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
+    services
+        .iter()
+        .fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(orderflow_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, service| builder.with_service_name(*service),
+        )
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")

@@ -10,7 +10,6 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -45,17 +44,18 @@ pub fn producer(args: &KafkaArgs) -> Result<FutureProducer, RuntimeError> {
         .map_err(kafka_error(args))
 }
 
-/// A consumer in `group_id` that starts from the earliest offset of a new group and commits
-/// only the offsets the application stored explicitly (after it applied the message).
-pub fn consumer(args: &KafkaArgs, group_id: &str) -> Result<StreamConsumer, RuntimeError> {
-    base_config(args)
+/// The configuration of a consumer in `group_id` that starts from the earliest offset of a new
+/// group and commits only the offsets the application stored explicitly (after it applied the
+/// message).
+pub fn consumer_config(args: &KafkaArgs, group_id: &str) -> ClientConfig {
+    let mut config = base_config(args);
+    config
         .set("group.id", group_id)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .map_err(kafka_error(args))
+        .set("enable.partition.eof", "false");
+    config
 }
 
 /// Creates each of `topics` (full names) that does not exist yet; existing ones are left alone.

@@ -2,7 +2,9 @@
 //! things together: configuration arguments, telemetry, client set-up for PostgreSQL, Redis and
 //! Kafka, gRPC serving with health and reflection, and shutdown on signals.
 
+pub mod backoff;
 pub mod config;
+pub mod consume;
 pub mod grpc;
 pub mod kafka;
 pub mod lock;

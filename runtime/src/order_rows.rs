@@ -79,6 +79,12 @@ pub struct ArrivalCancel {
     pub reason: &'static str,
 }
 
+/// An order to insert, and whether it is recorded `CANCELLED` on arrival instead of as placed.
+pub struct NewOrder<'a> {
+    pub row: &'a OrderRow,
+    pub cancelled: Option<ArrivalCancel>,
+}
+
 /// Inserts the order (version 1), its items and its first history row; `false` when another
 /// order with this id or idempotency key is already there, and then nothing was written.
 /// `cancelled` records it as `CANCELLED` with that reason instead of its own status.
@@ -87,61 +93,148 @@ pub async fn insert(
     row: &OrderRow,
     cancelled: Option<ArrivalCancel>,
 ) -> Result<bool, sqlx::Error> {
-    let (status, reason) = match &cancelled {
+    let inserted = insert_many(conn, &[NewOrder { row, cancelled }]).await?;
+    Ok(!inserted.is_empty())
+}
+
+/// [`insert`] for many orders in three statements; returns the ids of the orders inserted
+/// (the others were there already, by id or by idempotency key).
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    orders: &[NewOrder<'_>],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let status_and_reason = |order: &NewOrder<'_>| match &order.cancelled {
         Some(cancel) => (
             order_status::to_db(OrderStatus::Cancelled),
             Some(cancel.reason),
         ),
-        None => (row.status, None),
+        None => (order.row.status, None),
     };
-    let inserted = sqlx::query(
+    let mut columns = OrderColumns::default();
+    for order in orders {
+        let (status, reason) = status_and_reason(order);
+        columns.push(order.row, status, reason);
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO orders (order_id, user_id, idempotency_key, status, cancel_reason, \
                              total_cents, currency, created_at, updated_at, expires_at, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) ON CONFLICT DO NOTHING",
+         SELECT *, 1 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                 $6::bigint[], $7::text[], $8::timestamptz[], \
+                                 $9::timestamptz[], $10::timestamptz[]) \
+         ON CONFLICT DO NOTHING RETURNING order_id",
     )
-    .bind(row.order_id)
-    .bind(&row.user_id)
-    .bind(&row.idempotency_key)
-    .bind(status)
-    .bind(reason)
-    .bind(row.total_cents)
-    .bind(&row.currency)
-    .bind(row.created_at)
-    .bind(row.updated_at)
-    .bind(row.expires_at)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !inserted {
-        return Ok(false);
+    .bind(&columns.order_ids)
+    .bind(&columns.user_ids)
+    .bind(&columns.idempotency_keys)
+    .bind(&columns.statuses)
+    .bind(&columns.reasons)
+    .bind(&columns.totals)
+    .bind(&columns.currencies)
+    .bind(&columns.created)
+    .bind(&columns.updated)
+    .bind(&columns.expires)
+    .fetch_all(&mut *conn)
+    .await?;
+    if inserted.is_empty() {
+        return Ok(inserted);
     }
-    let line_numbers: Vec<i32> = (0..).take(row.items.len()).collect();
-    let skus: Vec<&str> = row.items.iter().map(|item| item.sku.as_str()).collect();
-    let quantities: Vec<i64> = row.items.iter().map(|item| item.quantity).collect();
-    let prices: Vec<i64> = row.items.iter().map(|item| item.unit_price_cents).collect();
+
+    let mut items = ItemColumns::default();
+    let mut history = HistoryColumns::default();
+    for order in orders
+        .iter()
+        .filter(|order| inserted.contains(&order.row.order_id))
+    {
+        items.push(order.row);
+        let (status, reason) = status_and_reason(order);
+        history.order_ids.push(order.row.order_id);
+        history.statuses.push(status);
+        history.reasons.push(reason);
+        history.changed.push(order.row.created_at);
+    }
     sqlx::query(
         "INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_cents) \
-         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::bigint[], $5::bigint[])",
+         SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::bigint[], $5::bigint[])",
     )
-    .bind(row.order_id)
-    .bind(line_numbers)
-    .bind(skus)
-    .bind(quantities)
-    .bind(prices)
+    .bind(&items.order_ids)
+    .bind(&items.line_numbers)
+    .bind(&items.skus)
+    .bind(&items.quantities)
+    .bind(&items.prices)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
         "INSERT INTO order_status_history (order_id, version, status, reason, changed_at) \
-         VALUES ($1, 1, $2, $3, $4)",
+         SELECT order_id, 1, status, reason, changed_at \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
+              AS h(order_id, status, reason, changed_at)",
     )
-    .bind(row.order_id)
-    .bind(status)
-    .bind(reason)
-    .bind(row.created_at)
+    .bind(&history.order_ids)
+    .bind(&history.statuses)
+    .bind(&history.reasons)
+    .bind(&history.changed)
     .execute(&mut *conn)
     .await?;
-    Ok(true)
+    Ok(inserted)
+}
+
+/// Orders as column arrays, for one multi-row `INSERT … SELECT FROM UNNEST`.
+#[derive(Default)]
+struct OrderColumns<'a> {
+    order_ids: Vec<Uuid>,
+    user_ids: Vec<&'a str>,
+    idempotency_keys: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    reasons: Vec<Option<&'static str>>,
+    totals: Vec<i64>,
+    currencies: Vec<&'a str>,
+    created: Vec<OffsetDateTime>,
+    updated: Vec<OffsetDateTime>,
+    expires: Vec<Option<OffsetDateTime>>,
+}
+
+impl<'a> OrderColumns<'a> {
+    fn push(&mut self, row: &'a OrderRow, status: &'static str, reason: Option<&'static str>) {
+        self.order_ids.push(row.order_id);
+        self.user_ids.push(&row.user_id);
+        self.idempotency_keys.push(&row.idempotency_key);
+        self.statuses.push(status);
+        self.reasons.push(reason);
+        self.totals.push(row.total_cents);
+        self.currencies.push(&row.currency);
+        self.created.push(row.created_at);
+        self.updated.push(row.updated_at);
+        self.expires.push(row.expires_at);
+    }
+}
+
+#[derive(Default)]
+struct ItemColumns<'a> {
+    order_ids: Vec<Uuid>,
+    line_numbers: Vec<i32>,
+    skus: Vec<&'a str>,
+    quantities: Vec<i64>,
+    prices: Vec<i64>,
+}
+
+impl<'a> ItemColumns<'a> {
+    fn push(&mut self, row: &'a OrderRow) {
+        for (line_no, item) in (0..).zip(&row.items) {
+            self.order_ids.push(row.order_id);
+            self.line_numbers.push(line_no);
+            self.skus.push(&item.sku);
+            self.quantities.push(item.quantity);
+            self.prices.push(item.unit_price_cents);
+        }
+    }
+}
+
+#[derive(Default)]
+struct HistoryColumns {
+    order_ids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    reasons: Vec<Option<&'static str>>,
+    changed: Vec<OffsetDateTime>,
 }
 
 #[cfg(test)]

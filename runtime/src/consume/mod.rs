@@ -1,0 +1,394 @@
+//! The consume loop of every process that applies order events (consumer-worker, notify-svc).
+//! A service supplies a [`BatchHandler`]; this module owns everything around it that must be
+//! right the same way everywhere:
+//!
+//! - **Batches**: up to `--batch-max-messages` messages, or what arrived within
+//!   `--batch-max-wait-ms` of the first, handed over together so the handler can apply them in
+//!   one transaction.
+//! - **Offsets after effects**: a message's offset is stored for commit only after the handler
+//!   committed its effect (and a message it rejected is on its dead-letter topic). A crash
+//!   replays at most the messages since the last commit; handlers make replays no-ops.
+//! - **Transient failures** (the handler says `Unavailable`): the same batch again after a
+//!   capped exponential backoff; nothing is committed, nothing else is fetched meanwhile.
+//! - **Poison**: a message that can never be applied goes to `<topic>.dlq` with headers saying
+//!   why ([`dead_letter`]), then the loop goes on. A batch the database refuses as a whole is
+//!   applied message by message to find the one to dead-letter.
+//! - **Shutdown**: stop fetching, finish the batch in flight, commit, leave the group.
+//! - **Lag**: reported by the Kafka client per partition, logged and served ([`status`]).
+
+pub mod dead_letter;
+pub mod status;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::{ConsumerArgs, KafkaArgs};
+use crate::RuntimeError;
+use dead_letter::DeadLetters;
+use status::{ConsumerStatus, LagContext};
+
+/// One consumed message, detached from the Kafka client.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The unprefixed topic, one of those the loop was started with.
+    pub topic: &'static str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A message of a batch that can never be applied: it goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its position in the batch.
+    pub index: usize,
+    pub reason: String,
+}
+
+/// Why a batch was not applied. Either way the handler committed nothing of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// A passing failure (database down, timeout, deadlock): the same batch is tried again.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused the data (a constraint): some message of the batch can never be
+    /// applied. The loop retries the messages one by one to find it.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl From<sqlx::Error> for BatchError {
+    /// SQLSTATE class 22 (data exception) and 23 (integrity constraint violation) are about the
+    /// data: retrying cannot help, the loop isolates the message. Anything else (connections,
+    /// timeouts, deadlocks, shutdowns) may pass.
+    fn from(error: sqlx::Error) -> Self {
+        let refused = error
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23"));
+        if refused {
+            Self::Refused(format!("PostgreSQL refused it: {error}"))
+        } else {
+            Self::Unavailable(format!("PostgreSQL: {error}"))
+        }
+    }
+}
+
+/// Applies batches of messages. `apply` commits the effects of every message it does not
+/// return as rejected, atomically, or none of them (and then fails).
+pub trait BatchHandler: Send + Sync {
+    fn apply(
+        &self,
+        batch: &[Received],
+    ) -> impl Future<Output = Result<Vec<Rejected>, BatchError>> + Send;
+}
+
+/// What to consume, and how.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub kafka: KafkaArgs,
+    pub group_id: String,
+    /// Unprefixed topic names (`orderflow_proto::topics`).
+    pub topics: &'static [&'static str],
+    pub consumer: ConsumerArgs,
+}
+
+impl Subscription {
+    /// The status this subscription's loop reports into; serve it with
+    /// [`ConsumerStatus::service`] before the loop starts.
+    pub fn status(&self) -> ConsumerStatus {
+        ConsumerStatus::new(&self.group_id)
+    }
+}
+
+/// The loop stopped before the batch was applied (shutdown during a retry).
+struct Stopped;
+
+/// Creates the topics and their dead-letter topics if missing, joins the group and applies
+/// batches with `handler` until `shutdown` is cancelled; then commits and leaves the group.
+pub async fn run(
+    subscription: Subscription,
+    handler: impl BatchHandler,
+    status: ConsumerStatus,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let kafka = &subscription.kafka;
+    let full_names: HashMap<String, &'static str> = subscription
+        .topics
+        .iter()
+        .map(|topic| (kafka.topic(topic), *topic))
+        .collect();
+    let mut to_create: Vec<String> = full_names.keys().cloned().collect();
+    to_create.extend(full_names.keys().map(|name| dead_letter::topic(name)));
+    crate::kafka::ensure_topics(kafka, &to_create).await?;
+
+    let consumer: StreamConsumer<LagContext> =
+        crate::kafka::consumer_config(kafka, &subscription.group_id)
+            .set(
+                "statistics.interval.ms",
+                subscription.consumer.lag_report_interval_ms.to_string(),
+            )
+            .set(
+                "session.timeout.ms",
+                subscription.consumer.session_timeout_ms.to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (subscription.consumer.session_timeout_ms / 3)
+                    .max(1)
+                    .to_string(),
+            )
+            .create_with_context(LagContext::new(status.clone()))
+            .map_err(|source| RuntimeError::Kafka {
+                brokers: kafka.kafka_brokers.clone(),
+                source,
+            })?;
+    let names: Vec<&str> = full_names.keys().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .map_err(|source| RuntimeError::Kafka {
+            brokers: kafka.kafka_brokers.clone(),
+            source,
+        })?;
+    tracing::info!(topics = ?names, group = %subscription.group_id, "consuming");
+
+    let mut consuming = Consuming {
+        consumer,
+        full_names,
+        handler,
+        dead_letters: DeadLetters::new(kafka, &subscription.group_id)?,
+        status,
+        settings: subscription.consumer.clone(),
+        shutdown,
+    };
+    consuming.run().await;
+    consuming.leave().await;
+    Ok(())
+}
+
+struct Consuming<H> {
+    consumer: StreamConsumer<LagContext>,
+    full_names: HashMap<String, &'static str>,
+    handler: H,
+    dead_letters: DeadLetters,
+    status: ConsumerStatus,
+    settings: ConsumerArgs,
+    shutdown: CancellationToken,
+}
+
+impl<H: BatchHandler> Consuming<H> {
+    async fn run(&mut self) {
+        while let Some(batch) = self.next_batch().await {
+            if batch.is_empty() {
+                continue;
+            }
+            match self.apply(&batch).await {
+                Ok(()) => self.store_offsets(&batch),
+                Err(Stopped) => return,
+            }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// The next batch: waits for a first message, then takes what else arrives within the
+    /// batch window, up to the batch size. `None` once shut down with nothing in hand.
+    async fn next_batch(&self) -> Option<Vec<Received>> {
+        let first = tokio::select! {
+            () = self.shutdown.cancelled() => return None,
+            received = self.consumer.recv() => received,
+        };
+        let mut batch = Vec::new();
+        match first {
+            Ok(message) => batch.extend(self.detach(&message)),
+            Err(error) => {
+                tracing::warn!(%error, "Kafka receive failed; retrying");
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                return Some(batch);
+            }
+        }
+        let window_closes = Instant::now() + Duration::from_millis(self.settings.batch_max_wait_ms);
+        while batch.len() < self.settings.batch_max_messages.max(1) {
+            tokio::select! {
+                () = tokio::time::sleep_until(window_closes) => break,
+                // Shutting down: apply what is in hand and fetch nothing more.
+                () = self.shutdown.cancelled() => break,
+                received = self.consumer.recv() => match received {
+                    Ok(message) => batch.extend(self.detach(&message)),
+                    Err(_) => break,
+                },
+            }
+        }
+        Some(batch)
+    }
+
+    fn detach(&self, message: &BorrowedMessage<'_>) -> Option<Received> {
+        let Some(topic) = self.full_names.get(message.topic()) else {
+            tracing::error!(
+                topic = message.topic(),
+                "a message from a topic not subscribed to"
+            );
+            return None;
+        };
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Received {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        })
+    }
+
+    /// Applies the batch, retrying passing failures; when the database refuses the batch,
+    /// applies its messages one by one so only the bad one is dead-lettered.
+    async fn apply(&self, batch: &[Received]) -> Result<(), Stopped> {
+        let rejected = match self.apply_retrying(batch).await? {
+            Ok(rejected) => {
+                self.status.batch_applied(batch.len());
+                rejected
+            }
+            Err(refusal) if batch.len() > 1 => {
+                tracing::warn!(%refusal, size = batch.len(), "batch refused; applying its messages one by one");
+                let mut rejected = Vec::new();
+                for (index, message) in batch.iter().enumerate() {
+                    match self.apply_retrying(std::slice::from_ref(message)).await? {
+                        Ok(single) => {
+                            self.status.batch_applied(1);
+                            rejected.extend(single.into_iter().map(|one| Rejected {
+                                index,
+                                reason: one.reason,
+                            }));
+                        }
+                        Err(reason) => rejected.push(Rejected { index, reason }),
+                    }
+                }
+                rejected
+            }
+            Err(reason) => vec![Rejected { index: 0, reason }],
+        };
+        for Rejected { index, reason } in rejected {
+            let Some(message) = batch.get(index) else {
+                tracing::error!(index, "the handler rejected a message outside its batch");
+                continue;
+            };
+            tracing::error!(
+                topic = message.topic,
+                partition = message.partition,
+                offset = message.offset,
+                %reason,
+                "dead-lettering a message that can never be applied"
+            );
+            self.dead_letters
+                .send(
+                    &self.consumer_topic(message.topic),
+                    message,
+                    &reason,
+                    &self.shutdown,
+                )
+                .await
+                .map_err(|_| Stopped)?;
+            self.status.dead_lettered();
+        }
+        Ok(())
+    }
+
+    /// `Ok(Err(reason))`: the database refused it. Retries passing failures until they pass or
+    /// the loop is shut down.
+    async fn apply_retrying(
+        &self,
+        batch: &[Received],
+    ) -> Result<Result<Vec<Rejected>, String>, Stopped> {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_millis(self.settings.max_backoff_ms.max(1)),
+        );
+        loop {
+            match self.handler.apply(batch).await {
+                Ok(rejected) => return Ok(Ok(rejected)),
+                Err(BatchError::Refused(reason)) => return Ok(Err(reason)),
+                Err(BatchError::Unavailable(reason)) => {
+                    tracing::warn!(%reason, pause = ?backoff.pause(), size = batch.len(), "applying a batch failed; retrying");
+                    if !backoff.wait(&self.shutdown).await {
+                        return Err(Stopped);
+                    }
+                }
+            }
+        }
+    }
+
+    fn consumer_topic(&self, topic: &str) -> String {
+        self.full_names
+            .iter()
+            .find_map(|(full, short)| (*short == topic).then(|| full.clone()))
+            .unwrap_or_else(|| topic.to_owned())
+    }
+
+    /// Stores, per partition, the offset after the batch's last message, for the next commit.
+    fn store_offsets(&self, batch: &[Received]) {
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for message in batch {
+            let entry = next.entry((message.topic, message.partition)).or_default();
+            *entry = (*entry).max(message.offset + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            let full = self.consumer_topic(topic);
+            if let Err(error) =
+                offsets.add_partition_offset(&full, partition, Offset::Offset(offset))
+            {
+                tracing::error!(%error, "building the offsets to store");
+            }
+        }
+        // Fails for a partition taken away by a rebalance meanwhile: its new owner replays the
+        // batch, which changes nothing.
+        if let Err(error) = self.consumer.store_offsets(&offsets) {
+            tracing::warn!(%error, "storing offsets failed (partitions reassigned?)");
+        }
+    }
+
+    /// Commits what was applied, then leaves the group (closing the consumer), so the next
+    /// owner of each partition starts right after it.
+    async fn leave(self) {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last automatic commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(error) => tracing::warn!(%error, "final offset commit failed"),
+        }
+        self.consumer.unsubscribe();
+        let consumer = self.consumer;
+        // Closing blocks while it leaves the group: keep it off the async workers.
+        let closing = tokio::task::spawn_blocking(move || drop(consumer));
+        if let Err(error) = closing.await {
+            tracing::warn!(%error, "closing the Kafka consumer failed");
+        }
+        self.dead_letters.close().await;
+        tracing::info!("consumer stopped and left its group");
+    }
+}

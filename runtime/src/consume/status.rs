@@ -1,0 +1,216 @@
+//! What a consumer reports about itself: its partitions' lag (from the Kafka client's periodic
+//! statistics, so asking costs no broker round trip) and counts of what it applied. Logged at
+//! each report while behind, and served as `orderflow.consumer.v1.ConsumerStatusService`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use orderflow_proto::consumer::v1::consumer_status_service_server::{
+    ConsumerStatusService, ConsumerStatusServiceServer,
+};
+use orderflow_proto::consumer::v1::{
+    GetConsumerStatusRequest, GetConsumerStatusResponse, PartitionStatus,
+};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::statistics::Statistics;
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct ConsumerStatus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    group_id: String,
+    report: Mutex<Report>,
+    messages_applied: AtomicI64,
+    batches_applied: AtomicI64,
+    messages_dead_lettered: AtomicI64,
+}
+
+#[derive(Default)]
+struct Report {
+    reported_at: Option<OffsetDateTime>,
+    partitions: Vec<PartitionStatus>,
+}
+
+impl ConsumerStatus {
+    pub fn new(group_id: &str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                group_id: group_id.to_owned(),
+                report: Mutex::new(Report::default()),
+                messages_applied: AtomicI64::new(0),
+                batches_applied: AtomicI64::new(0),
+                messages_dead_lettered: AtomicI64::new(0),
+            }),
+        }
+    }
+
+    /// The gRPC service answering with this status.
+    pub fn service(&self) -> ConsumerStatusServiceServer<Self> {
+        ConsumerStatusServiceServer::new(self.clone())
+    }
+
+    pub(super) fn batch_applied(&self, messages: usize) {
+        let messages = i64::try_from(messages).unwrap_or(i64::MAX);
+        self.inner
+            .messages_applied
+            .fetch_add(messages, Ordering::Relaxed);
+        self.inner.batches_applied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn dead_lettered(&self) {
+        self.inner
+            .messages_dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record(&self, statistics: &Statistics) {
+        let mut partitions: Vec<PartitionStatus> = statistics
+            .topics
+            .values()
+            .flat_map(|topic| {
+                topic
+                    .partitions
+                    .values()
+                    // -1 is librdkafka's internal "unassigned" partition; `desired` means ours.
+                    .filter(|partition| partition.partition >= 0 && partition.desired)
+                    .map(|partition| PartitionStatus {
+                        topic: topic.topic.clone(),
+                        partition: partition.partition,
+                        committed_offset: partition.committed_offset.max(-1),
+                        high_watermark: partition.hi_offset.max(-1),
+                        lag: lag(
+                            partition.committed_offset,
+                            partition.lo_offset,
+                            partition.hi_offset,
+                        ),
+                    })
+            })
+            .collect();
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let total = total_lag(&partitions);
+        let previous = {
+            let mut report = self
+                .inner
+                .report
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let previous = total_lag(&report.partitions);
+            *report = Report {
+                reported_at: Some(OffsetDateTime::now_utc()),
+                partitions: partitions.clone(),
+            };
+            previous
+        };
+        if total > 0 {
+            let behind: Vec<String> = partitions
+                .iter()
+                .filter(|partition| partition.lag > 0)
+                .map(|partition| {
+                    format!(
+                        "{}/{}={}",
+                        partition.topic, partition.partition, partition.lag
+                    )
+                })
+                .collect();
+            tracing::info!(group = %self.inner.group_id, total_lag = total, partitions = ?behind, "consumer lag");
+        } else if previous > 0 {
+            tracing::info!(group = %self.inner.group_id, "consumer caught up (lag 0)");
+        }
+    }
+}
+
+/// Messages of a partition not yet committed. Without a committed offset the group starts at
+/// the earliest message, so everything still on the partition counts. `-1`: not known yet
+/// (librdkafka reports negative offsets until it has fetched them).
+fn lag(committed: i64, low_watermark: i64, high_watermark: i64) -> i64 {
+    match (committed >= 0, low_watermark >= 0, high_watermark >= 0) {
+        (true, _, true) => (high_watermark - committed).max(0),
+        (false, true, true) => high_watermark - low_watermark,
+        _ => -1,
+    }
+}
+
+/// -1 while any partition's lag is unknown: a partition not fetched yet must not pass for one
+/// that is caught up.
+fn total_lag(partitions: &[PartitionStatus]) -> i64 {
+    if partitions.iter().any(|partition| partition.lag < 0) {
+        return -1;
+    }
+    partitions.iter().map(|partition| partition.lag).sum()
+}
+
+#[tonic::async_trait]
+impl ConsumerStatusService for ConsumerStatus {
+    async fn get_consumer_status(
+        &self,
+        _request: Request<GetConsumerStatusRequest>,
+    ) -> Result<Response<GetConsumerStatusResponse>, Status> {
+        let inner = &self.inner;
+        let (reported_at, partitions) = {
+            let report = inner.report.lock().unwrap_or_else(PoisonError::into_inner);
+            (report.reported_at, report.partitions.clone())
+        };
+        Ok(Response::new(GetConsumerStatusResponse {
+            group_id: inner.group_id.clone(),
+            total_lag: total_lag(&partitions),
+            partitions,
+            reported_at: reported_at.map(crate::timestamp::to_proto),
+            messages_applied: inner.messages_applied.load(Ordering::Relaxed),
+            batches_applied: inner.batches_applied.load(Ordering::Relaxed),
+            messages_dead_lettered: inner.messages_dead_lettered.load(Ordering::Relaxed),
+        }))
+    }
+}
+
+/// The Kafka client context that hands its periodic statistics to the status.
+pub struct LagContext {
+    status: ConsumerStatus,
+}
+
+impl LagContext {
+    pub fn new(status: ConsumerStatus) -> Self {
+        Self { status }
+    }
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        self.status.record(&statistics);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::{lag, total_lag, PartitionStatus};
+
+    #[test]
+    fn lag_counts_what_is_not_committed() {
+        assert_eq!(lag(7, 0, 10), 3);
+        assert_eq!(lag(10, 0, 10), 0);
+        // Nothing committed yet: everything still on the partition, none if it is empty.
+        assert_eq!(lag(-1001, 4, 10), 6);
+        assert_eq!(lag(-1001, 0, 0), 0);
+        // Offsets not fetched yet.
+        assert_eq!(lag(-1001, -1001, -1001), -1);
+        assert_eq!(lag(5, 0, -1001), -1);
+    }
+
+    #[test]
+    fn total_lag_is_unknown_while_any_partition_is() {
+        let partition = |lag| PartitionStatus {
+            lag,
+            ..PartitionStatus::default()
+        };
+        assert_eq!(total_lag(&[partition(3), partition(4)]), 7);
+        assert_eq!(total_lag(&[partition(0), partition(0)]), 0);
+        assert_eq!(total_lag(&[partition(0), partition(-1)]), -1);
+        assert_eq!(total_lag(&[]), 0);
+    }
+}
