@@ -1,21 +1,31 @@
-//! consumer-worker: consumes order events from Kafka and applies them to PostgreSQL.
+//! consumer-worker: consumes the order events from Kafka and applies them to PostgreSQL.
 //!
-//! Each event's effect and the record of its `event_id` commit in one transaction (`apply`), and
-//! the event's offset is stored for commit only after that (`worker`): a crash replays at most
-//! the events whose offsets were not yet committed, and a replayed event changes nothing.
+//! The consume loop (batches, offsets committed only after the effects, retries, dead letters,
+//! lag, shutdown) is the shared one of `orderflow_runtime::consume`; this crate decodes the
+//! events (`event`) and applies each batch in one transaction, every event exactly once
+//! (`apply`). It serves its health and consumer status (lag per partition) over gRPC.
 
 mod apply;
-mod record;
-mod worker;
+mod event;
 
-use std::time::Duration;
-
-use orderflow_runtime::config::{KafkaArgs, PostgresArgs, TelemetryArgs};
+use orderflow_proto::topics;
+use orderflow_runtime::config::{ConsumerArgs, KafkaArgs, PostgresArgs, TelemetryArgs};
+use orderflow_runtime::consume::{self, Subscription};
+use orderflow_runtime::grpc::Services;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "consumer-worker", version, about = "orderflow consumer worker")]
 pub struct Config {
+    /// gRPC listen address of the health and consumer status services.
+    #[arg(
+        long,
+        env = "ORDERFLOW_WORKER_LISTEN",
+        default_value = "127.0.0.1:50054"
+    )]
+    pub listen: String,
+
     /// Kafka consumer group; every replica of the worker uses the same one.
     #[arg(
         long,
@@ -24,10 +34,6 @@ pub struct Config {
     )]
     pub group_id: String,
 
-    /// Longest pause between two attempts to apply an event while PostgreSQL is unavailable.
-    #[arg(long, env = "ORDERFLOW_WORKER_MAX_BACKOFF_MS", default_value_t = 5_000)]
-    pub max_backoff_ms: u64,
-
     #[command(flatten)]
     pub postgres: PostgresArgs,
 
@@ -35,25 +41,52 @@ pub struct Config {
     pub kafka: KafkaArgs,
 
     #[command(flatten)]
+    pub consumer: ConsumerArgs,
+
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
 
-/// Consumes and applies events until `shutdown` is cancelled, then commits what it applied.
+/// Consumes and applies events until `shutdown` is cancelled, then commits what it applied,
+/// leaves the group and stops serving.
 pub async fn run(
     config: Config,
+    listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), orderflow_runtime::RuntimeError> {
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
-    let topic = config.kafka.topic(orderflow_proto::topics::ORDER_CREATED);
-    orderflow_runtime::kafka::ensure_topics(&config.kafka, std::slice::from_ref(&topic)).await?;
-    let consumer = orderflow_runtime::kafka::consumer(&config.kafka, &config.group_id)?;
-    worker::Worker {
-        consumer,
-        pool,
-        topic,
-        max_backoff: Duration::from_millis(config.max_backoff_ms),
-        brokers: config.kafka.kafka_brokers,
-    }
-    .run(shutdown)
-    .await
+    let subscription = Subscription {
+        kafka: config.kafka,
+        group_id: config.group_id,
+        topics: topics::ALL,
+        consumer: config.consumer,
+    };
+    let status = subscription.status();
+    // Whichever stops first stops the other (a worker that cannot consume must not look
+    // healthy), without stopping whatever else shares the caller's token.
+    let shutdown = shutdown.child_token();
+    let serving = orderflow_runtime::grpc::serve(
+        Services::new(status.service()),
+        listener,
+        shutdown.clone().cancelled_owned(),
+    );
+    let consuming = consume::run(
+        subscription,
+        apply::Applier { pool },
+        status,
+        shutdown.clone(),
+    );
+    let (served, consumed) = tokio::join!(
+        async {
+            let served = serving.await;
+            shutdown.cancel();
+            served
+        },
+        async {
+            let consumed = consuming.await;
+            shutdown.cancel();
+            consumed
+        }
+    );
+    consumed.and(served)
 }

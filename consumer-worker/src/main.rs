@@ -5,7 +5,8 @@ use consumer_worker::Config;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     orderflow_runtime::telemetry::init(&config.telemetry)?;
+    let listener = orderflow_runtime::grpc::bind(&config.listen).await?;
     let shutdown = orderflow_runtime::shutdown::on_signal();
-    consumer_worker::run(config, shutdown).await?;
+    consumer_worker::run(config, listener, shutdown).await?;
     Ok(())
 }
