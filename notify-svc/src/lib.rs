@@ -1,19 +1,41 @@
-//! notify-svc: will turn order events into user notifications and serve them. For now it
-//! serves its contract, health and reflection; both RPCs answer UNIMPLEMENTED until the
-//! notification pipeline lands, and it answers nothing with made-up data.
+//! notify-svc: turns order events into user notifications and serves them. It consumes every
+//! order topic in its own consumer group through the shared consume loop (`ingest`: one
+//! PostgreSQL statement per batch stores the batch's notifications, deduplicated by event id,
+//! and announces them); a background task delivers them through the log or a signed webhook
+//! with retries (`delivery`); `ListNotifications` pages through a user's notifications and
+//! `SubscribeNotifications` streams new ones from one `LISTEN` connection per process (`feed`).
+//! See docs/notifications.md.
 
-use orderflow_proto::notify::v1::notification_service_server::{
-    NotificationService, NotificationServiceServer,
-};
-use orderflow_proto::notify::v1::{
-    ListNotificationsRequest, ListNotificationsResponse, SubscribeNotificationsRequest,
-    SubscribeNotificationsResponse,
-};
-use orderflow_runtime::config::TelemetryArgs;
+mod args;
+mod delivery;
+mod error;
+mod event;
+mod feed;
+mod ingest;
+mod live;
+mod money;
+mod page_token;
+mod service;
+mod sink;
+mod store;
+mod text;
+mod webhook;
+
+pub mod signature;
+
+use std::sync::Arc;
+
+use orderflow_proto::notify::v1::notification_service_server::NotificationServiceServer;
+use orderflow_runtime::config::{ConsumerArgs, KafkaArgs, PostgresArgs, TelemetryArgs};
+use orderflow_runtime::consume::{self, Subscription};
+use orderflow_runtime::grpc::Services;
+use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::BoxStream;
-use tonic::{Request, Response, Status};
+
+pub use args::DeliveryArgs;
+pub use webhook::{NOTIFICATION_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "notify-svc", version, about = "orderflow notification service")]
@@ -26,47 +48,106 @@ pub struct Config {
     )]
     pub listen: String,
 
+    /// Kafka consumer group; every replica of notify-svc uses the same one.
+    #[arg(
+        long,
+        env = "ORDERFLOW_NOTIFY_GROUP_ID",
+        default_value = "orderflow-notify-svc"
+    )]
+    pub group_id: String,
+
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
 
-/// Serves the notification service on `listener` until `shutdown` is cancelled.
+/// Consumes order events, delivers notifications and serves the notification service on
+/// `listener` until `shutdown` is cancelled (or one of them fails: then all stop and the error
+/// is returned). Returns once the server drained, the consumer committed and left its group and
+/// the background tasks stopped.
 pub async fn run(
-    _config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), orderflow_runtime::RuntimeError> {
-    orderflow_runtime::grpc::serve(
-        NotificationServiceServer::new(Notifications),
-        listener,
-        shutdown.cancelled_owned(),
-    )
-    .await
-}
+) -> Result<(), RuntimeError> {
+    // Settings first: a bad webhook URL or a missing secret stops the start, not each delivery.
+    let plan = config.delivery.plan()?;
+    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    let store = store::Store::new(pool.clone());
+    let feed = feed::Feed::new(store.clone());
+    let wake = Arc::new(Notify::new());
 
-struct Notifications;
+    // Stops everything when `shutdown` is cancelled or any part fails.
+    let stop = shutdown.child_token();
+    // Stops the background tasks once the server and the consumer stopped.
+    let background_stop = CancellationToken::new();
+    let background = [
+        tokio::spawn(
+            delivery::Delivery {
+                pool,
+                sink: sink::Sink::new(&plan.target),
+                retries: plan.retries,
+                interval: plan.interval,
+                wake: Arc::clone(&wake),
+            }
+            .run(background_stop.clone()),
+        ),
+        tokio::spawn(feed.clone().run(background_stop.clone())),
+    ];
 
-fn not_yet<T>(rpc: &str) -> Result<T, Status> {
-    Err(Status::unimplemented(format!(
-        "{rpc} is not implemented yet: it arrives with the notification pipeline"
-    )))
-}
+    let subscription = Subscription {
+        kafka: config.kafka.clone(),
+        group_id: config.group_id.clone(),
+        topics: orderflow_proto::topics::ALL,
+        consumer: config.consumer.clone(),
+    };
+    let status = subscription.status();
+    let ingest = ingest::Ingest {
+        store: store.clone(),
+        delivery: Arc::clone(&wake),
+    };
+    let consuming = async {
+        let consumed = consume::run(subscription, ingest, status.clone(), stop.clone()).await;
+        if let Err(error) = &consumed {
+            tracing::error!(%error, "the consume loop failed; stopping notify-svc");
+        }
+        stop.cancel();
+        consumed
+    };
+    let api = service::NotificationApi {
+        store,
+        feed,
+        shutdown: stop.clone(),
+    };
+    let serving = async {
+        let served = orderflow_runtime::grpc::serve(
+            Services::new(NotificationServiceServer::new(api)).and(status.service()),
+            listener,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        stop.cancel();
+        served
+    };
+    let (served, consumed) = tokio::join!(serving, consuming);
 
-#[tonic::async_trait]
-impl NotificationService for Notifications {
-    async fn list_notifications(
-        &self,
-        _request: Request<ListNotificationsRequest>,
-    ) -> Result<Response<ListNotificationsResponse>, Status> {
-        not_yet("ListNotifications")
+    background_stop.cancel();
+    for task in background {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "a notify-svc background task failed");
+        }
     }
-
-    type SubscribeNotificationsStream = BoxStream<SubscribeNotificationsResponse>;
-
-    async fn subscribe_notifications(
-        &self,
-        _request: Request<SubscribeNotificationsRequest>,
-    ) -> Result<Response<Self::SubscribeNotificationsStream>, Status> {
-        not_yet("SubscribeNotifications")
-    }
+    served?;
+    consumed
 }

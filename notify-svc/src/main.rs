@@ -1,3 +1,6 @@
+//! The notify-svc binary: parses its configuration (flags and environment), starts telemetry and
+//! runs the service until SIGINT/SIGTERM.
+
 use clap::Parser;
 use notify_svc::Config;
 
