@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers. Each script says what it does.
-.PHONY: run test lint stack bench-inventory bench-orders
+.PHONY: run test lint stack bench-inventory bench-orders bench-worker
 
 ## Set up whatever is missing, build, and run the stack and all four services (Ctrl-C stops them).
 run:
@@ -26,3 +26,7 @@ bench-inventory:
 ## CreateOrder, GetOrder and BatchGetOrders(100) rate and latency (release build).
 bench-orders:
 	@scripts/bench-orders.sh
+
+## Events per second consumer-worker applies to PostgreSQL, batching on vs off (release build).
+bench-worker:
+	@scripts/bench-worker.sh

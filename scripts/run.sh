@@ -34,17 +34,20 @@ start consumer-worker
 start order-api
 wait_port 127.0.0.1 50052 inventory-svc 60
 wait_port 127.0.0.1 50053 notify-svc 60
+wait_port 127.0.0.1 50054 consumer-worker 60
 wait_port 127.0.0.1 50051 order-api 60
 
 cat >&2 <<MSG
 
-orderflow is running: order-api 127.0.0.1:50051, inventory-svc :50052, notify-svc :50053.
+orderflow is running: order-api 127.0.0.1:50051, inventory-svc :50052, notify-svc :50053,
+consumer-worker :50054 (health and consumer status).
 Try it from another terminal (grpcurl is in $ORDERFLOW_HOME/bin):
 
   export PATH="$ORDERFLOW_HOME/bin:\$PATH"
   grpcurl -plaintext -d '{"sku":"TEA-1","quantity":100,"price_cents":1999}' 127.0.0.1:50052 orderflow.inventory.v1.InventoryService/SetStock
   grpcurl -plaintext -d '{"idempotency_key":"first-order","user_id":"alice","items":[{"sku":"TEA-1","quantity":2}]}' 127.0.0.1:50051 orderflow.order.v1.OrderService/CreateOrder
   grpcurl -plaintext -d '{"order_id":"<orderId from the answer>"}' 127.0.0.1:50051 orderflow.order.v1.OrderService/GetOrder
+  grpcurl -plaintext -d '{"user_id":"alice"}' 127.0.0.1:50053 orderflow.notify.v1.NotificationService/ListNotifications
 
 Ctrl-C stops the services.
 MSG

@@ -9,6 +9,7 @@ pub mod deps;
 pub mod inventory;
 pub mod link;
 pub mod locking;
+pub mod pipeline;
 pub mod private;
 pub mod stack;
 

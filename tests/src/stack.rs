@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{GetStockRequest, Stock};
+use orderflow_proto::notify::v1::notification_service_client::NotificationServiceClient;
 use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
 use orderflow_proto::order::v1::{CreateOrderRequest, Order};
 use orderflow_runtime::RuntimeError;
@@ -42,6 +43,35 @@ pub struct Options {
     pub extra_order_apis: usize,
     /// order-api reaches inventory-svc through a [`Link`] the test can cut.
     pub inventory_link: bool,
+    /// More notify-svc flags, e.g. `--webhook-url=…`.
+    pub notify_args: Vec<String>,
+    /// No consumer-worker in-process: the test runs its own (`WorkerProcess`, with
+    /// `Stack::worker_args`), e.g. to kill it.
+    pub external_worker: bool,
+    /// More in-process consumer-workers in the same group (`Stack::workers`).
+    pub extra_workers: usize,
+    /// More consumer-worker flags, e.g. `--batch-max-messages=1`.
+    pub worker_args: Vec<String>,
+    /// consumer-worker reaches PostgreSQL through a [`Link`] the test can cut
+    /// (`Stack::worker_database_link`).
+    pub worker_database_link: bool,
+}
+
+/// The gRPC service every consumer-worker serves (with health).
+pub const CONSUMER_STATUS: &str = "orderflow.consumer.v1.ConsumerStatusService";
+
+/// `host:port` of a PostgreSQL URL such as `postgres://u:p@127.0.0.1:5432/db`.
+fn postgres_address(url: &str) -> SocketAddr {
+    let authority = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    host_port
+        .parse()
+        .unwrap_or_else(|error| panic!("PostgreSQL address {host_port:?} is not ip:port: {error}"))
 }
 
 pub struct Stack {
@@ -50,7 +80,14 @@ pub struct Stack {
     pub replicas: Vec<OrderServiceClient<Channel>>,
     /// The link between order-api and inventory-svc (`Options::inventory_link`).
     pub inventory_link: Option<Link>,
+    /// The link between consumer-worker and PostgreSQL (`Options::worker_database_link`).
+    pub worker_database_link: Option<Link>,
+    /// The flags of this stack's consumer-worker, except `--listen`.
+    pub worker_args: Vec<String>,
+    /// Health and consumer status addresses of the in-process consumer-workers.
+    pub workers: Vec<SocketAddr>,
     pub inventory: InventoryServiceClient<Channel>,
+    pub notify: NotificationServiceClient<Channel>,
     pub addresses: Addresses,
     /// The test's own database.
     pub db: PgPool,
@@ -172,34 +209,78 @@ impl Stack {
 
         let notify_listener = listener().await;
         let notify_address = notify_listener.local_addr().expect("local address");
+        let notify_config = notify_svc::Config::parse_from(
+            std::iter::once("notify-svc".to_owned())
+                .chain(shared.iter().cloned())
+                .chain(kafka_args.iter().cloned())
+                .chain([format!("--group-id=t{id}-notify")])
+                .chain(options.notify_args.iter().cloned()),
+        );
         tasks.push(tokio::spawn(notify_svc::run(
-            notify_svc::Config::parse_from(["notify-svc", "--log=warn"]),
+            notify_config,
             notify_listener,
             shutdown.clone(),
         )));
 
-        let worker_config = consumer_worker::Config::parse_from(
-            std::iter::once("consumer-worker".to_owned())
-                .chain(shared.iter().cloned())
-                .chain(kafka_args.iter().cloned())
-                .chain([
-                    format!("--group-id=t{id}-worker"),
-                    "--max-backoff-ms=1000".into(),
-                ]),
-        );
-        tasks.push(tokio::spawn(consumer_worker::run(
-            worker_config,
-            shutdown.clone(),
-        )));
+        let worker_database_link = if options.worker_database_link {
+            Some(Link::start(postgres_address(&database_url)).await)
+        } else {
+            None
+        };
+        let worker_database_url =
+            worker_database_link
+                .as_ref()
+                .map_or(database_url.clone(), |link| {
+                    database_url.replacen(
+                        &postgres_address(&database_url).to_string(),
+                        &link.address.to_string(),
+                        1,
+                    )
+                });
+        let worker_args: Vec<String> = [
+            format!("--database-url={worker_database_url}"),
+            "--database-max-connections=4".into(),
+            "--log=warn".into(),
+            format!("--group-id=t{id}-worker"),
+            "--max-backoff-ms=1000".into(),
+            "--lag-report-interval-ms=500".into(),
+            "--session-timeout-ms=6000".into(),
+        ]
+        .into_iter()
+        .chain(kafka_args.iter().cloned())
+        .chain(options.worker_args.iter().cloned())
+        .collect();
+        let in_process_workers = if options.external_worker {
+            0
+        } else {
+            1 + options.extra_workers
+        };
+        let mut worker_addresses = Vec::new();
+        for _ in 0..in_process_workers {
+            let worker_listener = listener().await;
+            worker_addresses.push(worker_listener.local_addr().expect("local address"));
+            let worker_config = consumer_worker::Config::parse_from(
+                std::iter::once("consumer-worker".to_owned()).chain(worker_args.iter().cloned()),
+            );
+            tasks.push(tokio::spawn(consumer_worker::run(
+                worker_config,
+                worker_listener,
+                shutdown.clone(),
+            )));
+        }
 
         let mut stack = Self {
             order: OrderServiceClient::new(channel(order_address)),
             inventory_link,
+            worker_database_link,
+            worker_args,
+            workers: worker_addresses.clone(),
             replicas: replica_addresses
                 .iter()
                 .map(|address| OrderServiceClient::new(channel(*address)))
                 .collect(),
             inventory: InventoryServiceClient::new(channel(inventory_address)),
+            notify: NotificationServiceClient::new(channel(notify_address)),
             addresses: Addresses {
                 order_api: order_address,
                 inventory: inventory_address,
@@ -224,6 +305,11 @@ impl Stack {
             replica_addresses
                 .iter()
                 .map(|address| (*address, order_service)),
+        )
+        .chain(
+            worker_addresses
+                .iter()
+                .map(|address| (*address, CONSUMER_STATUS)),
         );
         for (address, service) in servers {
             stack.wait_serving(address, service).await;
@@ -266,6 +352,15 @@ impl Stack {
                 .expect("a service task panicked")
                 .expect("a service stopped with an error");
         }
+    }
+
+    /// This test's full name of `topic` (one of `orderflow_proto::topics`).
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix)
+    }
+
+    pub fn kafka_brokers(&self) -> &str {
+        &self.kafka_brokers
     }
 
     /// The full Redis key of `parts` under this test's prefix.

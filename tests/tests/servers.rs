@@ -1,5 +1,5 @@
 //! Every gRPC server answers the standard health check and serves reflection that the real
-//! grpcurl understands; unfinished RPCs say so.
+//! grpcurl understands.
 
 use orderflow_tests::stack::Stack;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -18,6 +18,14 @@ async fn every_server_reports_serving() {
         (
             stack.addresses.notify,
             "orderflow.notify.v1.NotificationService",
+        ),
+        (
+            stack.addresses.notify,
+            "orderflow.consumer.v1.ConsumerStatusService",
+        ),
+        (
+            stack.workers[0],
+            "orderflow.consumer.v1.ConsumerStatusService",
         ),
     ] {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
@@ -41,42 +49,29 @@ async fn every_server_reports_serving() {
 }
 
 #[tokio::test]
-async fn rpcs_of_later_milestones_answer_unimplemented() {
-    let stack = Stack::start().await;
-    use orderflow_proto::notify::v1::notification_service_client::NotificationServiceClient;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.addresses.notify))
-            .unwrap()
-            .connect_lazy();
-    let status = NotificationServiceClient::new(channel)
-        .list_notifications(orderflow_proto::notify::v1::ListNotificationsRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
-}
-
-#[tokio::test]
 async fn grpcurl_sees_each_servers_own_service_through_reflection() {
     let stack = Stack::start().await;
     let grpcurl = orderflow_tests::deps::grpcurl_binary();
+    let consumer_status = "orderflow.consumer.v1.ConsumerStatusService";
     let servers = [
         (
             stack.addresses.order_api,
-            "orderflow.order.v1.OrderService",
+            vec!["orderflow.order.v1.OrderService"],
             "CreateOrder",
         ),
         (
             stack.addresses.inventory,
-            "orderflow.inventory.v1.InventoryService",
+            vec!["orderflow.inventory.v1.InventoryService"],
             "Reserve",
         ),
         (
             stack.addresses.notify,
-            "orderflow.notify.v1.NotificationService",
+            vec![consumer_status, "orderflow.notify.v1.NotificationService"],
             "ListNotifications",
         ),
+        (stack.workers[0], vec![consumer_status], "GetConsumerStatus"),
     ];
-    for (address, service, method) in servers {
+    for (address, services, method) in servers {
         let run = |args: Vec<String>| {
             let grpcurl = grpcurl.clone();
             async move {
@@ -105,9 +100,8 @@ async fn grpcurl_sees_each_servers_own_service_through_reflection() {
             .filter(|line| line.starts_with("orderflow."))
             .collect();
         assert_eq!(
-            ours,
-            [service],
-            "{address} lists only the service it serves"
+            ours, services,
+            "{address} lists only the services it serves"
         );
         assert!(listed.lines().any(|line| line == "grpc.health.v1.Health"));
 
@@ -115,7 +109,7 @@ async fn grpcurl_sees_each_servers_own_service_through_reflection() {
             "-plaintext".into(),
             target,
             "describe".into(),
-            format!("{service}.{method}"),
+            format!("{}.{method}", services[services.len() - 1]),
         ])
         .await;
         assert!(
