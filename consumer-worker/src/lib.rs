@@ -9,7 +9,9 @@ mod apply;
 mod event;
 
 use orderflow_proto::topics;
-use orderflow_runtime::config::{ConsumerArgs, KafkaArgs, PostgresArgs, TelemetryArgs};
+use orderflow_runtime::config::{
+    ConsumerArgs, KafkaArgs, PostgresArgs, ServingArgs, TelemetryArgs,
+};
 use orderflow_runtime::consume::{self, Subscription};
 use orderflow_runtime::grpc::Services;
 use tokio::net::TcpListener;
@@ -25,6 +27,17 @@ pub struct Config {
         default_value = "127.0.0.1:50054"
     )]
     pub listen: String,
+
+    /// HTTP listen address of the Prometheus metrics (`GET /metrics`).
+    #[arg(
+        long,
+        env = "ORDERFLOW_METRICS_LISTEN",
+        default_value = "127.0.0.1:9104"
+    )]
+    pub metrics_listen: String,
+
+    #[command(flatten)]
+    pub serving: ServingArgs,
 
     /// Kafka consumer group; every replica of the worker uses the same one.
     #[arg(
@@ -55,6 +68,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), orderflow_runtime::RuntimeError> {
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    orderflow_runtime::metrics::metrics().watch_pool("consumer-worker", pool.clone());
+    orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let subscription = Subscription {
         kafka: config.kafka,
         group_id: config.group_id,
@@ -68,6 +83,7 @@ pub async fn run(
     let serving = orderflow_runtime::grpc::serve(
         Services::new(status.service()),
         listener,
+        &config.serving,
         shutdown.clone().cancelled_owned(),
     );
     let consuming = consume::run(

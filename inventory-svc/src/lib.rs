@@ -22,7 +22,7 @@ mod sweeper;
 use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use orderflow_runtime::config::{PostgresArgs, RedisArgs, TelemetryArgs};
+use orderflow_runtime::config::{PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs};
 use orderflow_runtime::lock::{LockSettings, Locks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,17 @@ pub struct Config {
         default_value = "127.0.0.1:50052"
     )]
     pub listen: String,
+
+    /// HTTP listen address of the Prometheus metrics (`GET /metrics`).
+    #[arg(
+        long,
+        env = "ORDERFLOW_METRICS_LISTEN",
+        default_value = "127.0.0.1:9102"
+    )]
+    pub metrics_listen: String,
+
+    #[command(flatten)]
+    pub serving: ServingArgs,
 
     /// How long a reservation may stay neither committed nor released before its stock
     /// returns automatically. Keep it longer than order-api's payment deadline.
@@ -106,6 +117,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), orderflow_runtime::RuntimeError> {
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    orderflow_runtime::metrics::metrics().watch_pool("inventory-svc", pool.clone());
+    orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let ledger = ledger::Ledger::new(pool);
     let counters = counters::Counters::new(redis.clone(), config.redis.clone());
@@ -148,6 +161,7 @@ pub async fn run(
     let served = orderflow_runtime::grpc::serve(
         orderflow_runtime::grpc::Services::new(InventoryServiceServer::new(inventory)),
         listener,
+        &config.serving,
         shutdown.cancelled_owned(),
     )
     .await;

@@ -347,7 +347,17 @@ impl InventoryService for Inventory {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
-        let reservation = self.reserve(request.into_inner()).await?;
+        let reserved = self.reserve(request.into_inner()).await;
+        let outcome = match &reserved {
+            Ok(_) => "reserved",
+            Err(InventoryError::InsufficientStock { .. }) => "insufficient_stock",
+            Err(_) => "failed",
+        };
+        orderflow_runtime::metrics::metrics()
+            .reservations
+            .get_or_create(&orderflow_runtime::metrics::Outcome { outcome })
+            .inc();
+        let reservation = reserved?;
         Ok(Response::new(ReserveResponse {
             reservation: Some(reservation),
         }))

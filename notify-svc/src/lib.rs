@@ -26,7 +26,9 @@ pub mod signature;
 use std::sync::Arc;
 
 use orderflow_proto::notify::v1::notification_service_server::NotificationServiceServer;
-use orderflow_runtime::config::{ConsumerArgs, KafkaArgs, PostgresArgs, TelemetryArgs};
+use orderflow_runtime::config::{
+    ConsumerArgs, KafkaArgs, PostgresArgs, ServingArgs, TelemetryArgs,
+};
 use orderflow_runtime::consume::{self, Subscription};
 use orderflow_runtime::grpc::Services;
 use orderflow_runtime::RuntimeError;
@@ -47,6 +49,17 @@ pub struct Config {
         default_value = "127.0.0.1:50053"
     )]
     pub listen: String,
+
+    /// HTTP listen address of the Prometheus metrics (`GET /metrics`).
+    #[arg(
+        long,
+        env = "ORDERFLOW_METRICS_LISTEN",
+        default_value = "127.0.0.1:9103"
+    )]
+    pub metrics_listen: String,
+
+    #[command(flatten)]
+    pub serving: ServingArgs,
 
     /// Kafka consumer group; every replica of notify-svc uses the same one.
     #[arg(
@@ -84,6 +97,8 @@ pub async fn run(
     // Settings first: a bad webhook URL or a missing secret stops the start, not each delivery.
     let plan = config.delivery.plan()?;
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    orderflow_runtime::metrics::metrics().watch_pool("notify-svc", pool.clone());
+    orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let store = store::Store::new(pool.clone());
     let feed = feed::Feed::new(store.clone());
     let wake = Arc::new(Notify::new());
@@ -134,6 +149,7 @@ pub async fn run(
         let served = orderflow_runtime::grpc::serve(
             Services::new(NotificationServiceServer::new(api)).and(status.service()),
             listener,
+            &config.serving,
             stop.clone().cancelled_owned(),
         )
         .await;

@@ -21,6 +21,7 @@ use orderflow_proto::events::v1::{
 use orderflow_proto::order::v1::Order;
 use orderflow_proto::topics;
 use orderflow_runtime::config::KafkaArgs;
+use orderflow_runtime::metrics::{metrics, TopicOutcome};
 use orderflow_runtime::RuntimeError;
 use prost::Message;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -83,12 +84,27 @@ impl Publisher {
         let budget = self
             .ack_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
-        let (failure, still_queued) =
-            match tokio::time::timeout(budget, producer.send(record, budget)).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err((error, _))) => (error.to_string(), false),
-                Err(_) => (format!("no acknowledgement within {budget:?}"), true),
-            };
+        let started = Instant::now();
+        let sent = tokio::time::timeout(budget, producer.send(record, budget)).await;
+        let outcome = TopicOutcome {
+            topic: event.topic.to_owned(),
+            outcome: if matches!(sent, Ok(Ok(_))) {
+                "acked"
+            } else {
+                "failed"
+            },
+        };
+        let metrics = metrics();
+        metrics.kafka_produced.get_or_create(&outcome).inc();
+        metrics
+            .kafka_produce_duration
+            .get_or_create(&outcome)
+            .observe(started.elapsed().as_secs_f64());
+        let (failure, still_queued) = match sent {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err((error, _))) => (error.to_string(), false),
+            Err(_) => (format!("no acknowledgement within {budget:?}"), true),
+        };
         self.retire(number, still_queued);
         Err(OrderError::BrokerUnavailable(failure))
     }

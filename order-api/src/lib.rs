@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::order::v1::order_service_server::OrderServiceServer;
-use orderflow_runtime::config::{KafkaArgs, PostgresArgs, RedisArgs, TelemetryArgs};
+use orderflow_runtime::config::{KafkaArgs, PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,22 @@ pub struct Config {
         default_value = "127.0.0.1:50051"
     )]
     pub listen: String,
+
+    /// HTTP listen address of the Prometheus metrics (`GET /metrics`).
+    #[arg(
+        long,
+        env = "ORDERFLOW_METRICS_LISTEN",
+        default_value = "127.0.0.1:9101"
+    )]
+    pub metrics_listen: String,
+
+    #[command(flatten)]
+    pub serving: ServingArgs,
+
+    /// Apply the database schema (migrations) and exit: the Helm chart's pre-install and
+    /// pre-upgrade Job.
+    #[arg(long, env = "ORDERFLOW_MIGRATE_ONLY")]
+    pub migrate_only: bool,
 
     /// URL of inventory-svc.
     #[arg(
@@ -116,6 +132,13 @@ pub async fn run(
         )));
     }
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    if config.migrate_only {
+        tracing::info!("schema up to date; --migrate-only, so stopping here");
+        return Ok(());
+    }
+    let metrics = orderflow_runtime::metrics::metrics();
+    metrics.watch_pool("order-api", pool.clone());
+    orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let topics: Vec<String> = orderflow_proto::topics::ALL
         .iter()
@@ -190,6 +213,7 @@ pub async fn run(
     let served = orderflow_runtime::grpc::serve(
         orderflow_runtime::grpc::Services::new(OrderServiceServer::new(api)),
         listener,
+        &config.serving,
         shutdown.clone().cancelled_owned(),
     )
     .await;

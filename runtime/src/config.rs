@@ -176,6 +176,29 @@ pub struct ConsumerArgs {
     pub session_timeout_ms: u64,
 }
 
+/// How a gRPC server protects itself and stops.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServingArgs {
+    /// Calls served at once; past it a call is refused at once with RESOURCE_EXHAUSTED (load
+    /// shedding) instead of queueing. Health checks are never refused.
+    #[arg(
+        long,
+        env = "ORDERFLOW_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 2048
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// Largest request message accepted, in bytes; a larger one is refused with
+    /// RESOURCE_EXHAUSTED before it is decoded.
+    #[arg(long, env = "ORDERFLOW_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// After SIGTERM, how long calls in flight may take to finish before the server stops
+    /// anyway. Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "ORDERFLOW_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
+    pub drain_timeout_ms: u64,
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct TelemetryArgs {
     /// Log filter in `tracing` syntax, e.g. `info` or `order_api=debug,info`. sqlx is quieted

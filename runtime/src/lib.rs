@@ -8,6 +8,7 @@ pub mod consume;
 pub mod grpc;
 pub mod kafka;
 pub mod lock;
+pub mod metrics;
 pub mod order_rows;
 pub mod postgres;
 pub mod redis;
@@ -47,4 +48,6 @@ pub enum RuntimeError {
     Telemetry(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use redis::Script;
 
 use crate::config::redis_key;
+use crate::metrics::metrics;
 use crate::redis::RedisConnection;
 
 /// How long a lock is held before it frees itself, and how long `acquire` waits for it.
@@ -112,6 +113,7 @@ impl Locks {
                 .invoke_async(&mut redis)
                 .await?;
             if let Some(fence) = fence {
+                metrics().observe_lock_wait(started.elapsed(), "acquired");
                 return Ok(LockGuard {
                     locks: self.clone(),
                     resource: resource.to_owned(),
@@ -123,6 +125,7 @@ impl Locks {
             }
             let pause = jittered(backoff);
             if started.elapsed() + pause > self.settings.wait {
+                metrics().observe_lock_wait(started.elapsed(), "timeout");
                 return Err(LockError::Timeout {
                     resource: resource.to_owned(),
                     waited_ms: started.elapsed().as_millis(),

@@ -17,29 +17,29 @@ use crate::stack::{wait_serving, Stack, CONSUMER_STATUS};
 pub struct WorkerProcess {
     child: Child,
     pub address: SocketAddr,
+    /// Where it serves `/metrics`.
+    pub metrics_address: SocketAddr,
 }
 
 impl WorkerProcess {
     pub async fn start(stack: &Stack) -> Self {
         let binary = workspace_binary("consumer-worker");
-        let address: SocketAddr = format!("127.0.0.1:{}", crate::private::free_port())
-            .parse()
-            .expect("a socket address");
+        let free_address = || SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
+        let (address, metrics_address) = (free_address(), free_address());
         let log = std::env::var("ORDERFLOW_TEST_LOG").ok();
-        let mut child = Command::new(&binary)
-            .args(
-                stack
-                    .worker_args
-                    .iter()
-                    .filter(|arg| !arg.starts_with("--log=")),
-            )
-            .arg(format!("--listen={address}"))
-            .arg(format!("--log={}", log.as_deref().unwrap_or("error")))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
+        let mut child =
+            Command::new(&binary)
+                .args(stack.worker_args.iter().filter(|arg| {
+                    !arg.starts_with("--log=") && !arg.starts_with("--metrics-listen=")
+                }))
+                .arg(format!("--listen={address}"))
+                .arg(format!("--metrics-listen={metrics_address}"))
+                .arg(format!("--log={}", log.as_deref().unwrap_or("error")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
         let serving_address = address.to_string();
         tokio::select! {
             _ = wait_serving(&serving_address, CONSUMER_STATUS) => {}
@@ -48,7 +48,11 @@ impl WorkerProcess {
                  run with ORDERFLOW_TEST_LOG=warn to see why"
             ),
         }
-        Self { child, address }
+        Self {
+            child,
+            address,
+            metrics_address,
+        }
     }
 
     /// SIGKILL, like a crash: nothing is committed or closed cleanly.

@@ -43,6 +43,8 @@ pub struct Options {
     pub extra_order_apis: usize,
     /// order-api reaches inventory-svc through a [`Link`] the test can cut.
     pub inventory_link: bool,
+    /// More order-api flags, e.g. `--max-concurrent-requests=1`.
+    pub order_args: Vec<String>,
     /// More notify-svc flags, e.g. `--webhook-url=…`.
     pub notify_args: Vec<String>,
     /// No consumer-worker in-process: the test runs its own (`WorkerProcess`, with
@@ -55,6 +57,20 @@ pub struct Options {
     /// consumer-worker reaches PostgreSQL through a [`Link`] the test can cut
     /// (`Stack::worker_database_link`).
     pub worker_database_link: bool,
+    /// Serve each in-process service's Prometheus metrics on a known port
+    /// (`Stack::metrics`); otherwise on any free one nobody looks at. Not with extra replicas
+    /// or workers (they would share the port).
+    pub metrics: bool,
+}
+
+/// Where the in-process services serve `/metrics` (`Options::metrics`). In-process services
+/// share one registry: each endpoint shows the whole test process.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsAddresses {
+    pub order_api: SocketAddr,
+    pub inventory: SocketAddr,
+    pub notify: SocketAddr,
+    pub worker: SocketAddr,
 }
 
 /// The gRPC service every consumer-worker serves (with health).
@@ -89,6 +105,7 @@ pub struct Stack {
     pub inventory: InventoryServiceClient<Channel>,
     pub notify: NotificationServiceClient<Channel>,
     pub addresses: Addresses,
+    pub metrics: Option<MetricsAddresses>,
     /// The test's own database.
     pub db: PgPool,
     pub redis: redis::aio::ConnectionManager,
@@ -152,6 +169,22 @@ impl Stack {
             kafka_args.push(format!("--kafka-ack-timeout-ms={ms}"));
         }
 
+        let metrics = options.metrics.then(|| {
+            let port = || SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
+            MetricsAddresses {
+                order_api: port(),
+                inventory: port(),
+                notify: port(),
+                worker: port(),
+            }
+        });
+        let metrics_listen = |pick: fn(&MetricsAddresses) -> SocketAddr| {
+            let address = metrics
+                .as_ref()
+                .map_or("127.0.0.1:0".to_owned(), |all| pick(all).to_string());
+            format!("--metrics-listen={address}")
+        };
+
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -160,7 +193,8 @@ impl Stack {
         let inventory_config = inventory_svc::Config::parse_from(
             std::iter::once("inventory-svc".to_owned())
                 .chain(shared.iter().cloned())
-                .chain(redis_args.iter().cloned()),
+                .chain(redis_args.iter().cloned())
+                .chain([metrics_listen(|all| all.inventory)]),
         );
         tasks.push(tokio::spawn(inventory_svc::run(
             inventory_config,
@@ -174,6 +208,8 @@ impl Stack {
             .chain(shared.iter().cloned())
             .chain(redis_args.iter().cloned())
             .chain(kafka_args.iter().cloned())
+            .chain([metrics_listen(|all| all.order_api)])
+            .chain(options.order_args.iter().cloned())
             .collect();
         let inventory_link = if options.inventory_link {
             Some(Link::start(inventory_address).await)
@@ -213,7 +249,10 @@ impl Stack {
             std::iter::once("notify-svc".to_owned())
                 .chain(shared.iter().cloned())
                 .chain(kafka_args.iter().cloned())
-                .chain([format!("--group-id=t{id}-notify")])
+                .chain([
+                    format!("--group-id=t{id}-notify"),
+                    metrics_listen(|all| all.notify),
+                ])
                 .chain(options.notify_args.iter().cloned()),
         );
         tasks.push(tokio::spawn(notify_svc::run(
@@ -245,6 +284,7 @@ impl Stack {
             "--max-backoff-ms=1000".into(),
             "--lag-report-interval-ms=500".into(),
             "--session-timeout-ms=6000".into(),
+            metrics_listen(|all| all.worker),
         ]
         .into_iter()
         .chain(kafka_args.iter().cloned())
@@ -286,6 +326,7 @@ impl Stack {
                 inventory: inventory_address,
                 notify: notify_address,
             },
+            metrics,
             db,
             redis,
             redis_key_prefix,

@@ -118,3 +118,38 @@ async fn grpcurl_sees_each_servers_own_service_through_reflection() {
         );
     }
 }
+
+/// The Helm chart's migration Job: `order-api --migrate-only` applies the schema to an empty
+/// database and exits 0 without serving (no Redis, broker or port needed).
+#[tokio::test]
+async fn migrate_only_applies_the_schema_and_exits() {
+    let id = orderflow_tests::unique_id();
+    let (database_url, db) = orderflow_tests::deps::fresh_database(&id).await;
+    for statement in ["DROP SCHEMA public CASCADE", "CREATE SCHEMA public"] {
+        sqlx::query(statement)
+            .execute(&db)
+            .await
+            .unwrap_or_else(|error| panic!("{statement}: {error}"));
+    }
+    let binary = orderflow_tests::inventory::workspace_binary("order-api");
+    let exit = tokio::process::Command::new(&binary)
+        .args([
+            "--migrate-only",
+            &format!("--database-url={database_url}"),
+            "--redis-url=redis://127.0.0.1:1",
+            "--kafka-brokers=127.0.0.1:1",
+            "--log=warn",
+        ])
+        .status()
+        .await
+        .unwrap_or_else(|error| panic!("running {}: {error}", binary.display()));
+    assert!(
+        exit.success(),
+        "order-api --migrate-only exited with {exit}"
+    );
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .expect("the orders table exists again");
+    assert_eq!(orders, 0);
+}

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{ConsumerArgs, KafkaArgs};
+use crate::metrics::{metrics, Outcome};
 use crate::RuntimeError;
 use dead_letter::DeadLetters;
 use status::{ConsumerStatus, LagContext};
@@ -268,7 +269,7 @@ impl<H: BatchHandler> Consuming<H> {
     async fn apply(&self, batch: &[Received]) -> Result<(), Stopped> {
         let rejected = match self.apply_retrying(batch).await? {
             Ok(rejected) => {
-                self.status.batch_applied(batch.len());
+                self.status.batch_applied(batch);
                 rejected
             }
             Err(refusal) if batch.len() > 1 => {
@@ -277,7 +278,7 @@ impl<H: BatchHandler> Consuming<H> {
                 for (index, message) in batch.iter().enumerate() {
                     match self.apply_retrying(std::slice::from_ref(message)).await? {
                         Ok(single) => {
-                            self.status.batch_applied(1);
+                            self.status.batch_applied(std::slice::from_ref(message));
                             rejected.extend(single.into_iter().map(|one| Rejected {
                                 index,
                                 reason: one.reason,
@@ -311,7 +312,7 @@ impl<H: BatchHandler> Consuming<H> {
                 )
                 .await
                 .map_err(|_| Stopped)?;
-            self.status.dead_lettered();
+            self.status.dead_lettered(message.topic);
         }
         Ok(())
     }
@@ -327,7 +328,18 @@ impl<H: BatchHandler> Consuming<H> {
             Duration::from_millis(self.settings.max_backoff_ms.max(1)),
         );
         loop {
-            match self.handler.apply(batch).await {
+            let started = Instant::now();
+            let applied = self.handler.apply(batch).await;
+            let outcome = match &applied {
+                Ok(_) => "applied",
+                Err(BatchError::Refused(_)) => "refused",
+                Err(BatchError::Unavailable(_)) => "unavailable",
+            };
+            metrics()
+                .kafka_batch_duration
+                .get_or_create(&Outcome { outcome })
+                .observe(started.elapsed().as_secs_f64());
+            match applied {
                 Ok(rejected) => return Ok(Ok(rejected)),
                 Err(BatchError::Refused(reason)) => return Ok(Err(reason)),
                 Err(BatchError::Unavailable(reason)) => {

@@ -17,6 +17,9 @@ use rdkafka::statistics::Statistics;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use super::Received;
+use crate::metrics::{metrics, GroupPartition, GroupTopic};
+
 #[derive(Clone)]
 pub struct ConsumerStatus {
     inner: Arc<Inner>,
@@ -54,18 +57,35 @@ impl ConsumerStatus {
         ConsumerStatusServiceServer::new(self.clone())
     }
 
-    pub(super) fn batch_applied(&self, messages: usize) {
-        let messages = i64::try_from(messages).unwrap_or(i64::MAX);
+    pub(super) fn batch_applied(&self, batch: &[Received]) {
+        let messages = i64::try_from(batch.len()).unwrap_or(i64::MAX);
         self.inner
             .messages_applied
             .fetch_add(messages, Ordering::Relaxed);
         self.inner.batches_applied.fetch_add(1, Ordering::Relaxed);
+        for message in batch {
+            metrics()
+                .kafka_consumed
+                .get_or_create(&self.group_topic(message.topic))
+                .inc();
+        }
     }
 
-    pub(super) fn dead_lettered(&self) {
+    pub(super) fn dead_lettered(&self, topic: &str) {
         self.inner
             .messages_dead_lettered
             .fetch_add(1, Ordering::Relaxed);
+        metrics()
+            .kafka_dead_lettered
+            .get_or_create(&self.group_topic(topic))
+            .inc();
+    }
+
+    fn group_topic(&self, topic: &str) -> GroupTopic {
+        GroupTopic {
+            group: self.inner.group_id.clone(),
+            topic: topic.to_owned(),
+        }
     }
 
     fn record(&self, statistics: &Statistics) {
@@ -93,6 +113,17 @@ impl ConsumerStatus {
             .collect();
         partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         let total = total_lag(&partitions);
+        let lag = &metrics().kafka_consumer_lag;
+        // Partitions taken away by a rebalance disappear from the gauge.
+        lag.clear();
+        for partition in &partitions {
+            lag.get_or_create(&GroupPartition {
+                group: self.inner.group_id.clone(),
+                topic: partition.topic.clone(),
+                partition: partition.partition,
+            })
+            .set(partition.lag);
+        }
         let previous = {
             let mut report = self
                 .inner

@@ -2,8 +2,13 @@
 //! standard health service and server reflection (v1 and v1alpha, since grpcurl 1.8 only speaks
 //! v1alpha), so operators can call any server with grpcurl and no .proto files.
 
+mod observe;
+mod shed;
+mod size_limit;
+
 use std::convert::Infallible;
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::body::Body;
@@ -14,6 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::config::ServingArgs;
 use crate::RuntimeError;
 
 /// A generated tonic server (e.g. `OrderServiceServer`), as [`Services`] takes it.
@@ -66,10 +72,13 @@ impl Services {
     }
 }
 
-/// Serves `services` on `listener` until `shutdown` completes, then lets in-flight calls finish.
+/// Serves `services` on `listener` until `shutdown` completes, then lets in-flight calls finish
+/// for at most `--drain-timeout-ms`. Every call is measured (RED metrics), shed past
+/// `--max-concurrent-requests` in flight, and refused past `--max-message-bytes`.
 pub async fn serve(
     services: Services,
     listener: TcpListener,
+    serving: &ServingArgs,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RuntimeError> {
     let Services { routes, names } = services;
@@ -91,11 +100,22 @@ pub async fn serve(
     tracing::info!(services = ?names, ?address, "gRPC server listening");
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut known = names.clone();
+    known.extend([
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]);
     let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    Server::builder()
+    let draining = tokio_util::sync::CancellationToken::new();
+    let server = Server::builder()
+        // The first layer is the outermost: shed calls are measured too.
+        .layer(observe::ObserveLayer::new(known))
+        .layer(shed::ShedLayer::new(serving.max_concurrent_requests.max(1)))
+        .layer(size_limit::SizeLimitLayer::new(serving.max_message_bytes))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;
@@ -105,8 +125,15 @@ pub async fn serve(
                     .await;
             }
             tracing::info!(services = ?names, "gRPC server draining");
-        })
-        .await?;
+            draining.cancel();
+        });
+    let drain_limit = Duration::from_millis(serving.drain_timeout_ms);
+    tokio::select! {
+        served = server => served?,
+        () = async { draining.cancelled().await; tokio::time::sleep(drain_limit).await } => {
+            tracing::warn!(?drain_limit, "calls still in flight after the drain timeout; stopping anyway");
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,651 @@
+#!/usr/bin/env python3
+"""Checks what the orderflow Helm chart renders, and the image it deploys.
+
+No cluster runs here, so this is what can be proven without one: the chart is rendered with
+`helm template` under several value sets (defaults, ci/all-features-values.yaml, existing
+Secrets, features off) and the manifests are parsed and checked for the facts that matter in
+production: probes, security context, resources, env wiring, hooks, autoscalers, policies,
+monitors, the helm test pod, no credential outside a Secret. values.schema.json must reject bad
+values. deploy/Dockerfile is checked statically (multi-stage, non-root, the four binaries).
+
+Usage: check_chart.py --helm PATH/TO/helm   (scripts/check-chart.sh runs it)
+Exits 1 when any check fails, listing every failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "orderflow"
+ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+DOCKERIGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
+KUBE_VERSION = "1.30.0"
+RELEASE = "shop"
+NAMESPACE = "orderflow"
+PREFIX = f"{RELEASE}-orderflow"
+
+# component (= its binary) → (values key, gRPC port, listen variable, readiness service, has a Service)
+COMPONENTS = {
+    "order-api": ("orderApi", 50051, "ORDERFLOW_ORDER_API_LISTEN", "orderflow.order.v1.OrderService", True),
+    "inventory-svc": ("inventorySvc", 50052, "ORDERFLOW_INVENTORY_LISTEN", "orderflow.inventory.v1.InventoryService", True),
+    "notify-svc": ("notifySvc", 50053, "ORDERFLOW_NOTIFY_LISTEN", "orderflow.notify.v1.NotificationService", True),
+    "consumer-worker": ("consumerWorker", 50054, "ORDERFLOW_WORKER_LISTEN", "orderflow.consumer.v1.ConsumerStatusService", False),
+}
+API_SERVICES = [c for c, spec in COMPONENTS.items() if spec[4]]
+REDIS_USERS = {"order-api", "inventory-svc"}
+EVENT_TOPICS = ["order-created", "order-paid", "order-cancelled", "order-shipped", "order-completed"]
+STANDARD_LABELS = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+]
+CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PodMonitor"}
+# Credentials in ci/all-features-values.yaml: they may appear in Secrets only.
+ALL_FEATURES_SECRETS = ["ci-Pg-Passw0rd", "ci-Redis-Passw0rd", "ci-Webhook-S3cret"]
+URL_WITH_PASSWORD = re.compile(r"://[^/\s@:]*:[^/\s@]+@")
+
+
+class Checker:
+    """Counts checks and collects failures (each names its scenario and object)."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failures: list[str] = []
+        self.scenario = ""
+
+    def check(self, condition: bool, message: str) -> bool:
+        if condition:
+            self.passed += 1
+        else:
+            self.failures.append(f"[{self.scenario}] {message}")
+        return bool(condition)
+
+
+class Render:
+    """One `helm template` output, indexed by kind and name."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.docs = [d for d in yaml.safe_load_all(text) if d]
+
+    def kind(self, kind: str) -> list[dict]:
+        return [d for d in self.docs if d.get("kind") == kind]
+
+    def get(self, kind: str, name: str) -> dict | None:
+        for d in self.kind(kind):
+            if d["metadata"]["name"] == name:
+                return d
+        return None
+
+    def names(self, kind: str) -> set[str]:
+        return {d["metadata"]["name"] for d in self.kind(kind)}
+
+
+def helm(helm_bin: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm_bin, *args], capture_output=True, text=True, check=False)
+
+
+def render(helm_bin: str, *value_args: str, release: str = RELEASE) -> Render:
+    out = helm(helm_bin, "template", release, str(CHART), "--namespace", NAMESPACE,
+               "--kube-version", KUBE_VERSION, *value_args)
+    if out.returncode != 0:
+        raise SystemExit(f"helm template {' '.join(value_args)} failed:\n{out.stderr}")
+    return Render(out.stdout)
+
+
+def name_of(component: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}-{component}"
+
+
+def env_map(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def hook_set(doc: dict, key: str = "helm.sh/hook") -> set[str]:
+    value = (doc["metadata"].get("annotations") or {}).get(key, "")
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def check_security(c: Checker, where: str, pod_spec: dict, container: dict) -> None:
+    pod_sc = pod_spec.get("securityContext") or {}
+    sc = container.get("securityContext") or {}
+    c.check(pod_sc.get("runAsNonRoot") is True or sc.get("runAsNonRoot") is True, f"{where}: runAsNonRoot is not true")
+    uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+    c.check(uid is not None and uid != 0, f"{where}: runAsUser is {uid!r}, want a non-root uid")
+    c.check(sc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem is not true")
+    c.check(sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation is not false")
+    c.check("ALL" in ((sc.get("capabilities") or {}).get("drop") or []), f"{where}: capabilities.drop lacks ALL")
+    seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+    c.check(seccomp == "RuntimeDefault", f"{where}: seccompProfile is {seccomp!r}, want RuntimeDefault")
+
+
+def check_tmp(c: Checker, where: str, pod_spec: dict, container: dict) -> None:
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    vol = volumes.get(mounts.get("/tmp", ""), {})
+    c.check("emptyDir" in vol, f"{where}: /tmp is not an emptyDir mount (read-only root filesystem needs it)")
+
+
+def check_labels(c: Checker, where: str, labels: dict) -> None:
+    missing = [k for k in STANDARD_LABELS if not labels.get(k)]
+    c.check(not missing, f"{where}: missing labels {missing}")
+    c.check(labels.get("app.kubernetes.io/part-of") == "orderflow", f"{where}: part-of is not orderflow")
+    c.check(labels.get("app.kubernetes.io/managed-by") == "Helm", f"{where}: managed-by is not Helm")
+
+
+def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool = True,
+                 db_secret: tuple[str, str] | None = None,
+                 redis_secret: tuple[str, str] | None = None) -> None:
+    """The facts every render must show, whatever the values."""
+    db_secret = db_secret or (prefix, "database-url")
+    redis_secret = redis_secret or (prefix, "redis-url")
+
+    for doc in r.docs:
+        meta = doc["metadata"]
+        where = f"{doc['kind']}/{meta['name']}"
+        c.check(len(meta["name"]) <= 63, f"{where}: name longer than 63 characters")
+        check_labels(c, where, meta.get("labels") or {})
+        if doc["kind"] != "Secret":
+            for secret in ALL_FEATURES_SECRETS + ["orderflow:orderflow@"]:
+                c.check(secret not in yaml.safe_dump(doc), f"{where}: contains the credential {secret!r} (only Secrets may)")
+
+    # ConfigMap: settings, no credentials.
+    cm_name = f"{prefix}-config"
+    cm = r.get("ConfigMap", cm_name)
+    if c.check(cm is not None, f"ConfigMap {cm_name} missing"):
+        data = cm.get("data") or {}
+        for forbidden in ("ORDERFLOW_DATABASE_URL", "ORDERFLOW_REDIS_URL", "ORDERFLOW_NOTIFY_WEBHOOK_SECRET"):
+            c.check(forbidden not in data, f"ConfigMap: holds {forbidden} (credentials belong in a Secret)")
+        for key, value in data.items():
+            c.check(not URL_WITH_PASSWORD.search(str(value)), f"ConfigMap: {key} holds a URL with a password")
+            c.check(isinstance(value, str), f"ConfigMap: {key} is not a string")
+        c.check(data.get("ORDERFLOW_INVENTORY_URL", "").startswith("http://"), "ConfigMap: ORDERFLOW_INVENTORY_URL is not http://")
+        for key in ("ORDERFLOW_KAFKA_BROKERS", "ORDERFLOW_KAFKA_TOPIC_PREFIX", "ORDERFLOW_KAFKA_TOPIC_PARTITIONS",
+                    "ORDERFLOW_KAFKA_TOPIC_REPLICATION", "ORDERFLOW_WORKER_GROUP_ID", "ORDERFLOW_NOTIFY_GROUP_ID",
+                    "ORDERFLOW_LOG_FORMAT", "ORDERFLOW_LOG"):
+            c.check(key in data, f"ConfigMap: {key} missing")
+        c.check(data.get("ORDERFLOW_LOG_FORMAT") in ("json", "pretty"), "ConfigMap: ORDERFLOW_LOG_FORMAT not json|pretty")
+        for key, value in data.items():
+            c.check(not re.fullmatch(r"[0-9.]+e\+[0-9]+", value), f"ConfigMap: {key}={value} is in float notation")
+
+    secrets = {s["metadata"]["name"]: s for s in r.kind("Secret")}
+    sa_names = r.names("ServiceAccount")
+    deployments = {d["metadata"]["name"]: d for d in r.kind("Deployment")}
+    c.check(set(deployments) == {name_of(x, prefix) for x in COMPONENTS},
+            f"Deployments are {sorted(deployments)}, want one per service")
+
+    for component, (values_key, port, listen_env, grpc_service, has_service) in COMPONENTS.items():
+        dep = deployments.get(name_of(component, prefix))
+        if dep is None:
+            continue
+        where = f"Deployment/{name_of(component, prefix)}"
+        spec = dep["spec"]
+        pod_meta = spec["template"]["metadata"]
+        pod = spec["template"]["spec"]
+        labels = pod_meta.get("labels") or {}
+        check_labels(c, f"{where} pod template", labels)
+        c.check(labels.get("app.kubernetes.io/component") == component, f"{where}: pod component label")
+        c.check(selects(spec["selector"]["matchLabels"], labels), f"{where}: selector does not select its pods")
+        strategy = spec.get("strategy") or {}
+        c.check(strategy.get("type") == "RollingUpdate" and strategy.get("rollingUpdate", {}).get("maxUnavailable") == 0,
+                f"{where}: rolling update must have maxUnavailable 0")
+        c.check(pod.get("terminationGracePeriodSeconds", 30) >= 30, f"{where}: terminationGracePeriodSeconds < 30")
+        annotations = pod_meta.get("annotations") or {}
+        for key in ("checksum/config", "checksum/secret"):
+            c.check(re.fullmatch(r"[0-9a-f]{64}", str(annotations.get(key, ""))) is not None, f"{where}: pod annotation {key} missing")
+        sa = pod.get("serviceAccountName")
+        c.check(sa in sa_names or sa == "default", f"{where}: serviceAccountName {sa!r} is not rendered")
+        c.check(pod.get("automountServiceAccountToken") is False, f"{where}: a service account token is mounted")
+
+        containers = pod["containers"]
+        if not c.check(len(containers) == 1, f"{where}: want one container, got {len(containers)}"):
+            continue
+        ctr = containers[0]
+        cwhere = f"{where} container {ctr['name']}"
+        c.check(ctr.get("command") == [f"/usr/local/bin/{component}"], f"{cwhere}: command is {ctr.get('command')}, want its binary")
+        ports = {p["name"]: p["containerPort"] for p in ctr.get("ports", [])}
+        c.check(ports.get("grpc") == port, f"{cwhere}: grpc port {ports.get('grpc')}, want {port}")
+        if metrics:
+            c.check(ports.get("metrics") == 9090, f"{cwhere}: metrics port {ports.get('metrics')}, want 9090")
+        else:
+            c.check("metrics" not in ports, f"{cwhere}: metrics port present with metrics.enabled=false")
+
+        # Probes: native gRPC, liveness on the server (""), readiness on the service's name.
+        live = (ctr.get("livenessProbe") or {}).get("grpc")
+        ready = (ctr.get("readinessProbe") or {}).get("grpc")
+        start = (ctr.get("startupProbe") or {}).get("grpc")
+        if c.check(live is not None, f"{cwhere}: liveness probe is not grpc"):
+            c.check(live.get("port") == port, f"{cwhere}: liveness probe port {live.get('port')}, want {port}")
+            c.check(live.get("service", "") == "", f"{cwhere}: liveness probe should check the server (service \"\")")
+        if c.check(ready is not None, f"{cwhere}: readiness probe is not grpc"):
+            c.check(ready.get("port") == port, f"{cwhere}: readiness probe port {ready.get('port')}, want {port}")
+            c.check(ready.get("service") == grpc_service, f"{cwhere}: readiness service {ready.get('service')!r}, want {grpc_service}")
+        if c.check(start is not None, f"{cwhere}: startup probe is not grpc"):
+            c.check(start.get("port") == port, f"{cwhere}: startup probe port")
+
+        resources = ctr.get("resources") or {}
+        for path in (("requests", "cpu"), ("requests", "memory"), ("limits", "memory")):
+            c.check(bool((resources.get(path[0]) or {}).get(path[1])), f"{cwhere}: resources.{'.'.join(path)} not set")
+        check_security(c, cwhere, pod, ctr)
+        check_tmp(c, cwhere, pod, ctr)
+
+        # Env wiring.
+        names = [e["name"] for e in ctr.get("env", [])]
+        c.check(len(names) == len(set(names)), f"{cwhere}: duplicate env names {sorted(n for n in names if names.count(n) > 1)}")
+        env = env_map(ctr)
+        c.check(env.get(listen_env, {}).get("value") == f"0.0.0.0:{port}", f"{cwhere}: {listen_env} is not 0.0.0.0:{port}")
+        ref = (env.get("ORDERFLOW_DATABASE_URL", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        c.check((ref.get("name"), ref.get("key")) == db_secret, f"{cwhere}: ORDERFLOW_DATABASE_URL from {ref}, want secret {db_secret}")
+        if component in REDIS_USERS:
+            ref = (env.get("ORDERFLOW_REDIS_URL", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+            c.check((ref.get("name"), ref.get("key")) == redis_secret, f"{cwhere}: ORDERFLOW_REDIS_URL from {ref}, want secret {redis_secret}")
+        else:
+            c.check("ORDERFLOW_REDIS_URL" not in env, f"{cwhere}: gets ORDERFLOW_REDIS_URL it does not use")
+        if metrics:
+            c.check(env.get("ORDERFLOW_METRICS_LISTEN", {}).get("value") == "0.0.0.0:9090", f"{cwhere}: ORDERFLOW_METRICS_LISTEN is not 0.0.0.0:9090")
+        for name, e in env.items():
+            c.check(not URL_WITH_PASSWORD.search(str(e.get("value", ""))), f"{cwhere}: env {name} holds a URL with a password in plain text")
+        for name, e in env.items():
+            sref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if sref and sref["name"] == prefix:
+                c.check(sref["key"] in (secrets.get(prefix, {}).get("data") or {}),
+                        f"{cwhere}: env {name} refers to key {sref['key']} missing from Secret {prefix}")
+        from_cm = [e.get("configMapRef", {}).get("name") for e in ctr.get("envFrom", [])]
+        c.check(from_cm == [f"{prefix}-config"], f"{cwhere}: envFrom {from_cm}, want the chart's ConfigMap")
+
+    # Services: one per called service, none for consumer-worker.
+    services = {s["metadata"]["name"]: s for s in r.kind("Service")}
+    c.check(set(services) == {name_of(x, prefix) for x in API_SERVICES},
+            f"Services are {sorted(services)}, want exactly order-api, inventory-svc, notify-svc")
+    c.check(name_of("consumer-worker", prefix) not in services, "consumer-worker must have no Service")
+    for component in API_SERVICES:
+        svc = services.get(name_of(component, prefix))
+        dep = deployments.get(name_of(component, prefix))
+        if svc is None or dep is None:
+            continue
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        c.check(selects(svc["spec"]["selector"], pod_labels), f"Service/{name_of(component, prefix)}: selector misses its pods")
+        ports = {p["name"]: p for p in svc["spec"]["ports"]}
+        c.check(ports.get("grpc", {}).get("targetPort") == "grpc", f"Service/{name_of(component, prefix)}: grpc port must target the named port")
+
+    if cm is not None:
+        inv = services.get(name_of("inventory-svc", prefix))
+        if inv is not None:
+            inv_port = {p["name"]: p["port"] for p in inv["spec"]["ports"]}["grpc"]
+            want = f"http://{name_of('inventory-svc', prefix)}:{inv_port}"
+            c.check(cm["data"].get("ORDERFLOW_INVENTORY_URL") == want,
+                    f"ConfigMap: ORDERFLOW_INVENTORY_URL is {cm['data'].get('ORDERFLOW_INVENTORY_URL')!r}, want {want}")
+
+    # Every Secret a container names is rendered (unless it is an existing one).
+    if prefix in (db_secret[0], redis_secret[0]):
+        c.check(prefix in secrets, f"Secret {prefix} missing")
+
+    # The helm test pod.
+    tests = [p for p in r.kind("Pod") if "test" in hook_set(p)]
+    if c.check(len(tests) == 1, f"want one helm test pod (helm.sh/hook: test), got {len(tests)}"):
+        pod = tests[0]
+        args = {a for ctr in pod["spec"]["containers"] for a in ctr.get("args", [])}
+        for component in API_SERVICES:
+            svc = services.get(name_of(component, prefix))
+            if svc is None:
+                continue
+            port = {p["name"]: p["port"] for p in svc["spec"]["ports"]}["grpc"]
+            c.check(f"-addr={name_of(component, prefix)}:{port}" in args, f"helm test pod does not probe {component} at its Service")
+            c.check(f"-service={COMPONENTS[component][3]}" in args, f"helm test pod does not check {COMPONENTS[component][3]}")
+        for ctr in pod["spec"]["containers"]:
+            check_security(c, f"test pod container {ctr['name']}", pod["spec"], ctr)
+        c.check(pod["spec"].get("restartPolicy") == "Never", "helm test pod: restartPolicy must be Never")
+
+
+def check_migration(c: Checker, r: Render, *, prefix: str = PREFIX, existing_secret: tuple[str, str] | None = None) -> None:
+    jobs = r.kind("Job")
+    if not c.check(len(jobs) == 1, f"want one migration Job, got {len(jobs)}"):
+        return
+    job = jobs[0]
+    where = f"Job/{job['metadata']['name']}"
+    c.check(hook_set(job) == {"pre-install", "pre-upgrade"}, f"{where}: helm.sh/hook is {hook_set(job)}, want pre-install,pre-upgrade")
+    c.check({"before-hook-creation", "hook-succeeded"} <= hook_set(job, "helm.sh/hook-delete-policy"),
+            f"{where}: hook-delete-policy must include before-hook-creation,hook-succeeded")
+    pod = job["spec"]["template"]["spec"]
+    ctr = pod["containers"][0]
+    argv = (ctr.get("command") or []) + (ctr.get("args") or [])
+    c.check(argv[:1] == ["/usr/local/bin/order-api"] and "--migrate-only" in argv, f"{where}: runs {argv}, want order-api --migrate-only")
+    c.check(pod.get("restartPolicy") == "Never", f"{where}: restartPolicy must be Never")
+    check_security(c, where, pod, ctr)
+    check_tmp(c, where, pod, ctr)
+    # At hook time the release's own Secret, ConfigMap and ServiceAccount do not exist yet.
+    c.check(not ctr.get("envFrom"), f"{where}: envFrom would need the ConfigMap, which does not exist before install")
+    c.check(pod.get("serviceAccountName") != prefix, f"{where}: uses the chart's ServiceAccount, which does not exist before install")
+    ref = (env_map(ctr).get("ORDERFLOW_DATABASE_URL", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+    job_weight = int((job["metadata"].get("annotations") or {}).get("helm.sh/hook-weight", "0"))
+    if existing_secret:
+        c.check((ref.get("name"), ref.get("key")) == existing_secret, f"{where}: database URL from {ref}, want {existing_secret}")
+        c.check(r.get("Secret", f"{prefix}-migration") is None, "no hook Secret expected with postgresql.existingSecret")
+    else:
+        hook_secret = r.get("Secret", ref.get("name", ""))
+        if c.check(hook_secret is not None, f"{where}: its database URL Secret {ref.get('name')!r} is not rendered"):
+            c.check({"pre-install", "pre-upgrade"} <= hook_set(hook_secret),
+                    f"Secret/{ref['name']}: must be a pre-install,pre-upgrade hook (the Job runs before ordinary resources)")
+            weight = int((hook_secret["metadata"].get("annotations") or {}).get("helm.sh/hook-weight", "0"))
+            c.check(weight < job_weight, f"Secret/{ref['name']}: hook-weight {weight} must be below the Job's {job_weight}")
+            c.check(ref.get("key") in (hook_secret.get("data") or {}), f"Secret/{ref['name']}: key {ref.get('key')} missing")
+
+
+def check_defaults(c: Checker, r: Render) -> None:
+    c.scenario = "defaults"
+    check_common(c, r)
+    check_migration(c, r)
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy", "ServiceMonitor", "PodMonitor"):
+        c.check(not r.kind(kind), f"{kind} rendered although it is off by default")
+    pdbs = {p["metadata"]["name"]: p for p in r.kind("PodDisruptionBudget")}
+    c.check(set(pdbs) == {name_of(x) for x in COMPONENTS}, f"PodDisruptionBudgets are {sorted(pdbs)}, want one per service")
+    for name, pdb in pdbs.items():
+        dep = r.get("Deployment", name)
+        if dep:
+            c.check(pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], f"PDB/{name}: selector differs from its Deployment's")
+        c.check(pdb["apiVersion"] == "policy/v1", f"PDB/{name}: apiVersion {pdb['apiVersion']}")
+    for dep in r.kind("Deployment"):
+        c.check(dep["spec"].get("replicas") == 2, f"Deployment/{dep['metadata']['name']}: replicas {dep['spec'].get('replicas')}, want 2")
+        c.check(dep["spec"]["template"]["spec"]["containers"][0]["image"] == "orderflow:0.1.0",
+                f"Deployment/{dep['metadata']['name']}: image is not orderflow:<appVersion>")
+    cm = r.get("ConfigMap", f"{PREFIX}-config")
+    if cm:
+        c.check(cm["data"].get("ORDERFLOW_LOG_FORMAT") == "json", "ConfigMap: the default log format must be json")
+    secret = r.get("Secret", PREFIX)
+    if secret:
+        url = base64.b64decode(secret["data"]["database-url"]).decode()
+        c.check(url.startswith("postgres://"), "Secret: database-url is not the PostgreSQL URL")
+
+
+def check_all_features(c: Checker, r: Render) -> None:
+    c.scenario = "all-features"
+    check_common(c, r)
+    check_migration(c, r)
+    values = yaml.safe_load(ALL_FEATURES.read_text())
+    cm = r.get("ConfigMap", f"{PREFIX}-config")
+
+    # The credentials are in the Secret (base64), and nowhere else.
+    secret = r.get("Secret", PREFIX)
+    if c.check(secret is not None, f"Secret {PREFIX} missing"):
+        decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        c.check(decoded.get("database-url") == values["postgresql"]["url"], "Secret: database-url differs from postgresql.url")
+        c.check(decoded.get("redis-url") == values["redis"]["url"], "Secret: redis-url differs from redis.url")
+        c.check(decoded.get("webhook-secret") == values["notifySvc"]["webhook"]["secret"], "Secret: webhook-secret differs")
+    for credential in ALL_FEATURES_SECRETS:
+        c.check(credential not in yaml.safe_dump(cm), f"ConfigMap contains the credential {credential!r}")
+
+    # HPAs: exactly the three called services, autoscaling/v2, and their Deployments leave replicas to them.
+    hpas = {h["metadata"]["name"]: h for h in r.kind("HorizontalPodAutoscaler")}
+    c.check(set(hpas) == {name_of(x) for x in API_SERVICES}, f"HPAs are {sorted(hpas)}, want order-api, inventory-svc, notify-svc")
+    for name, hpa in hpas.items():
+        c.check(hpa["apiVersion"] == "autoscaling/v2", f"HPA/{name}: apiVersion {hpa['apiVersion']}")
+        target = hpa["spec"]["scaleTargetRef"]
+        c.check(target == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}, f"HPA/{name}: scaleTargetRef {target}")
+        c.check(1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"], f"HPA/{name}: min/max replicas")
+        c.check(any(m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"]), f"HPA/{name}: no cpu metric")
+        dep = r.get("Deployment", name)
+        c.check(dep is not None and "replicas" not in dep["spec"], f"Deployment/{name}: sets replicas although an HPA owns them")
+    c.check(len(hpas.get(name_of("order-api"), {}).get("spec", {}).get("metrics", [])) == 2, "HPA order-api: memory metric missing")
+
+    # KEDA ScaledObject on the worker's consumer-group lag.
+    scaled = r.kind("ScaledObject")
+    if c.check(len(scaled) == 1, f"want one ScaledObject, got {len(scaled)}"):
+        so = scaled[0]
+        worker = name_of("consumer-worker")
+        c.check(so["apiVersion"] == "keda.sh/v1alpha1", f"ScaledObject: apiVersion {so['apiVersion']}")
+        c.check(so["spec"]["scaleTargetRef"].get("name") == worker, f"ScaledObject: scaleTargetRef.name {so['spec']['scaleTargetRef'].get('name')}, want {worker}")
+        c.check(so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"], "ScaledObject: min > max")
+        triggers = so["spec"].get("triggers") or []
+        c.check(bool(triggers) and triggers[0].get("type") == "kafka", "ScaledObject: triggers[0].type is not kafka")
+        for t in triggers:
+            md = t.get("metadata") or {}
+            c.check(t.get("type") == "kafka", f"ScaledObject: trigger type {t.get('type')}")
+            for key in ("bootstrapServers", "consumerGroup", "topic", "lagThreshold"):
+                c.check(bool(md.get(key)), f"ScaledObject: trigger metadata.{key} missing")
+            c.check(md.get("bootstrapServers") == cm["data"]["ORDERFLOW_KAFKA_BROKERS"], "ScaledObject: bootstrapServers differ from ORDERFLOW_KAFKA_BROKERS")
+            c.check(md.get("consumerGroup") == cm["data"]["ORDERFLOW_WORKER_GROUP_ID"], "ScaledObject: consumerGroup differs from ORDERFLOW_WORKER_GROUP_ID")
+            c.check(isinstance(md.get("lagThreshold"), str) and md["lagThreshold"].isdigit(), "ScaledObject: lagThreshold must be a string of digits")
+            c.check(all(isinstance(v, str) for v in md.values()), "ScaledObject: trigger metadata values must be strings")
+            c.check(t.get("authenticationRef", {}).get("name") == "kafka-auth", "ScaledObject: authenticationRef not wired")
+        topics = [t["metadata"].get("topic") for t in triggers]
+        want = [values["kafka"]["topicPrefix"] + t for t in EVENT_TOPICS]
+        c.check(topics == want, f"ScaledObject: topics {topics}, want {want}")
+        dep = r.get("Deployment", worker)
+        c.check(dep is not None and "replicas" not in dep["spec"], "consumer-worker Deployment sets replicas although KEDA owns them")
+
+    # NetworkPolicies: one per service, selecting its pods, opening its gRPC port.
+    nps = {n["metadata"]["name"]: n for n in r.kind("NetworkPolicy")}
+    c.check(set(nps) == {name_of(x) for x in COMPONENTS}, f"NetworkPolicies are {sorted(nps)}, want one per service")
+    for name, np in nps.items():
+        dep = r.get("Deployment", name)
+        if dep:
+            c.check(selects(np["spec"]["podSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"]), f"NetworkPolicy/{name}: podSelector misses its pods")
+        ports = [p.get("port") for rule in np["spec"].get("ingress", []) for p in rule.get("ports", [])]
+        c.check("grpc" in ports and "metrics" in ports, f"NetworkPolicy/{name}: ingress ports {ports}")
+        c.check("Egress" in np["spec"]["policyTypes"], f"NetworkPolicy/{name}: egress.restrict=true but no Egress policy")
+        egress_ports = [p.get("port") for rule in np["spec"].get("egress", []) for p in rule.get("ports", [])]
+        c.check(53 in egress_ports, f"NetworkPolicy/{name}: restricted egress must allow DNS")
+    inv = nps.get(name_of("inventory-svc"), {})
+    grpc_rule = next((rule for rule in inv.get("spec", {}).get("ingress", []) if any(p.get("port") == "grpc" for p in rule.get("ports", []))), {})
+    c.check(bool(grpc_rule.get("from")), "NetworkPolicy inventory-svc: gRPC must not be open to everyone")
+
+    # Prometheus Operator: ServiceMonitor for the Services, PodMonitor for the worker.
+    services = {s["metadata"]["name"]: s for s in r.kind("Service")}
+    sms = r.kind("ServiceMonitor")
+    if c.check(len(sms) == 1, f"want one ServiceMonitor, got {len(sms)}"):
+        sm = sms[0]
+        c.check(sm["apiVersion"] == "monitoring.coreos.com/v1", "ServiceMonitor: apiVersion")
+        c.check(sm["metadata"]["labels"].get("release") == "kube-prometheus-stack", "ServiceMonitor: serviceMonitor.labels not applied")
+        selected = set()
+        for name, svc in services.items():
+            labels = svc["metadata"]["labels"]
+            exprs_ok = all(labels.get(e["key"]) in e["values"] for e in sm["spec"]["selector"].get("matchExpressions", []))
+            if selects(sm["spec"]["selector"].get("matchLabels"), labels) and exprs_ok:
+                selected.add(name)
+                c.check("metrics" in {p["name"] for p in svc["spec"]["ports"]}, f"Service/{name}: no metrics port for the ServiceMonitor")
+        c.check(selected == {name_of(x) for x in API_SERVICES}, f"ServiceMonitor selects {sorted(selected)}")
+        c.check([e.get("port") for e in sm["spec"]["endpoints"]] == ["metrics"], "ServiceMonitor: endpoint port is not metrics")
+        c.check(sm["spec"]["namespaceSelector"].get("matchNames") == [NAMESPACE], "ServiceMonitor: namespaceSelector")
+    pms = r.kind("PodMonitor")
+    if c.check(len(pms) == 1, f"want one PodMonitor (consumer-worker has no Service), got {len(pms)}"):
+        pm = pms[0]
+        worker = r.get("Deployment", name_of("consumer-worker"))
+        c.check(pm["apiVersion"] == "monitoring.coreos.com/v1", "PodMonitor: apiVersion")
+        if worker:
+            c.check(selects(pm["spec"]["selector"]["matchLabels"], worker["spec"]["template"]["metadata"]["labels"]), "PodMonitor: does not select consumer-worker pods")
+        c.check([e.get("port") for e in pm["spec"]["podMetricsEndpoints"]] == ["metrics"], "PodMonitor: endpoint port is not metrics")
+
+    # The webhook key is a mounted file, not an env value.
+    notify = r.get("Deployment", name_of("notify-svc"))
+    if notify:
+        ctr = notify["spec"]["template"]["spec"]["containers"][0]
+        env = env_map(ctr)
+        path = env.get("ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE", {}).get("value", "")
+        mounts = {m["mountPath"]: m["name"] for m in ctr["volumeMounts"]}
+        vols = {v["name"]: v for v in notify["spec"]["template"]["spec"]["volumes"]}
+        mount_dir = str(Path(path).parent)
+        c.check(mount_dir in mounts and "secret" in vols.get(mounts[mount_dir], {}), "notify-svc: ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE is not in a mounted Secret")
+        c.check("ORDERFLOW_NOTIFY_WEBHOOK_SECRET" not in env, "notify-svc: the webhook key must not be a plain env var")
+        c.check(cm["data"].get("ORDERFLOW_NOTIFY_WEBHOOK_URL") == values["notifySvc"]["webhook"]["url"], "ConfigMap: webhook URL")
+        c.check(notify["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60, "notify-svc: terminationGracePeriodSeconds not applied")
+
+    # Per-service values reach their pods; extraEnv replaces, never duplicates.
+    order = r.get("Deployment", name_of("order-api"))
+    if order:
+        pod = order["spec"]["template"]["spec"]
+        env = env_map(pod["containers"][0])
+        c.check(env.get("ORDERFLOW_REDIS_TIMEOUT_MS", {}).get("value") == "500", "order-api: its extraEnv must win over the global one")
+        c.check(env.get("ORDERFLOW_CREATE_TIMEOUT_MS", {}).get("value") == "8000", "order-api: extraEnv not applied")
+        c.check(pod.get("priorityClassName") == "orderflow-critical", "order-api: priorityClassName not applied")
+        tsc = pod.get("topologySpreadConstraints") or [{}]
+        c.check(selects(tsc[0].get("labelSelector", {}).get("matchLabels"), order["spec"]["template"]["metadata"]["labels"]),
+                "order-api: a topology spread constraint without labelSelector must get the pod's labels")
+        c.check(pod.get("imagePullSecrets") == [{"name": "registry-credentials"}], "order-api: imagePullSecrets not applied")
+        c.check(pod["containers"][0]["image"] == "registry.example.com/orderflow:0.1.0-ci", "order-api: image repository/tag not applied")
+    pdbs = {p["metadata"]["name"]: p for p in r.kind("PodDisruptionBudget")}
+    c.check(name_of("consumer-worker") not in pdbs, "consumer-worker PDB rendered although pdb.enabled=false")
+    c.check(pdbs.get(name_of("order-api"), {}).get("spec", {}).get("minAvailable") == 2
+            and "maxUnavailable" not in pdbs.get(name_of("order-api"), {}).get("spec", {}), "order-api PDB: minAvailable 2 alone expected")
+    c.check(cm["data"].get("ORDERFLOW_CONSUMER_BATCH_MAX_MESSAGES") == "1000000", "ConfigMap: config entries must keep integers exact")
+    job = (r.kind("Job") or [{}])[0]
+    if job:
+        c.check(job["spec"]["template"]["spec"].get("serviceAccountName") == "orderflow-migrator", "migration.serviceAccountName not applied")
+
+
+def check_existing_secrets(c: Checker, helm_bin: str) -> None:
+    c.scenario = "existing-secrets"
+    r = render(helm_bin,
+               "--set", "postgresql.existingSecret=pg-credentials", "--set", "postgresql.existingSecretKey=url",
+               "--set", "redis.existingSecret=redis-credentials",
+               "--set", "notifySvc.webhook.url=http://hooks.example:8080/in",
+               "--set", "notifySvc.webhook.existingSecret=webhook-credentials")
+    check_common(c, r, db_secret=("pg-credentials", "url"), redis_secret=("redis-credentials", "redis-url"))
+    check_migration(c, r, existing_secret=("pg-credentials", "url"))
+    c.check(not r.kind("Secret"), f"no chart Secret expected when every credential is in an existing one, got {sorted(r.names('Secret'))}")
+    notify = r.get("Deployment", name_of("notify-svc"))
+    if notify:
+        vols = {v["name"]: v for v in notify["spec"]["template"]["spec"]["volumes"]}
+        c.check(vols.get("webhook-secret", {}).get("secret", {}).get("secretName") == "webhook-credentials",
+                "notify-svc: webhook key not mounted from notifySvc.webhook.existingSecret")
+
+
+def check_variants(c: Checker, helm_bin: str) -> None:
+    c.scenario = "metrics-off"
+    r = render(helm_bin, "--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true")
+    check_common(c, r, metrics=False)
+    c.check(not r.kind("ServiceMonitor") and not r.kind("PodMonitor"), "monitors rendered with metrics.enabled=false")
+
+    c.scenario = "migration-off"
+    r = render(helm_bin, "--set", "migration.enabled=false", "--set", "tests.enabled=false")
+    c.check(not r.kind("Job") and r.get("Secret", f"{PREFIX}-migration") is None, "migration Job or its Secret rendered with migration.enabled=false")
+    c.check(not r.kind("Pod"), "helm test pod rendered with tests.enabled=false")
+
+    c.scenario = "release-name"
+    r = render(helm_bin, release="orderflow-prod")
+    check_common(c, r, prefix="orderflow-prod")
+
+    c.scenario = "rollout-on-change"
+    base = render(helm_bin)
+    config_changed = render(helm_bin, "--set", "kafka.brokers=other:9092")
+    secret_changed = render(helm_bin, "--set", "postgresql.url=postgres://u:p@elsewhere:5432/db")
+
+    def annotations(rr: Render) -> dict:
+        return rr.get("Deployment", name_of("order-api"))["spec"]["template"]["metadata"]["annotations"]
+
+    c.check(annotations(base)["checksum/config"] != annotations(config_changed)["checksum/config"], "checksum/config does not change with the ConfigMap")
+    c.check(annotations(base)["checksum/secret"] != annotations(secret_changed)["checksum/secret"], "checksum/secret does not change with the Secret")
+    c.check(annotations(base)["checksum/secret"] == annotations(config_changed)["checksum/secret"], "checksum/secret changes without a Secret change")
+
+
+BAD_VALUES = [
+    # (what, values file text, a piece of the expected error)
+    ("replicas as a string", "orderApi:\n  replicas: two\n", "replicas"),
+    ("unknown key", "orderApi:\n  replica: 3\n", "replica"),
+    ("unknown top-level key", "postgres:\n  url: postgres://x@y/z\n", "postgres"),
+    ("log format outside the enum", "log:\n  format: xml\n", "format"),
+    ("a credential in the ConfigMap", "config:\n  ORDERFLOW_DATABASE_URL: postgres://u:p@h/d\n", "ORDERFLOW_DATABASE_URL"),
+    ("grace period below 30 s", "inventorySvc:\n  terminationGracePeriodSeconds: 5\n", "terminationGracePeriodSeconds"),
+    ("brokers without a port", "kafka:\n  brokers: kafka\n", "brokers"),
+    ("metrics on a gRPC port", "metrics:\n  port: 50051\n", "port"),
+    ("webhook without a signing key", "notifySvc:\n  webhook:\n    url: http://hooks:8080/x\n", "notifySvc.webhook.secret"),
+]
+
+
+def check_rejections(c: Checker, helm_bin: str) -> None:
+    c.scenario = "schema-rejects"
+    with tempfile.TemporaryDirectory() as tmp:
+        for what, text, expected in BAD_VALUES:
+            path = Path(tmp) / "bad-values.yaml"
+            path.write_text(text)
+            for command in (["lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), "-f", str(path)],
+                            ["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "-f", str(path)]):
+                out = helm(helm_bin, *command)
+                ok = out.returncode != 0 and expected in (out.stdout + out.stderr)
+                c.check(ok, f"helm {command[0]} accepted bad values ({what}) or failed for another reason:\n{out.stderr.strip()[:400]}")
+
+
+def check_notes(c: Checker, helm_bin: str) -> None:
+    c.scenario = "notes"
+    out = helm(helm_bin, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
+    if not c.check(out.returncode == 0, f"helm install --dry-run=client failed: {out.stderr.strip()[:400]}"):
+        return
+    notes = out.stdout.split("NOTES:", 1)[-1]
+    for needle in (f"port-forward svc/{name_of('order-api')} 50051:50051",
+                   "grpcurl -plaintext localhost:50051 list",
+                   "orderflow.order.v1.OrderService/CreateOrder",
+                   "grpc.health.v1.Health/Check",
+                   f"helm test {RELEASE}"):
+        c.check(needle in notes, f"NOTES.txt lacks {needle!r}")
+
+
+def check_dockerfile(c: Checker, deployments: list[dict]) -> None:
+    c.scenario = "dockerfile"
+    text = DOCKERFILE.read_text()
+    lines = [ln.strip() for ln in re.sub(r"\\\n", " ", text).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    froms = [ln for ln in lines if ln.upper().startswith("FROM ")]
+    c.check(len(froms) >= 2, f"Dockerfile: want a multi-stage build, got {len(froms)} FROM")
+    c.check(any("rust:1-bookworm" in ln for ln in lines), "Dockerfile: the builder is not rust:1-bookworm")
+    c.check(not any(re.search(r":latest\b", ln) for ln in froms), "Dockerfile: a stage uses a :latest image")
+    last_stage = text[text.rfind("\nFROM "):]
+    users = re.findall(r"^USER\s+(\S+)", last_stage, re.M)
+    c.check(bool(users) and users[-1].split(":")[0] not in ("0", "root"), f"Dockerfile: the final stage must end as a non-root USER, got {users}")
+    c.check(bool(users) and users[-1].split(":")[0] == "65532", "Dockerfile: the final USER must be 65532 (the chart's runAsUser)")
+    build = next((ln for ln in lines if "cargo build" in ln), "")
+    c.check("--release" in build and "--locked" in build, "Dockerfile: cargo build must be --release --locked")
+    binaries = sorted(COMPONENTS)
+    for binary in binaries:
+        c.check(f"-p {binary}" in build, f"Dockerfile: cargo build lacks -p {binary}")
+    c.check(build.count("--mount=type=cache") >= 2, "Dockerfile: the cargo registry and target dir should be BuildKit cache mounts")
+    copy = next((ln for ln in lines if ln.startswith("COPY --from=builder")), "")
+    c.check(copy.rstrip().endswith("/usr/local/bin/"), "Dockerfile: binaries must go to /usr/local/bin/")
+    for binary in binaries:
+        c.check(f"/{binary}" in copy, f"Dockerfile: {binary} is not copied into the runtime stage")
+    commands = {d["spec"]["template"]["spec"]["containers"][0]["command"][0] for d in deployments}
+    c.check(commands == {f"/usr/local/bin/{b}" for b in binaries}, f"chart commands {sorted(commands)} do not match the image's binaries")
+    ignore = {ln.strip().rstrip("/") for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+    for entry in ("target", ".git"):
+        c.check(entry in ignore, f"Dockerfile.dockerignore must exclude {entry}/")
+    for needed in ("proto", "runtime", "Cargo.lock", "tests"):
+        c.check(needed not in ignore, f"Dockerfile.dockerignore excludes {needed}, which the build needs")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--helm", default="helm", help="the helm binary")
+    args = parser.parse_args()
+
+    c = Checker()
+    defaults = render(args.helm)
+    check_defaults(c, defaults)
+    check_all_features(c, render(args.helm, "-f", str(ALL_FEATURES)))
+    check_existing_secrets(c, args.helm)
+    check_variants(c, args.helm)
+    check_rejections(c, args.helm)
+    check_notes(c, args.helm)
+    check_dockerfile(c, defaults.kind("Deployment"))
+
+    for failure in c.failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    print(f"chart checks: {c.passed} passed, {len(c.failures)} failed")
+    return 1 if c.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

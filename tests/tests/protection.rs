@@ -1,0 +1,121 @@
+//! The tower layers every server runs behind: load shedding past the concurrency limit (health
+//! checks exempt) and the request size limit.
+
+use orderflow_tests::stack::{Options, Stack};
+use orderflow_tests::{assert_status, order_request};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[tokio::test]
+async fn calls_past_the_concurrency_limit_are_shed_at_once_and_health_checks_never() {
+    let stack = Stack::start_with(Options {
+        order_args: vec!["--max-concurrent-requests=2".into()],
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("SHED-1", 1_000, 100).await;
+
+    let calls = (0..64).map(|index| {
+        let stack = &stack;
+        async move {
+            stack
+                .create_order(order_request(
+                    &format!("shed-{index}"),
+                    &format!("buyer-{index}"),
+                    &[("SHED-1", 1)],
+                ))
+                .await
+        }
+    });
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.addresses.order_api))
+            .expect("an endpoint")
+            .connect_lazy(),
+    );
+    let checks = (0..16).map(|_| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: "orderflow.order.v1.OrderService".into(),
+                })
+                .await
+        }
+    });
+    let (answers, checks) = tokio::join!(
+        futures::future::join_all(calls),
+        futures::future::join_all(checks)
+    );
+
+    let mut shed = 0;
+    for answer in &answers {
+        match answer {
+            Ok(_) => {}
+            Err(status) => {
+                assert_status(
+                    "a shed call",
+                    status,
+                    Code::ResourceExhausted,
+                    "--max-concurrent-requests",
+                );
+                shed += 1;
+            }
+        }
+    }
+    assert!(
+        shed > 0,
+        "64 calls at once against a limit of 2: some must be shed"
+    );
+    assert!(shed < answers.len(), "calls within the limit are served");
+    for check in checks {
+        let check = check.expect("health checks are never shed");
+        assert_eq!(check.get_ref().status(), ServingStatus::Serving);
+    }
+    // Shed calls left nothing behind: a retry of one succeeds.
+    let placed = answers.iter().filter(|answer| answer.is_ok()).count();
+    let retried = stack
+        .create_order(order_request("shed-retry", "buyer-retry", &[("SHED-1", 1)]))
+        .await
+        .expect("a retry once the burst is over");
+    let stock = stack.stock("SHED-1").await;
+    assert_eq!(
+        stock.reserved,
+        i64::try_from(placed + 1).unwrap_or(i64::MAX),
+        "only the served calls reserved stock"
+    );
+    assert!(!retried.order_id.is_empty());
+    assert!(health.check(HealthCheckRequest::default()).await.is_ok());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_before_it_is_decoded() {
+    let stack = Stack::start_with(Options {
+        order_args: vec!["--max-message-bytes=4096".into()],
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("BIG-1", 10, 100).await;
+    let mut request = order_request("big-1", "buyer-big", &[("BIG-1", 1)]);
+    request.user_id = "u".repeat(8 * 1024);
+    let refused = stack
+        .create_order(request)
+        .await
+        .expect_err("8 KiB against a 4 KiB limit");
+    assert_status(
+        "an oversized request",
+        &refused,
+        Code::ResourceExhausted,
+        "--max-message-bytes",
+    );
+    assert_eq!(stack.stock("BIG-1").await.reserved, 0);
+
+    // Below the limit, the same call is served.
+    stack
+        .create_order(order_request("big-2", "buyer-big", &[("BIG-1", 1)]))
+        .await
+        .expect("a small request");
+    stack.stop().await;
+}
