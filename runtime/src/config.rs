@@ -205,6 +205,17 @@ pub struct TelemetryArgs {
     /// by default: it reports every migration check at INFO.
     #[arg(long, env = "ORDERFLOW_LOG", default_value = "info,sqlx=warn")]
     pub log: String,
+
+    /// `pretty` (human-readable lines) or `json` (one object per line, with the current span
+    /// and its parents, for log collectors).
+    #[arg(long, env = "ORDERFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
 }
 
 /// The Redis key for `parts` under `prefix`, the prefix being the hash tag: `{prefix}:a:b`.
