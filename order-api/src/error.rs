@@ -47,6 +47,14 @@ pub enum OrderError {
     #[error("page_token: not a token this API issued; pass next_page_token from the previous page, or nothing for the first")]
     BadPageToken,
 
+    #[error("user_id {user_id:?}: more than {per_second} orders per second (bursts of {burst}); retry in {retry_after_ms} ms")]
+    RateLimited {
+        user_id: String,
+        per_second: f64,
+        burst: u32,
+        retry_after_ms: i64,
+    },
+
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
 
@@ -83,6 +91,7 @@ impl From<OrderError> for Status {
             } => Status::deadline_exceeded(message),
             OrderError::OrderNotFound(_) => Status::not_found(message),
             OrderError::IdempotencyKeyReused => Status::already_exists(message),
+            OrderError::RateLimited { .. } => Status::resource_exhausted(message),
             OrderError::InventoryRefused(status) => Status::new(status.code(), message),
             OrderError::InProgress
             | OrderError::InventoryUnavailable(_)

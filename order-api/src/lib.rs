@@ -16,6 +16,7 @@ mod idempotency;
 mod lifecycle;
 mod order;
 mod placement;
+mod rate_limit;
 mod reads;
 mod service;
 mod store;
@@ -54,6 +55,15 @@ pub struct Config {
 
     #[command(flatten)]
     pub serving: ServingArgs,
+
+    /// CreateOrder calls one user may make per second, on average, across all replicas (a
+    /// token bucket in Redis); past it RESOURCE_EXHAUSTED with the wait. 0 turns it off.
+    #[arg(long, env = "ORDERFLOW_RATE_LIMIT_PER_SECOND", default_value_t = 0.0)]
+    pub rate_limit_per_second: f64,
+
+    /// How many CreateOrder calls one user may make at once before the rate applies.
+    #[arg(long, env = "ORDERFLOW_RATE_LIMIT_BURST", default_value_t = 10)]
+    pub rate_limit_burst: u32,
 
     /// Apply the database schema (migrations) and exit: the Helm chart's pre-install and
     /// pre-upgrade Job.
@@ -173,11 +183,17 @@ pub async fn run(
         inventory,
         cache,
         claims: idempotency::Claims::new(
-            redis,
+            redis.clone(),
             config.redis.clone(),
             Duration::from_secs(config.idempotency_ttl_secs),
         ),
         publisher,
+        rate_limit: rate_limit::RateLimit::new(
+            redis,
+            config.redis.clone(),
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+        ),
         reads: reads.clone(),
         currency: config.currency,
         payment_window: Duration::from_secs(config.payment_deadline_secs),

@@ -26,11 +26,14 @@ use crate::error::OrderError;
 use crate::events::Publisher;
 use crate::idempotency::{Claim, ClaimRecord, ClaimState, Claims};
 use crate::order::{self, NewOrder};
+use crate::rate_limit::RateLimit;
 use crate::reads::Reads;
 
 /// Everything a placement needs, built once at start-up.
 pub struct Parts {
     pub inventory: InventoryServiceClient<Channel>,
+    /// `None`: no per-user limit.
+    pub rate_limit: Option<RateLimit>,
     pub cache: OrderCache,
     pub claims: Claims,
     pub publisher: Arc<Publisher>,
@@ -66,6 +69,14 @@ impl Placement {
         deadline: CallDeadline,
     ) -> Result<Order, OrderError> {
         let new_order = NewOrder::validate(request)?;
+        if let Some(limit) = &self.parts.rate_limit {
+            deadline
+                .run(
+                    "checking the rate limit in Redis",
+                    limit.take(&new_order.user_id),
+                )
+                .await??;
+        }
         let record = ClaimRecord {
             state: ClaimState::Placing,
             fingerprint: new_order.fingerprint(),

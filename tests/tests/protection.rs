@@ -119,3 +119,49 @@ async fn an_oversized_request_is_refused_before_it_is_decoded() {
         .expect("a small request");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn the_per_user_rate_limit_holds_across_replicas() {
+    let stack = Stack::start_with(Options {
+        order_args: vec![
+            "--rate-limit-per-second=1".into(),
+            "--rate-limit-burst=3".into(),
+        ],
+        extra_order_apis: 1,
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("RATE-1", 100, 100).await;
+    let replicas = [stack.order.clone(), stack.replicas[0].clone()];
+    let place = |index: usize, user: &str| {
+        let mut client = replicas[index % 2].clone();
+        let request = order_request(&format!("rate-{user}-{index}"), user, &[("RATE-1", 1)]);
+        async move { client.create_order(request).await }
+    };
+
+    // The burst, alternating between the two replicas: they share one bucket.
+    for index in 0..3 {
+        place(index, "eager").await.expect("within the burst");
+    }
+    let refused = place(3, "eager").await.expect_err("past the burst");
+    assert_status(
+        "a fourth order at once",
+        &refused,
+        Code::ResourceExhausted,
+        "user_id \"eager\": more than 1 orders per second",
+    );
+    assert!(refused.message().contains("retry in"), "{refused:?}");
+    assert_eq!(
+        stack.stock("RATE-1").await.reserved,
+        3,
+        "a refused call reserved nothing"
+    );
+
+    // Other buyers have their own bucket.
+    place(4, "patient").await.expect("another user");
+
+    // One token a second comes back.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    place(5, "eager").await.expect("a token refilled");
+    stack.stop().await;
+}
