@@ -78,6 +78,18 @@ pub struct Config {
     )]
     pub inventory_url: String,
 
+    /// PEM CA that signed inventory-svc's certificate (with an `https://` --inventory-url).
+    #[arg(long, env = "ORDERFLOW_INVENTORY_CA_FILE")]
+    pub inventory_ca_file: Option<String>,
+
+    /// PEM certificate order-api presents to inventory-svc (mutual TLS); with the key below.
+    #[arg(long, env = "ORDERFLOW_INVENTORY_CLIENT_CERT_FILE")]
+    pub inventory_client_cert_file: Option<String>,
+
+    /// PEM private key of --inventory-client-cert-file.
+    #[arg(long, env = "ORDERFLOW_INVENTORY_CLIENT_KEY_FILE")]
+    pub inventory_client_key_file: Option<String>,
+
     /// ISO 4217 currency of every price and total.
     #[arg(long, env = "ORDERFLOW_CURRENCY", default_value = "CNY")]
     pub currency: String,
@@ -155,11 +167,18 @@ pub async fn run(
         .map(|topic| config.kafka.topic(topic))
         .collect();
     orderflow_runtime::kafka::ensure_topics(&config.kafka, &topics).await?;
-    let inventory = InventoryServiceClient::new(
+    let mut inventory_endpoint =
         tonic::transport::Endpoint::from_shared(config.inventory_url.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy(),
-    );
+            .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = orderflow_runtime::tls::client_config(
+        "inventory",
+        config.inventory_ca_file.as_deref(),
+        config.inventory_client_cert_file.as_deref(),
+        config.inventory_client_key_file.as_deref(),
+    )? {
+        inventory_endpoint = inventory_endpoint.tls_config(tls)?;
+    }
+    let inventory = InventoryServiceClient::new(inventory_endpoint.connect_lazy());
 
     let publisher = Arc::new(events::Publisher::new(&config.kafka)?);
     let store = store::OrderStore::new(pool.clone());

@@ -197,6 +197,9 @@ pub struct ServingArgs {
     /// anyway. Keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "ORDERFLOW_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
     pub drain_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
 }
 
 #[derive(Clone, Debug, clap::Args)]

@@ -15,6 +15,7 @@ pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;
+pub mod tls;
 pub mod validate;
 
 /// Why a process could not start or keep running its plumbing.

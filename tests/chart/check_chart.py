@@ -258,6 +258,13 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
             c.check((ref.get("name"), ref.get("key")) == redis_secret, f"{cwhere}: ORDERFLOW_REDIS_URL from {ref}, want secret {redis_secret}")
         else:
             c.check("ORDERFLOW_REDIS_URL" not in env, f"{cwhere}: gets ORDERFLOW_REDIS_URL it does not use")
+        # The drain must end before SIGKILL: preStop sleep + drain timeout < grace period.
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        pre_stop = (((ctr.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
+        drain_ms = env.get("ORDERFLOW_DRAIN_TIMEOUT_MS", {}).get("value", "")
+        if c.check(drain_ms.isdigit(), f"{cwhere}: ORDERFLOW_DRAIN_TIMEOUT_MS not set"):
+            c.check(pre_stop + int(drain_ms) / 1000 < grace and int(drain_ms) >= 10_000,
+                    f"{cwhere}: preStop {pre_stop} s + drain {drain_ms} ms must stay below the grace period {grace} s (and drain >= 10 s)")
         if metrics:
             c.check(env.get("ORDERFLOW_METRICS_LISTEN", {}).get("value") == "0.0.0.0:9090", f"{cwhere}: ORDERFLOW_METRICS_LISTEN is not 0.0.0.0:9090")
         for name, e in env.items():
@@ -562,9 +569,11 @@ BAD_VALUES = [
     ("log format outside the enum", "log:\n  format: xml\n", "format"),
     ("a credential in the ConfigMap", "config:\n  ORDERFLOW_DATABASE_URL: postgres://u:p@h/d\n", "ORDERFLOW_DATABASE_URL"),
     ("grace period below 30 s", "inventorySvc:\n  terminationGracePeriodSeconds: 5\n", "terminationGracePeriodSeconds"),
+    ("preStop sleep eating the drain", "orderApi:\n  preStopSleepSeconds: 28\n", "preStopSleepSeconds"),
     ("brokers without a port", "kafka:\n  brokers: kafka\n", "brokers"),
     ("metrics on a gRPC port", "metrics:\n  port: 50051\n", "port"),
-    ("webhook without a signing key", "notifySvc:\n  webhook:\n    url: http://hooks:8080/x\n", "notifySvc.webhook.secret"),
+    ("webhook without a signing key", "notifySvc:\n  webhook:\n    url: http://hooks:8080/x\n", "webhook"),
+    ("no PostgreSQL URL nor existing Secret", "postgresql:\n  url: \"\"\n", "postgresql"),
 ]
 
 
@@ -627,9 +636,13 @@ def check_dockerfile(c: Checker, deployments: list[dict]) -> None:
 
 
 def main() -> int:
+    global CHART, ALL_FEATURES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--helm", default="helm", help="the helm binary")
+    parser.add_argument("--chart", type=Path, default=CHART, help="the chart directory (default: deploy/helm/orderflow)")
     args = parser.parse_args()
+    CHART = args.chart.resolve()
+    ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
 
     c = Checker()
     defaults = render(args.helm)

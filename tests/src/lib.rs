@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod link;
 pub mod locking;
 pub mod pipeline;
+pub mod pki;
 pub mod private;
 pub mod stack;
 

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tonic::transport::ClientTlsConfig;
 use tonic::Status;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -43,6 +44,11 @@ pub struct Options {
     pub extra_order_apis: usize,
     /// order-api reaches inventory-svc through a [`Link`] the test can cut.
     pub inventory_link: bool,
+    /// More inventory-svc flags, e.g. `--tls-cert-file=…`.
+    pub inventory_args: Vec<String>,
+    /// inventory-svc speaks TLS: order-api and the test reach it over `https://`, the test's own
+    /// client with this configuration (order-api's TLS files go in `order_args`).
+    pub inventory_client_tls: Option<ClientTlsConfig>,
     /// More order-api flags, e.g. `--max-concurrent-requests=1`.
     pub order_args: Vec<String>,
     /// More notify-svc flags, e.g. `--webhook-url=…`.
@@ -106,6 +112,7 @@ pub struct Stack {
     pub notify: NotificationServiceClient<Channel>,
     pub addresses: Addresses,
     pub metrics: Option<MetricsAddresses>,
+    inventory_tls: Option<ClientTlsConfig>,
     /// The test's own database.
     pub db: PgPool,
     pub redis: redis::aio::ConnectionManager,
@@ -194,7 +201,8 @@ impl Stack {
             std::iter::once("inventory-svc".to_owned())
                 .chain(shared.iter().cloned())
                 .chain(redis_args.iter().cloned())
-                .chain([metrics_listen(|all| all.inventory)]),
+                .chain([metrics_listen(|all| all.inventory)])
+                .chain(options.inventory_args.iter().cloned()),
         );
         tasks.push(tokio::spawn(inventory_svc::run(
             inventory_config,
@@ -219,7 +227,14 @@ impl Stack {
         let inventory_for_orders = inventory_link
             .as_ref()
             .map_or(inventory_address, |link| link.address);
-        order_args.push(format!("--inventory-url=http://{inventory_for_orders}"));
+        let inventory_scheme = if options.inventory_client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        order_args.push(format!(
+            "--inventory-url={inventory_scheme}://{inventory_for_orders}"
+        ));
         if let Some(ms) = options.create_timeout_ms {
             order_args.push(format!("--create-timeout-ms={ms}"));
         }
@@ -319,7 +334,11 @@ impl Stack {
                 .iter()
                 .map(|address| OrderServiceClient::new(channel(*address)))
                 .collect(),
-            inventory: InventoryServiceClient::new(channel(inventory_address)),
+            inventory: InventoryServiceClient::new(channel_with(
+                inventory_address,
+                options.inventory_client_tls.as_ref(),
+            )),
+            inventory_tls: options.inventory_client_tls.clone(),
             notify: NotificationServiceClient::new(channel(notify_address)),
             addresses: Addresses {
                 order_api: order_address,
@@ -361,7 +380,11 @@ impl Stack {
     /// Waits until `service` reports SERVING, failing at once if a service task has died.
     async fn wait_serving(&mut self, address: SocketAddr, service: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut health = HealthClient::new(channel(address));
+        let tls = self
+            .inventory_tls
+            .as_ref()
+            .filter(|_| address == self.addresses.inventory);
+        let mut health = HealthClient::new(channel_with(address, tls));
         loop {
             self.fail_if_a_service_died().await;
             if serving(&mut health, service).await {
@@ -585,7 +608,19 @@ pub async fn wait_serving(address: &str, service: &str) -> Channel {
 }
 
 fn channel(address: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("a valid endpoint")
-        .connect_lazy()
+    channel_with(address, None)
+}
+
+/// A channel to `address`, over TLS with `tls`.
+pub fn channel_with(address: SocketAddr, tls: Option<&ClientTlsConfig>) -> Channel {
+    match tls {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("a valid endpoint")
+            .connect_lazy(),
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+            .expect("a valid endpoint")
+            .tls_config(tls.clone())
+            .expect("a TLS configuration")
+            .connect_lazy(),
+    }
 }

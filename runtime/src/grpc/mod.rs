@@ -97,7 +97,12 @@ pub async fn serve(
         .map_err(reflection_error)?;
 
     let address = listener.local_addr().ok();
-    tracing::info!(services = ?names, ?address, "gRPC server listening");
+    let security = match (&serving.tls.tls_cert_file, &serving.tls.tls_client_ca_file) {
+        (None, _) => "plaintext",
+        (Some(_), None) => "TLS",
+        (Some(_), Some(_)) => "mutual TLS",
+    };
+    tracing::info!(services = ?names, ?address, security, "gRPC server listening");
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut known = names.clone();
@@ -111,7 +116,11 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let draining = tokio_util::sync::CancellationToken::new();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = serving.tls.server_config()? {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         // The first layer is the outermost: shed calls are measured too.
         .layer(observe::ObserveLayer::new(known))
         .layer(shed::ShedLayer::new(serving.max_concurrent_requests.max(1)))
