@@ -31,6 +31,11 @@ read -r passed failed < <(awk '
   END { print p + 0, f + 0 }' "$log")
 echo
 echo "tests: $passed passed, $failed failed"
+# The Helm chart: lint, render, schema validation and its checks (no cluster needed). It runs even
+# when cargo tests failed, and its failure fails `make test` too.
+if ! "$REPO_ROOT/scripts/check-chart.sh"; then
+  status=1
+fi
 if ((status == 0 && passed == 0)); then
   echo "error: no test ran" >&2
   exit 1
