@@ -68,7 +68,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), orderflow_runtime::RuntimeError> {
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
-    orderflow_runtime::metrics::metrics().watch_pool("consumer-worker", pool.clone());
+    let _pool_reported =
+        orderflow_runtime::metrics::metrics().watch_pool("consumer-worker", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let subscription = Subscription {
         kafka: config.kafka,

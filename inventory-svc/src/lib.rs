@@ -117,7 +117,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), orderflow_runtime::RuntimeError> {
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
-    orderflow_runtime::metrics::metrics().watch_pool("inventory-svc", pool.clone());
+    let _pool_reported =
+        orderflow_runtime::metrics::metrics().watch_pool("inventory-svc", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let ledger = ledger::Ledger::new(pool);

@@ -97,7 +97,8 @@ pub async fn run(
     // Settings first: a bad webhook URL or a missing secret stops the start, not each delivery.
     let plan = config.delivery.plan()?;
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
-    orderflow_runtime::metrics::metrics().watch_pool("notify-svc", pool.clone());
+    let _pool_reported =
+        orderflow_runtime::metrics::metrics().watch_pool("notify-svc", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let store = store::Store::new(pool.clone());
     let feed = feed::Feed::new(store.clone());

@@ -159,7 +159,7 @@ pub async fn run(
         return Ok(());
     }
     let metrics = orderflow_runtime::metrics::metrics();
-    metrics.watch_pool("order-api", pool.clone());
+    let _pool_reported = metrics.watch_pool("order-api", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let topics: Vec<String> = orderflow_proto::topics::ALL

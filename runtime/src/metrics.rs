@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -99,8 +100,31 @@ pub struct Metrics {
     pub rate_limited: Counter,
     db_connections: Family<PoolState, Gauge>,
     db_max_connections: Family<PoolName, Gauge>,
-    pools: Mutex<Vec<(&'static str, PgPool)>>,
+    pools: Mutex<Vec<WatchedPoolEntry>>,
+    next_pool_id: AtomicU64,
     registry: Registry,
+}
+
+struct WatchedPoolEntry {
+    id: u64,
+    name: &'static str,
+    pool: PgPool,
+}
+
+/// Keeps a pool reported in the metrics; dropping it forgets the pool.
+pub struct WatchedPool {
+    id: u64,
+    metrics: &'static Metrics,
+}
+
+impl Drop for WatchedPool {
+    fn drop(&mut self) {
+        self.metrics
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|entry| entry.id != self.id);
+    }
 }
 
 /// The process's metrics.
@@ -130,6 +154,7 @@ impl Metrics {
             db_connections: Family::default(),
             db_max_connections: Family::default(),
             pools: Mutex::new(Vec::new()),
+            next_pool_id: AtomicU64::new(0),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -219,12 +244,17 @@ impl Metrics {
         }
     }
 
-    /// Reports `pool`'s usage under `name` at every scrape.
-    pub fn watch_pool(&self, name: &'static str, pool: PgPool) {
+    /// Reports `pool`'s usage under `name` at every scrape, until the returned guard is dropped
+    /// (when the service stops): the registry lives as long as the process, and a pool it kept
+    /// would keep its connections open after the service that owned it is gone.
+    #[must_use = "the pool is reported only while the guard lives"]
+    pub fn watch_pool(&'static self, name: &'static str, pool: PgPool) -> WatchedPool {
+        let id = self.next_pool_id.fetch_add(1, AtomicOrdering::Relaxed);
         self.pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((name, pool));
+            .push(WatchedPoolEntry { id, name, pool });
+        WatchedPool { id, metrics: self }
     }
 
     pub fn observe_lock_wait(&self, waited: Duration, outcome: &'static str) {
@@ -246,7 +276,7 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4) of every family.
     pub fn render(&self) -> String {
-        for (name, pool) in self
+        for WatchedPoolEntry { name, pool, .. } in self
             .pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
