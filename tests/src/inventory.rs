@@ -87,6 +87,8 @@ impl InventoryStack {
                     redis_args.redis_key_prefix
                 ))
                 .arg(format!("--log={}", log.as_deref().unwrap_or("error")))
+                // Several processes per test: each takes a free port for its /metrics.
+                .arg("--metrics-listen=127.0.0.1:0")
                 .args(&options.args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
