@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::event::{self, Change, OrderEvent, STOCK_NOT_HELD};
+use tracing::Instrument;
 
 pub struct Applier {
     pub pool: PgPool,
@@ -59,7 +60,9 @@ impl BatchHandler for Applier {
             }
         }
         if !incoming.is_empty() {
-            apply(&self.pool, &incoming).await?;
+            apply(&self.pool, &incoming)
+                .instrument(orderflow_runtime::postgres::span("TRANSACTION", "orders"))
+                .await?;
         }
         Ok(rejected)
     }

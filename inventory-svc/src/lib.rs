@@ -110,6 +110,24 @@ pub struct Config {
 /// How long Redis keeps a reservation after it expired, so retries still find it.
 const RESERVATION_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// Who may call what once authentication is on: anyone with a token reads stock; reservations
+/// are for order-api (`inventory`); setting and reconciling stock for operators (`admin`).
+fn policy() -> orderflow_runtime::auth::Policy {
+    use orderflow_runtime::auth::{SCOPE_INVENTORY, SCOPE_ORDERS};
+    const READERS: &[&str] = &[SCOPE_ORDERS, SCOPE_INVENTORY];
+    const RESERVERS: &[&str] = &[SCOPE_INVENTORY];
+    orderflow_runtime::auth::Policy::default().service(
+        orderflow_proto::inventory::v1::inventory_service_server::SERVICE_NAME,
+        &[
+            ("GetStock", READERS),
+            ("BatchGetStock", READERS),
+            ("Reserve", RESERVERS),
+            ("Release", RESERVERS),
+            ("Commit", RESERVERS),
+        ],
+    )
+}
+
 /// Serves the inventory service on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -160,7 +178,8 @@ pub async fn run(
     };
     let sweeper = tokio::spawn(sweeper.run(shutdown.clone()));
     let served = orderflow_runtime::grpc::serve(
-        orderflow_runtime::grpc::Services::new(InventoryServiceServer::new(inventory)),
+        orderflow_runtime::grpc::Services::new(InventoryServiceServer::new(inventory))
+            .policy(policy()),
         listener,
         &config.serving,
         shutdown.cancelled_owned(),

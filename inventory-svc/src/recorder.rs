@@ -8,6 +8,7 @@
 //! round trip.
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::counters::Counters;
 use crate::error::InventoryError;
@@ -28,14 +29,20 @@ impl Recorder {
         Self { queue }
     }
 
+    /// Waits until the admission is recorded in the next group commit (one span: the wait is
+    /// this reservation's share of that transaction).
     pub async fn record(&self, admission: Admission) -> Result<Recorded, InventoryError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || InventoryError::Batch("the recorder stopped".into());
-        self.queue
-            .send((admission, reply))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        async {
+            self.queue
+                .send((admission, reply))
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        }
+        .instrument(orderflow_runtime::postgres::span("INSERT", "reservations"))
+        .await
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use orderflow_runtime::consume::{BatchError, BatchHandler, Received, Rejected};
 use tokio::sync::Notify;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::event;
@@ -41,7 +42,11 @@ impl BatchHandler for Ingest {
         for notification in &mut notifications {
             notification.notification_id = Uuid::now_v7();
         }
-        let stored = self.store.insert(&notifications).await?;
+        let stored = self
+            .store
+            .insert(&notifications)
+            .instrument(orderflow_runtime::postgres::span("INSERT", "notifications"))
+            .await?;
         tracing::debug!(
             events = batch.len(),
             stored,

@@ -85,6 +85,19 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
 }
 
+/// Who may call what once authentication is on: buyers (`orders`) list and follow their own
+/// notifications (ownership is checked per call); the consumer status is for operators.
+fn policy() -> orderflow_runtime::auth::Policy {
+    const BUYERS: &[&str] = &[orderflow_runtime::auth::SCOPE_ORDERS];
+    orderflow_runtime::auth::Policy::default().service(
+        orderflow_proto::notify::v1::notification_service_server::SERVICE_NAME,
+        &[
+            ("ListNotifications", BUYERS),
+            ("SubscribeNotifications", BUYERS),
+        ],
+    )
+}
+
 /// Consumes order events, delivers notifications and serves the notification service on
 /// `listener` until `shutdown` is cancelled (or one of them fails: then all stop and the error
 /// is returned). Returns once the server drained, the consumer committed and left its group and
@@ -148,7 +161,9 @@ pub async fn run(
     };
     let serving = async {
         let served = orderflow_runtime::grpc::serve(
-            Services::new(NotificationServiceServer::new(api)).and(status.service()),
+            Services::new(NotificationServiceServer::new(api))
+                .and(status.service())
+                .policy(policy()),
             listener,
             &config.serving,
             stop.clone().cancelled_owned(),

@@ -7,7 +7,7 @@ use notify_svc::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    orderflow_runtime::telemetry::init(&config.telemetry)?;
+    let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "notify-svc")?;
     let listener = orderflow_runtime::grpc::bind(&config.listen).await?;
     let shutdown = orderflow_runtime::shutdown::on_signal();
     notify_svc::run(config, listener, shutdown).await?;

@@ -8,6 +8,7 @@ use orderflow_proto::notify::v1::{
     ListNotificationsRequest, ListNotificationsResponse, SubscribeNotificationsRequest,
     SubscribeNotificationsResponse,
 };
+use orderflow_runtime::auth::Caller;
 use orderflow_runtime::validate::{self, FieldError};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,6 @@ impl NotificationApi {
         &self,
         request: ListNotificationsRequest,
     ) -> Result<ListNotificationsResponse, NotifyError> {
-        validate::identifier("user_id", &request.user_id, MAX_ID_LEN)?;
         let size = page_size(request.page_size)?;
         let after = if request.page_token.is_empty() {
             None
@@ -80,7 +80,11 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<ListNotificationsRequest>,
     ) -> Result<Response<ListNotificationsResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        let caller = Caller::of(&request);
+        let request = request.into_inner();
+        validate::identifier("user_id", &request.user_id, MAX_ID_LEN).map_err(NotifyError::from)?;
+        caller.may_act_for(&request.user_id)?;
+        Ok(Response::new(self.list(request).await?))
     }
 
     type SubscribeNotificationsStream = BoxStream<SubscribeNotificationsResponse>;
@@ -89,8 +93,10 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<SubscribeNotificationsRequest>,
     ) -> Result<Response<Self::SubscribeNotificationsStream>, Status> {
+        let caller = Caller::of(&request);
         let user_id = request.into_inner().user_id;
         validate::identifier("user_id", &user_id, MAX_ID_LEN).map_err(NotifyError::from)?;
+        caller.may_act_for(&user_id)?;
         if self.shutdown.is_cancelled() {
             return Err(NotifyError::ShuttingDown.into());
         }

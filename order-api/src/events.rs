@@ -27,6 +27,7 @@ use prost::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::OrderError;
 
@@ -70,13 +71,26 @@ impl Publisher {
     /// event id, see README.)
     pub async fn publish(&self, event: &Event, deadline: Instant) -> Result<(), OrderError> {
         let topic = self.kafka.topic(event.topic);
-        let record = FutureRecord::to(&topic)
+        let span = orderflow_runtime::kafka::send_span(&topic, &event.order_id);
+        self.publish_to(&topic, event, deadline)
+            .instrument(span)
+            .await
+    }
+
+    async fn publish_to(
+        &self,
+        topic: &str,
+        event: &Event,
+        deadline: Instant,
+    ) -> Result<(), OrderError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: topics::EVENT_TYPE_HEADER,
+            value: Some(event.event_type.as_str()),
+        });
+        let record = FutureRecord::to(topic)
             .key(event.order_id.as_bytes())
             .payload(&event.payload)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: topics::EVENT_TYPE_HEADER,
-                value: Some(event.event_type.as_str()),
-            }));
+            .headers(orderflow_runtime::trace_context::inject_kafka(headers));
         let (number, producer) = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             (current.number, current.producer.clone())

@@ -11,20 +11,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{CommitRequest, ReleaseRequest};
 use orderflow_proto::topics;
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::Code;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::deadline::CallDeadline;
 use crate::error::OrderError;
 use crate::events::{Event, Publisher};
 use crate::lifecycle::StockSettlement;
+use crate::InventoryClient;
 
 /// The background task leaves a new settlement to its request for this long.
 pub const SETTLE_GRACE_MS: i64 = 5_000;
@@ -36,17 +36,13 @@ const ROUND_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Followups {
     pool: PgPool,
-    inventory: InventoryServiceClient<Channel>,
+    inventory: InventoryClient,
     publisher: Arc<Publisher>,
     wake: Arc<Notify>,
 }
 
 impl Followups {
-    pub fn new(
-        pool: PgPool,
-        inventory: InventoryServiceClient<Channel>,
-        publisher: Arc<Publisher>,
-    ) -> Self {
+    pub fn new(pool: PgPool, inventory: InventoryClient, publisher: Arc<Publisher>) -> Self {
         Self {
             pool,
             inventory,
@@ -182,7 +178,7 @@ impl Followups {
         let deadline = CallDeadline::within(ROUND_LIMIT);
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
-            "SELECT id, order_id, topic, event_type, payload FROM order_outbox \
+            "SELECT id, order_id, topic, event_type, payload, trace_parent FROM order_outbox \
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(RELAY_BATCH)
@@ -198,6 +194,7 @@ impl Followups {
             };
             let id: i64 = row.try_get("id")?;
             let order_id: Uuid = row.try_get("order_id")?;
+            let trace_parent: Option<String> = row.try_get("trace_parent")?;
             events.push((
                 id,
                 Event {
@@ -206,18 +203,25 @@ impl Followups {
                     order_id: order_id.to_string(),
                     payload: row.try_get("payload")?,
                 },
+                trace_parent,
             ));
         }
-        // Sent together: the producer batches them, and keeps each partition's order.
-        let outcomes = futures::future::join_all(
-            events
-                .iter()
-                .map(|(_, event)| self.publisher.publish(event, deadline.at)),
-        )
+        // Sent together: the producer batches them, and keeps each partition's order. Each in
+        // the trace of the change that wrote it.
+        let outcomes = futures::future::join_all(events.iter().map(|(_, event, trace_parent)| {
+            let span = tracing::info_span!("outbox relay", order_id = %event.order_id);
+            if let Some(trace_parent) = trace_parent {
+                orderflow_runtime::trace_context::set_parent(
+                    &span,
+                    orderflow_runtime::trace_context::from_traceparent(trace_parent),
+                );
+            }
+            self.publisher.publish(event, deadline.at).instrument(span)
+        }))
         .await;
         let mut published = Vec::new();
         let mut failed = Vec::new();
-        for ((id, _), outcome) in events.iter().zip(outcomes) {
+        for ((id, _, _), outcome) in events.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => published.push(*id),
                 Err(error) => failed.push((*id, error.to_string())),

@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::OrderError;
 
+/// order-api's client of inventory-svc: traced, its context passed on.
+pub(crate) type InventoryClient = InventoryServiceClient<orderflow_runtime::grpc::client::Outbound>;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "order-api", version, about = "orderflow order API")]
 pub struct Config {
@@ -90,6 +93,11 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_INVENTORY_CLIENT_KEY_FILE")]
     pub inventory_client_key_file: Option<String>,
 
+    /// File holding the bearer token order-api presents to inventory-svc when inventory-svc
+    /// requires authentication (a token with scope `inventory`); never logged.
+    #[arg(long, env = "ORDERFLOW_INVENTORY_TOKEN_FILE")]
+    pub inventory_token_file: Option<std::path::PathBuf>,
+
     /// ISO 4217 currency of every price and total.
     #[arg(long, env = "ORDERFLOW_CURRENCY", default_value = "CNY")]
     pub currency: String,
@@ -140,6 +148,26 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
 }
 
+/// Who may call what once authentication is on: buyers (`orders`) place, read, pay, cancel and
+/// watch their own orders (ownership is checked per call); shipping and completing are for
+/// operators (`admin`).
+fn policy() -> orderflow_runtime::auth::Policy {
+    use orderflow_runtime::auth::SCOPE_ORDERS;
+    const BUYERS: &[&str] = &[SCOPE_ORDERS];
+    orderflow_runtime::auth::Policy::default().service(
+        orderflow_proto::order::v1::order_service_server::SERVICE_NAME,
+        &[
+            ("CreateOrder", BUYERS),
+            ("GetOrder", BUYERS),
+            ("BatchGetOrders", BUYERS),
+            ("ListOrders", BUYERS),
+            ("PayOrder", BUYERS),
+            ("CancelOrder", BUYERS),
+            ("WatchOrder", BUYERS),
+        ],
+    )
+}
+
 /// Serves the order API on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -178,7 +206,18 @@ pub async fn run(
     )? {
         inventory_endpoint = inventory_endpoint.tls_config(tls)?;
     }
-    let inventory = InventoryServiceClient::new(inventory_endpoint.connect_lazy());
+    let mut inventory_channel =
+        orderflow_runtime::grpc::client::Outbound::new(inventory_endpoint.connect_lazy());
+    if let Some(path) = &config.inventory_token_file {
+        let token = std::fs::read_to_string(path).map_err(|error| {
+            orderflow_runtime::RuntimeError::Config(format!(
+                "--inventory-token-file {}: {error}",
+                path.display()
+            ))
+        })?;
+        inventory_channel = inventory_channel.with_bearer_token(&token)?;
+    }
+    let inventory = InventoryServiceClient::new(inventory_channel);
 
     let publisher = Arc::new(events::Publisher::new(&config.kafka)?);
     let store = store::OrderStore::new(pool.clone());
@@ -246,7 +285,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let served = orderflow_runtime::grpc::serve(
-        orderflow_runtime::grpc::Services::new(OrderServiceServer::new(api)),
+        orderflow_runtime::grpc::Services::new(OrderServiceServer::new(api)).policy(policy()),
         listener,
         &config.serving,
         shutdown.clone().cancelled_owned(),

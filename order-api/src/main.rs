@@ -4,7 +4,7 @@ use order_api::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    orderflow_runtime::telemetry::init(&config.telemetry)?;
+    let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "order-api")?;
     let listener = orderflow_runtime::grpc::bind(&config.listen).await?;
     let shutdown = orderflow_runtime::shutdown::on_signal();
     order_api::run(config, listener, shutdown).await?;

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_proto::events::v1::OrderCreated;
-use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{ReleaseRequest, ReserveItem, ReserveRequest};
 use orderflow_proto::order::v1::{CreateOrderRequest, Order};
 use orderflow_runtime::timestamp;
-use tonic::transport::Channel;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::cache::OrderCache;
@@ -28,10 +27,11 @@ use crate::idempotency::{Claim, ClaimRecord, ClaimState, Claims};
 use crate::order::{self, NewOrder};
 use crate::rate_limit::RateLimit;
 use crate::reads::Reads;
+use crate::InventoryClient;
 
 /// Everything a placement needs, built once at start-up.
 pub struct Parts {
-    pub inventory: InventoryServiceClient<Channel>,
+    pub inventory: InventoryClient,
     /// `None`: no per-user limit.
     pub rate_limit: Option<RateLimit>,
     pub cache: OrderCache,
@@ -103,7 +103,8 @@ impl Placement {
                     }
                 }
                 let parts = Arc::clone(&self.parts);
-                tokio::spawn(place_or_undo(parts, new_order, record, deadline))
+                // In this call's span: the placement's steps belong to its trace.
+                tokio::spawn(place_or_undo(parts, new_order, record, deadline).in_current_span())
                     .await
                     .map_err(|error| OrderError::Internal(format!("placement task: {error}")))?
             }
@@ -282,10 +283,7 @@ impl Parts {
 }
 
 /// Releases the reservation of a failed placement, if it has one.
-async fn release(
-    mut inventory: InventoryServiceClient<Channel>,
-    order_id: &str,
-) -> Result<(), tonic::Status> {
+async fn release(mut inventory: InventoryClient, order_id: &str) -> Result<(), tonic::Status> {
     let released = inventory
         .release(ReleaseRequest {
             order_id: order_id.to_owned(),

@@ -12,6 +12,7 @@ use orderflow_proto::order::v1::{
     PayOrderRequest, PayOrderResponse, ShipOrderRequest, ShipOrderResponse, WatchOrderRequest,
     WatchOrderResponse,
 };
+use orderflow_runtime::auth::Caller;
 use orderflow_runtime::validate;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
@@ -52,8 +53,25 @@ impl OrderApi {
     ) -> Result<Order, Status> {
         let deadline = self.deadline(request);
         let id = validate::uuid("order_id", order_id).map_err(OrderError::from)?;
+        let caller = Caller::of(request);
+        if !caller.is_admin() {
+            // A buyer changes only its own orders: whose this one is, first.
+            let order = deadline
+                .run("reading the order", self.reads.get(order_id))
+                .await??;
+            caller.may_act_for(&order.user_id)?;
+        }
         Ok(self.transitions.apply(id, action, deadline).await?)
     }
+}
+
+/// Checks the caller may act for `user_id`; an empty one is left to the field's validation
+/// (`INVALID_ARGUMENT` naming it).
+fn check_owner(caller: &Caller, user_id: &str) -> Result<(), Status> {
+    if user_id.is_empty() {
+        return Ok(());
+    }
+    caller.may_act_for(user_id)
 }
 
 #[tonic::async_trait]
@@ -63,6 +81,7 @@ impl OrderService for OrderApi {
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<CreateOrderResponse>, Status> {
         let deadline = CallDeadline::for_call(request.metadata(), self.create_timeout);
+        check_owner(&Caller::of(&request), &request.get_ref().user_id)?;
         let order = self
             .placement
             .create(request.into_inner(), deadline)
@@ -75,10 +94,12 @@ impl OrderService for OrderApi {
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request);
         let order_id = request.into_inner().order_id;
         let order = deadline
             .run("reading the order", self.reads.get(&order_id))
             .await??;
+        caller.may_act_for(&order.user_id)?;
         Ok(Response::new(GetOrderResponse { order: Some(order) }))
     }
 
@@ -87,10 +108,16 @@ impl OrderService for OrderApi {
         request: Request<BatchGetOrdersRequest>,
     ) -> Result<Response<BatchGetOrdersResponse>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request);
         let order_ids = request.into_inner().order_ids;
         let batch = deadline
             .run("reading the orders", self.reads.batch(&order_ids))
             .await??;
+        for order in &batch.orders {
+            caller.may_act_for(&order.user_id).map_err(|denied| {
+                Status::permission_denied(format!("order {}: {}", order.order_id, denied.message()))
+            })?;
+        }
         Ok(Response::new(BatchGetOrdersResponse {
             orders: batch.orders,
             missing_order_ids: batch.missing,
@@ -102,6 +129,7 @@ impl OrderService for OrderApi {
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
         let deadline = self.deadline(&request);
+        check_owner(&Caller::of(&request), &request.get_ref().user_id)?;
         let ListOrdersRequest {
             user_id,
             page_size,
@@ -180,6 +208,7 @@ impl OrderService for OrderApi {
         request: Request<WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request);
         let order_id = request.into_inner().order_id;
         let id = validate::uuid("order_id", &order_id).map_err(OrderError::from)?;
         // Subscribed before reading, so no change between the read and the first wait is missed.
@@ -188,6 +217,7 @@ impl OrderService for OrderApi {
             .run("reading the order", self.reads.find(id))
             .await??
             .ok_or(OrderError::OrderNotFound(order_id))?;
+        caller.may_act_for(&current.user_id)?;
         let changes = watch::stream(
             subscription,
             current,

@@ -177,8 +177,8 @@ async fn write(conn: &mut PgConnection, order_id: Uuid, change: &Change) -> Resu
            INSERT INTO order_status_history (order_id, version, status, reason, changed_at) \
            SELECT order_id, $3, $2, $8, $4 FROM updated), \
          outbox AS ( \
-           INSERT INTO order_outbox (order_id, topic, event_type, payload) \
-           SELECT order_id, $9, $10, $11 FROM updated), \
+           INSERT INTO order_outbox (order_id, topic, event_type, payload, trace_parent) \
+           SELECT order_id, $9, $10, $11, $16 FROM updated), \
          settlement AS ( \
            INSERT INTO stock_settlements (order_id, action, reason, next_attempt_at) \
            SELECT order_id, $12, $13, now() + $14 * interval '1 millisecond' \
@@ -200,6 +200,7 @@ async fn write(conn: &mut PgConnection, order_id: Uuid, change: &Change) -> Resu
     .bind(settlement_reason)
     .bind(SETTLE_GRACE_MS)
     .bind(CHANGES_CHANNEL)
+    .bind(orderflow_runtime::trace_context::current_traceparent())
     .fetch_optional(conn)
     .await?;
     // The row lock makes this impossible; the version check makes it a compare-and-set even so.

@@ -200,6 +200,9 @@ pub struct ServingArgs {
 
     #[command(flatten)]
     pub tls: crate::tls::ServerTlsArgs,
+
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -213,6 +216,12 @@ pub struct TelemetryArgs {
     /// and its parents, for log collectors).
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+
+    /// OTLP/gRPC endpoint traces are exported to, e.g. `http://otel-collector:4317`; empty
+    /// (the default) exports none. The other standard `OTEL_*` variables apply (see
+    /// docs/operations.md).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

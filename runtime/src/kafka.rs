@@ -58,6 +58,20 @@ pub fn consumer_config(args: &KafkaArgs, group_id: &str) -> ClientConfig {
     config
 }
 
+/// The producer span of one publish to `topic` (full name) keyed by `key`: its context goes
+/// into the message's headers ([`crate::trace_context::inject_kafka`]).
+pub fn send_span(topic: &str, key: &str) -> tracing::Span {
+    tracing::info_span!(
+        "kafka send",
+        "otel.name" = %format_args!("send {topic}"),
+        "otel.kind" = "producer",
+        "messaging.system" = "kafka",
+        "messaging.operation.type" = "send",
+        "messaging.destination.name" = topic,
+        "messaging.kafka.message.key" = key,
+    )
+}
+
 /// Creates each of `topics` (full names) that does not exist yet; existing ones are left alone.
 pub async fn ensure_topics(args: &KafkaArgs, topics: &[String]) -> Result<(), RuntimeError> {
     let admin: AdminClient<DefaultClientContext> =

@@ -2,6 +2,7 @@
 //! things together: configuration arguments, telemetry, client set-up for PostgreSQL, Redis and
 //! Kafka, gRPC serving with health and reflection, and shutdown on signals.
 
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod consume;
@@ -16,6 +17,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;
 pub mod tls;
+pub mod trace_context;
 pub mod validate;
 
 /// Why a process could not start or keep running its plumbing.

@@ -25,3 +25,19 @@ pub async fn connect_and_migrate(args: &PostgresArgs) -> Result<PgPool, RuntimeE
     MIGRATOR.run(&pool).await?;
     Ok(pool)
 }
+
+/// The client span of a PostgreSQL statement or transaction, e.g. `span("INSERT", "reservations")`
+/// (only while traces are exported; see [`crate::trace_context::exporting`]).
+pub fn span(operation: &'static str, collection: &'static str) -> tracing::Span {
+    if !crate::trace_context::exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "postgresql",
+        "otel.name" = %format_args!("{operation} {collection}"),
+        "otel.kind" = "client",
+        "db.system.name" = "postgresql",
+        "db.operation.name" = operation,
+        "db.collection.name" = collection,
+    )
+}

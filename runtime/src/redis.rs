@@ -13,6 +13,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tracing::Instrument;
 
 use crate::config::{redact_url, RedisArgs};
 use crate::RuntimeError;
@@ -26,10 +27,14 @@ pub enum RedisConnection {
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
+        let sent = match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
-        }
+        };
+        traced(sent, || match cmd.args_iter().next() {
+            Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).to_uppercase(),
+            _ => "COMMAND".to_owned(),
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -38,10 +43,11 @@ impl ConnectionLike for RedisConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
+        let sent = match self {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
             Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
-        }
+        };
+        traced(sent, || "PIPELINE".to_owned())
     }
 
     fn get_db(&self) -> i64 {
@@ -50,6 +56,25 @@ impl ConnectionLike for RedisConnection {
             Self::Cluster(connection) => connection.get_db(),
         }
     }
+}
+
+/// Every Redis command is a client span while traces are exported (nothing otherwise).
+fn traced<'a, T: Send + 'a>(
+    sent: RedisFuture<'a, T>,
+    operation: impl FnOnce() -> String,
+) -> RedisFuture<'a, T> {
+    if !crate::trace_context::exporting() {
+        return sent;
+    }
+    let operation = operation();
+    let span = tracing::info_span!(
+        "redis",
+        "otel.name" = %operation,
+        "otel.kind" = "client",
+        "db.system.name" = "redis",
+        "db.operation.name" = %operation,
+    );
+    Box::pin(sent.instrument(span))
 }
 
 pub async fn connect(args: &RedisArgs) -> Result<RedisConnection, RuntimeError> {

@@ -2,17 +2,17 @@
 //! one database and one Redis (shared, private or a cluster), isolated from every other test.
 //! Inventory tests need neither the broker nor the other services.
 
-use std::process::Stdio;
+use std::net::SocketAddr;
 
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{ReserveItem, ReserveRequest, SetStockRequest};
 use orderflow_runtime::config::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 use crate::deps;
+use crate::process::ServiceProcess;
 
 #[derive(Debug, Clone, Default)]
 pub struct InventoryOptions {
@@ -34,23 +34,7 @@ pub struct InventoryStack {
     /// This test's Redis and key prefix, as the services see them.
     pub redis_args: RedisArgs,
     pub redis: RedisConnection,
-    processes: Vec<Child>,
-}
-
-/// The path of a workspace binary next to the running test (`target/<profile>/<name>`).
-pub fn workspace_binary(name: &str) -> std::path::PathBuf {
-    let test = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = test
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join(name);
-    assert!(
-        binary.exists(),
-        "{} is not built; build it with `cargo build --bins` (make test does)",
-        binary.display()
-    );
-    binary
+    processes: Vec<ServiceProcess>,
 }
 
 impl InventoryStack {
@@ -70,43 +54,33 @@ impl InventoryStack {
         let redis = orderflow_runtime::redis::connect(&redis_args)
             .await
             .unwrap_or_else(|error| panic!("{error}; {}", deps::HOW_TO_START));
-        let binary = workspace_binary("inventory-svc");
+        let args = [
+            format!("--database-url={database_url}"),
+            "--database-max-connections=4".into(),
+            format!("--redis-url={}", redis_args.redis_url),
+            format!("--redis-cluster={}", redis_args.redis_cluster),
+            format!("--redis-key-prefix={}", redis_args.redis_key_prefix),
+            // Several processes per test: each takes a free port for its /metrics.
+            "--metrics-listen=127.0.0.1:0".into(),
+        ]
+        .into_iter()
+        .chain(options.args.iter().cloned())
+        .collect::<Vec<_>>();
         let mut processes = Vec::new();
         let mut clients = Vec::new();
         for _ in 0..options.processes.max(1) {
-            let address = format!("127.0.0.1:{}", crate::private::free_port());
-            let log = std::env::var("ORDERFLOW_TEST_LOG").ok();
-            let child = Command::new(&binary)
-                .arg(format!("--listen={address}"))
-                .arg(format!("--database-url={database_url}"))
-                .arg("--database-max-connections=4")
-                .arg(format!("--redis-url={}", redis_args.redis_url))
-                .arg(format!("--redis-cluster={}", redis_args.redis_cluster))
-                .arg(format!(
-                    "--redis-key-prefix={}",
-                    redis_args.redis_key_prefix
-                ))
-                .arg(format!("--log={}", log.as_deref().unwrap_or("error")))
-                // Several processes per test: each takes a free port for its /metrics.
-                .arg("--metrics-listen=127.0.0.1:0")
-                .args(&options.args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
-            let mut child = child;
-            let serving =
-                crate::stack::wait_serving(&address, "orderflow.inventory.v1.InventoryService");
-            let channel = tokio::select! {
-                channel = serving => channel,
-                status = child.wait() => panic!(
-                    "inventory-svc exited during start-up ({status:?}); \
-                     run with ORDERFLOW_TEST_LOG=warn to see why"
-                ),
-            };
-            processes.push(child);
-            clients.push(InventoryServiceClient::new(channel));
+            let address = SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
+            processes.push(
+                ServiceProcess::start(
+                    "inventory-svc",
+                    &args,
+                    &[],
+                    address,
+                    "orderflow.inventory.v1.InventoryService",
+                )
+                .await,
+            );
+            clients.push(InventoryServiceClient::new(crate::stack::channel(address)));
         }
         Self {
             clients,
@@ -178,10 +152,7 @@ impl InventoryStack {
 
     /// Kills process `index` (SIGKILL, like a crash) and waits until it is gone.
     pub async fn kill(&mut self, index: usize) {
-        self.processes[index]
-            .kill()
-            .await
-            .expect("killing an inventory-svc process");
+        self.processes[index].kill().await;
     }
 }
 

@@ -9,9 +9,11 @@ pub mod deps;
 pub mod inventory;
 pub mod link;
 pub mod locking;
+pub mod otlp;
 pub mod pipeline;
 pub mod pki;
 pub mod private;
+pub mod process;
 pub mod stack;
 
 use std::future::Future;

@@ -2,20 +2,18 @@
 //! kill, its consumer status, and what landed on a dead-letter topic.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use orderflow_proto::consumer::v1::consumer_status_service_client::ConsumerStatusServiceClient;
 use orderflow_proto::consumer::v1::{GetConsumerStatusRequest, GetConsumerStatusResponse};
-use tokio::process::{Child, Command};
 
-use crate::inventory::workspace_binary;
-use crate::stack::{wait_serving, Stack, CONSUMER_STATUS};
+use crate::process::ServiceProcess;
+use crate::stack::{Stack, CONSUMER_STATUS};
 
 /// The built `consumer-worker` binary running with a stack's worker flags
 /// (`Options::external_worker`).
 pub struct WorkerProcess {
-    child: Child,
+    process: ServiceProcess,
     pub address: SocketAddr,
     /// Where it serves `/metrics`.
     pub metrics_address: SocketAddr,
@@ -23,33 +21,19 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub async fn start(stack: &Stack) -> Self {
-        let binary = workspace_binary("consumer-worker");
         let free_address = || SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
         let (address, metrics_address) = (free_address(), free_address());
-        let log = std::env::var("ORDERFLOW_TEST_LOG").ok();
-        let mut child =
-            Command::new(&binary)
-                .args(stack.worker_args.iter().filter(|arg| {
-                    !arg.starts_with("--log=") && !arg.starts_with("--metrics-listen=")
-                }))
-                .arg(format!("--listen={address}"))
-                .arg(format!("--metrics-listen={metrics_address}"))
-                .arg(format!("--log={}", log.as_deref().unwrap_or("error")))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
-        let serving_address = address.to_string();
-        tokio::select! {
-            _ = wait_serving(&serving_address, CONSUMER_STATUS) => {}
-            status = child.wait() => panic!(
-                "consumer-worker exited during start-up ({status:?}); \
-                 run with ORDERFLOW_TEST_LOG=warn to see why"
-            ),
-        }
+        let args: Vec<String> = stack
+            .worker_args
+            .iter()
+            .filter(|arg| !arg.starts_with("--metrics-listen="))
+            .cloned()
+            .chain([format!("--metrics-listen={metrics_address}")])
+            .collect();
+        let process =
+            ServiceProcess::start("consumer-worker", &args, &[], address, CONSUMER_STATUS).await;
         Self {
-            child,
+            process,
             address,
             metrics_address,
         }
@@ -57,23 +41,12 @@ impl WorkerProcess {
 
     /// SIGKILL, like a crash: nothing is committed or closed cleanly.
     pub async fn kill(mut self) {
-        self.child.kill().await.expect("killing consumer-worker");
+        self.process.kill().await;
     }
 
     /// SIGTERM, as Kubernetes stops a pod; waits for the exit and returns whether it was clean.
-    pub async fn terminate(mut self) -> bool {
-        let pid = self.child.id().expect("a running consumer-worker");
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("running kill");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("consumer-worker did not exit within 30 s of SIGTERM")
-            .expect("waiting for consumer-worker");
-        exit.success()
+    pub async fn terminate(self) -> bool {
+        self.process.terminate().await
     }
 }
 

@@ -1,6 +1,8 @@
-//! The four orderflow services running in-process on loopback port 0, wired to the shared
-//! dependencies (or a private broker), isolated from every other test.
+//! The four orderflow services running in-process on loopback port 0 (or, on request, each as
+//! its own process), wired to the shared dependencies (or a private broker), isolated from every
+//! other test.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::deps;
 use crate::link::Link;
+use crate::process::ServiceProcess;
 
 /// Settings a test may change; everything else is isolated and defaulted.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +70,10 @@ pub struct Options {
     /// (`Stack::metrics`); otherwise on any free one nobody looks at. Not with extra replicas
     /// or workers (they would share the port).
     pub metrics: bool,
+    /// Run every service as its own process (the built binaries) with this environment added,
+    /// instead of in-process: to see what only a whole process does, such as exporting its
+    /// traces.
+    pub processes: Option<Vec<(String, String)>>,
 }
 
 /// Where the in-process services serve `/metrics` (`Options::metrics`). In-process services
@@ -81,6 +88,9 @@ pub struct MetricsAddresses {
 
 /// The gRPC service every consumer-worker serves (with health).
 pub const CONSUMER_STATUS: &str = "orderflow.consumer.v1.ConsumerStatusService";
+const ORDER_SERVICE: &str = "orderflow.order.v1.OrderService";
+const INVENTORY_SERVICE: &str = "orderflow.inventory.v1.InventoryService";
+const NOTIFY_SERVICE: &str = "orderflow.notify.v1.NotificationService";
 
 /// `host:port` of a PostgreSQL URL such as `postgres://u:p@127.0.0.1:5432/db`.
 fn postgres_address(url: &str) -> SocketAddr {
@@ -121,6 +131,43 @@ pub struct Stack {
     topic_prefix: String,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<Result<(), RuntimeError>>>,
+    processes: Vec<ServiceProcess>,
+}
+
+/// Starts each service in-process (a task on the test's runtime) or, with
+/// `Options::processes`, as its own process.
+struct Launcher {
+    process_env: Option<Vec<(String, String)>>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<Result<(), RuntimeError>>>,
+    processes: Vec<ServiceProcess>,
+}
+
+impl Launcher {
+    /// Serves `service` on `listener` with `args`, which start with the binary's name (as clap
+    /// parses them); `run` is the service's in-process entry point.
+    async fn launch<Run, Served>(
+        &mut self,
+        args: Vec<String>,
+        listener: TcpListener,
+        service: &str,
+        run: Run,
+    ) where
+        Run: FnOnce(Vec<String>, TcpListener, CancellationToken) -> Served,
+        Served: Future<Output = Result<(), RuntimeError>> + Send + 'static,
+    {
+        match &self.process_env {
+            None => self
+                .tasks
+                .push(tokio::spawn(run(args, listener, self.shutdown.clone()))),
+            Some(env) => {
+                let address = listener.local_addr().expect("local address");
+                drop(listener);
+                let process = ServiceProcess::start(&args[0], &args[1..], env, address, service);
+                self.processes.push(process.await);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -193,22 +240,31 @@ impl Stack {
         };
 
         let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let mut launcher = Launcher {
+            process_env: options.processes.clone(),
+            shutdown: shutdown.clone(),
+            tasks: Vec::new(),
+            processes: Vec::new(),
+        };
 
         let inventory_listener = listener().await;
         let inventory_address = inventory_listener.local_addr().expect("local address");
-        let inventory_config = inventory_svc::Config::parse_from(
-            std::iter::once("inventory-svc".to_owned())
-                .chain(shared.iter().cloned())
-                .chain(redis_args.iter().cloned())
-                .chain([metrics_listen(|all| all.inventory)])
-                .chain(options.inventory_args.iter().cloned()),
-        );
-        tasks.push(tokio::spawn(inventory_svc::run(
-            inventory_config,
-            inventory_listener,
-            shutdown.clone(),
-        )));
+        let inventory_args = std::iter::once("inventory-svc".to_owned())
+            .chain(shared.iter().cloned())
+            .chain(redis_args.iter().cloned())
+            .chain([metrics_listen(|all| all.inventory)])
+            .chain(options.inventory_args.iter().cloned())
+            .collect();
+        launcher
+            .launch(
+                inventory_args,
+                inventory_listener,
+                INVENTORY_SERVICE,
+                |args, listener, stop| {
+                    inventory_svc::run(inventory_svc::Config::parse_from(args), listener, stop)
+                },
+            )
+            .await;
 
         let order_listener = listener().await;
         let order_address = order_listener.local_addr().expect("local address");
@@ -242,39 +298,52 @@ impl Stack {
             order_args.push(format!("--payment-deadline-secs={secs}"));
             order_args.push("--expiry-interval-ms=200".into());
         }
-        tasks.push(tokio::spawn(order_api::run(
-            order_api::Config::parse_from(&order_args),
-            order_listener,
-            shutdown.clone(),
-        )));
+        let run_order_api = |args: Vec<String>, listener, stop| {
+            order_api::run(order_api::Config::parse_from(args), listener, stop)
+        };
+        launcher
+            .launch(
+                order_args.clone(),
+                order_listener,
+                ORDER_SERVICE,
+                run_order_api,
+            )
+            .await;
         let mut replica_addresses = Vec::new();
         for _ in 0..options.extra_order_apis {
             let replica_listener = listener().await;
             replica_addresses.push(replica_listener.local_addr().expect("local address"));
-            tasks.push(tokio::spawn(order_api::run(
-                order_api::Config::parse_from(&order_args),
-                replica_listener,
-                shutdown.clone(),
-            )));
+            launcher
+                .launch(
+                    order_args.clone(),
+                    replica_listener,
+                    ORDER_SERVICE,
+                    run_order_api,
+                )
+                .await;
         }
 
         let notify_listener = listener().await;
         let notify_address = notify_listener.local_addr().expect("local address");
-        let notify_config = notify_svc::Config::parse_from(
-            std::iter::once("notify-svc".to_owned())
-                .chain(shared.iter().cloned())
-                .chain(kafka_args.iter().cloned())
-                .chain([
-                    format!("--group-id=t{id}-notify"),
-                    metrics_listen(|all| all.notify),
-                ])
-                .chain(options.notify_args.iter().cloned()),
-        );
-        tasks.push(tokio::spawn(notify_svc::run(
-            notify_config,
-            notify_listener,
-            shutdown.clone(),
-        )));
+        let notify_args = std::iter::once("notify-svc".to_owned())
+            .chain(shared.iter().cloned())
+            .chain(kafka_args.iter().cloned())
+            .chain([
+                format!("--group-id=t{id}-notify"),
+                metrics_listen(|all| all.notify),
+            ])
+            .chain(options.notify_args.iter().cloned())
+            .collect();
+        launcher
+            .launch(
+                notify_args,
+                notify_listener,
+                NOTIFY_SERVICE,
+                |args, listener, stop| {
+                    notify_svc::run(notify_svc::Config::parse_from(args), listener, stop)
+                },
+            )
+            .await;
 
         let worker_database_link = if options.worker_database_link {
             Some(Link::start(postgres_address(&database_url)).await)
@@ -314,14 +383,23 @@ impl Stack {
         for _ in 0..in_process_workers {
             let worker_listener = listener().await;
             worker_addresses.push(worker_listener.local_addr().expect("local address"));
-            let worker_config = consumer_worker::Config::parse_from(
-                std::iter::once("consumer-worker".to_owned()).chain(worker_args.iter().cloned()),
-            );
-            tasks.push(tokio::spawn(consumer_worker::run(
-                worker_config,
-                worker_listener,
-                shutdown.clone(),
-            )));
+            let args = std::iter::once("consumer-worker".to_owned())
+                .chain(worker_args.iter().cloned())
+                .collect();
+            launcher
+                .launch(
+                    args,
+                    worker_listener,
+                    CONSUMER_STATUS,
+                    |args, listener, stop| {
+                        consumer_worker::run(
+                            consumer_worker::Config::parse_from(args),
+                            listener,
+                            stop,
+                        )
+                    },
+                )
+                .await;
         }
 
         let mut stack = Self {
@@ -352,19 +430,19 @@ impl Stack {
             kafka_brokers,
             topic_prefix,
             shutdown,
-            tasks,
+            tasks: launcher.tasks,
+            processes: launcher.processes,
         };
-        let order_service = "orderflow.order.v1.OrderService";
         let servers = [
-            (inventory_address, "orderflow.inventory.v1.InventoryService"),
-            (order_address, order_service),
-            (notify_address, "orderflow.notify.v1.NotificationService"),
+            (inventory_address, INVENTORY_SERVICE),
+            (order_address, ORDER_SERVICE),
+            (notify_address, NOTIFY_SERVICE),
         ]
         .into_iter()
         .chain(
             replica_addresses
                 .iter()
-                .map(|address| (*address, order_service)),
+                .map(|address| (*address, ORDER_SERVICE)),
         )
         .chain(
             worker_addresses
@@ -403,10 +481,20 @@ impl Stack {
             let outcome = self.tasks.remove(index).await;
             panic!("a service stopped during start-up: {outcome:?}");
         }
+        assert!(
+            !self.processes.iter_mut().any(ServiceProcess::has_exited),
+            "a service process exited during start-up; run with ORDERFLOW_TEST_LOG=warn to see why"
+        );
     }
 
     /// Shuts every service down as SIGTERM would and waits until each returned cleanly.
     pub async fn stop(mut self) {
+        for process in std::mem::take(&mut self.processes) {
+            assert!(
+                process.terminate().await,
+                "a service exited uncleanly on SIGTERM"
+            );
+        }
         self.shutdown.cancel();
         for task in std::mem::take(&mut self.tasks) {
             let outcome = tokio::time::timeout(Duration::from_secs(30), task)
@@ -607,7 +695,7 @@ pub async fn wait_serving(address: &str, service: &str) -> Channel {
     channel
 }
 
-fn channel(address: SocketAddr) -> Channel {
+pub fn channel(address: SocketAddr) -> Channel {
     channel_with(address, None)
 }
 

@@ -131,7 +131,7 @@ async fn migrate_only_applies_the_schema_and_exits() {
             .await
             .unwrap_or_else(|error| panic!("{statement}: {error}"));
     }
-    let binary = orderflow_tests::inventory::workspace_binary("order-api");
+    let binary = orderflow_tests::process::workspace_binary("order-api");
     let exit = tokio::process::Command::new(&binary)
         .args([
             "--migrate-only",

@@ -28,6 +28,8 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::backoff::Backoff;
 use crate::config::{ConsumerArgs, KafkaArgs};
@@ -168,6 +170,7 @@ pub async fn run(
         full_names,
         handler,
         dead_letters: DeadLetters::new(kafka, &subscription.group_id)?,
+        group_id: subscription.group_id.clone(),
         status,
         settings: subscription.consumer.clone(),
         shutdown,
@@ -177,11 +180,40 @@ pub async fn run(
     Ok(())
 }
 
+/// The consumer span of one batch: a child of the trace its first message was published in,
+/// linked to the traces of the others (one transaction applies them all; a span has one parent).
+fn batch_span(group: &str, batch: &[Received]) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    let span = tracing::info_span!(
+        "kafka process",
+        "otel.name" = %format_args!("process {}", batch.first().map_or("", |first| first.topic)),
+        "otel.kind" = "consumer",
+        "messaging.system" = "kafka",
+        "messaging.operation.type" = "process",
+        "messaging.consumer.group.name" = group,
+        "messaging.batch.message_count" = batch.len(),
+    );
+    let mut contexts = batch
+        .iter()
+        .map(|message| crate::trace_context::extract_kafka(&message.headers));
+    if let Some(first) = contexts.next() {
+        crate::trace_context::set_parent(&span, first);
+    }
+    for context in contexts {
+        let linked = context.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+    span
+}
+
 struct Consuming<H> {
     consumer: StreamConsumer<LagContext>,
     full_names: HashMap<String, &'static str>,
     handler: H,
     dead_letters: DeadLetters,
+    group_id: String,
     status: ConsumerStatus,
     settings: ConsumerArgs,
     shutdown: CancellationToken,
@@ -193,7 +225,8 @@ impl<H: BatchHandler> Consuming<H> {
             if batch.is_empty() {
                 continue;
             }
-            match self.apply(&batch).await {
+            let span = batch_span(&self.group_id, &batch);
+            match self.apply(&batch).instrument(span).await {
                 Ok(()) => self.store_offsets(&batch),
                 Err(Stopped) => return,
             }

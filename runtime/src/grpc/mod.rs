@@ -2,6 +2,8 @@
 //! standard health service and server reflection (v1 and v1alpha, since grpcurl 1.8 only speaks
 //! v1alpha), so operators can call any server with grpcurl and no .proto files.
 
+mod authorize;
+pub mod client;
 mod observe;
 mod shed;
 mod size_limit;
@@ -19,6 +21,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::auth::Policy;
 use crate::config::ServingArgs;
 use crate::RuntimeError;
 
@@ -43,10 +46,12 @@ impl<S> GrpcService for S where
 {
 }
 
-/// The gRPC services one process serves, with their names for health and reflection.
+/// The gRPC services one process serves, with their names for health and reflection, and which
+/// scope each of their RPCs needs once authentication is on.
 pub struct Services {
     routes: Routes,
     names: Vec<&'static str>,
+    policy: Policy,
 }
 
 impl Services {
@@ -58,7 +63,14 @@ impl Services {
         Self {
             routes: Routes::new(service),
             names: vec![S::NAME],
+            policy: Policy::default(),
         }
+    }
+
+    /// Which scope the RPCs need (unlisted ones: `admin`).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     pub fn and<S>(mut self, service: S) -> Self
@@ -73,15 +85,21 @@ impl Services {
 }
 
 /// Serves `services` on `listener` until `shutdown` completes, then lets in-flight calls finish
-/// for at most `--drain-timeout-ms`. Every call is measured (RED metrics), shed past
-/// `--max-concurrent-requests` in flight, and refused past `--max-message-bytes`.
+/// for at most `--drain-timeout-ms`. Every call is measured (RED metrics) and traced, shed past
+/// `--max-concurrent-requests` in flight, authenticated and checked against the services'
+/// policy (when authentication is on), and refused past `--max-message-bytes`.
 pub async fn serve(
     services: Services,
     listener: TcpListener,
     serving: &ServingArgs,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RuntimeError> {
-    let Services { routes, names } = services;
+    let Services {
+        routes,
+        names,
+        policy,
+    } = services;
+    let authenticator = serving.auth.authenticator()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for name in &names {
         health_reporter
@@ -124,6 +142,7 @@ pub async fn serve(
         // The first layer is the outermost: shed calls are measured too.
         .layer(observe::ObserveLayer::new(known))
         .layer(shed::ShedLayer::new(serving.max_concurrent_requests.max(1)))
+        .layer(authorize::AuthorizeLayer::new(authenticator, policy))
         .layer(size_limit::SizeLimitLayer::new(serving.max_message_bytes))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {

@@ -1,5 +1,7 @@
 //! The RED metrics of every gRPC call (rate, errors by status code, duration), taken around the
-//! whole server so every service, the health checks and the calls shed at the door count alike.
+//! whole server so every service, the health checks and the calls shed at the door count alike;
+//! and its server span, a child of the trace context the caller sent (health checks, polled by
+//! every orchestrator, get none).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +12,7 @@ use std::time::Instant;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::codegen::{http, Service};
 use tower::Layer;
+use tracing::Instrument;
 
 use crate::metrics::{metrics, MethodLabels, RpcLabels};
 
@@ -61,20 +64,28 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let call = Call::start(request.uri().path(), &self.known);
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let response = answer.await?;
-            // Errors of unary calls come as headers only ("trailers-only"); everything else
-            // carries its status in the trailers at the end of the body.
-            let call = match status_code(response.headers()) {
-                Some(code) => {
-                    call.finish(code);
-                    None
-                }
-                None => Some(call),
-            };
-            Ok(response.map(|inner| ObservedBody { inner, call }))
-        })
+        crate::trace_context::set_parent(
+            &call.span,
+            crate::trace_context::extract_http(request.headers()),
+        );
+        let span = call.span.clone();
+        let answer = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let response = answer.await?;
+                // Errors of unary calls come as headers only ("trailers-only"); everything else
+                // carries its status in the trailers at the end of the body.
+                let call = match status_code(response.headers()) {
+                    Some(code) => {
+                        call.finish(code);
+                        None
+                    }
+                    None => Some(call),
+                };
+                Ok(response.map(|inner| ObservedBody { inner, call }))
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -83,8 +94,12 @@ where
 struct Call {
     labels: MethodLabels,
     started: Instant,
-    code: Option<String>,
+    code: Option<tonic::Code>,
+    /// Lasts as long as the call, streams included.
+    span: tracing::Span,
 }
+
+const HEALTH: &str = "grpc.health.v1.Health";
 
 impl Call {
     fn start(path: &str, known: &[&'static str]) -> Self {
@@ -93,6 +108,20 @@ impl Call {
             .split_once('/')
             .filter(|(service, _)| known.contains(service))
             .unwrap_or(("unknown", "unknown"));
+        let span = if service == HEALTH {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "grpc",
+                "otel.name" = %format_args!("{service}/{method}"),
+                "otel.kind" = "server",
+                "otel.status_code" = tracing::field::Empty,
+                "rpc.system" = "grpc",
+                "rpc.service" = service,
+                "rpc.method" = method,
+                "rpc.grpc.status_code" = tracing::field::Empty,
+            )
+        };
         Self {
             labels: MethodLabels {
                 service: service.to_owned(),
@@ -100,11 +129,12 @@ impl Call {
             },
             started: Instant::now(),
             code: None,
+            span,
         }
     }
 
     /// Records the call as answered with `code`.
-    fn finish(mut self, code: String) {
+    fn finish(mut self, code: tonic::Code) {
         self.code = Some(code);
         drop(self);
     }
@@ -117,23 +147,47 @@ impl Drop for Call {
             .rpc_duration
             .get_or_create(&self.labels)
             .observe(self.started.elapsed().as_secs_f64());
+        let code = self.code.take().unwrap_or(tonic::Code::Cancelled);
         metrics
             .rpc_requests
             .get_or_create(&RpcLabels {
                 service: self.labels.service.clone(),
                 method: self.labels.method.clone(),
-                code: self.code.take().unwrap_or_else(|| "Cancelled".to_owned()),
+                code: code_name(code),
             })
             .inc();
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            self.span.record("otel.status_code", "error");
+        }
     }
 }
 
-fn status_code(headers: &http::HeaderMap) -> Option<String> {
+fn status_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
     let number: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    Some(match tonic::Code::from_i32(number) {
+    Some(tonic::Code::from_i32(number))
+}
+
+fn code_name(code: tonic::Code) -> String {
+    match code {
         tonic::Code::Ok => "OK".to_owned(),
         code => format!("{code:?}"),
-    })
+    }
+}
+
+/// The codes OpenTelemetry's RPC conventions count as a server's own failure; the others are
+/// answers about the request (not found, invalid, refused), not errors of the span.
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// A response body that records its call once the status trailers pass through it.
@@ -157,13 +211,13 @@ where
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let code = match &polled {
             Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().map(status_code),
-            Poll::Ready(Some(Err(_))) => Some(Some("Internal".to_owned())),
+            Poll::Ready(Some(Err(_))) => Some(Some(tonic::Code::Internal)),
             Poll::Ready(None) => Some(None),
             Poll::Pending => None,
         };
         if let Some(code) = code {
             if let Some(call) = this.call.take() {
-                call.finish(code.unwrap_or_else(|| "Unknown".to_owned()));
+                call.finish(code.unwrap_or(tonic::Code::Unknown));
             }
         }
         polled
@@ -203,8 +257,11 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         assert_eq!(status_code(&headers), None);
         headers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        assert_eq!(status_code(&headers).as_deref(), Some("OK"));
+        assert_eq!(status_code(&headers).map(code_name).as_deref(), Some("OK"));
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-        assert_eq!(status_code(&headers).as_deref(), Some("ResourceExhausted"));
+        assert_eq!(
+            status_code(&headers).map(code_name).as_deref(),
+            Some("ResourceExhausted")
+        );
     }
 }

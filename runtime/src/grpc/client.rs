@@ -1,0 +1,69 @@
+//! What every gRPC call one orderflow service makes to another carries: a client span, whose
+//! trace context goes along in the metadata so the callee's server span joins the caller's trace,
+//! and the calling service's own bearer token when the callee requires one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::codegen::{http, Service};
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+/// A channel to another orderflow service (wrap with [`Outbound::new`], then hand it to a
+/// generated client such as `InventoryServiceClient::new`).
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    inner: Channel,
+    authorization: Option<http::HeaderValue>,
+}
+
+impl Outbound {
+    pub fn new(inner: Channel) -> Self {
+        Self {
+            inner,
+            authorization: None,
+        }
+    }
+
+    /// Sends `token` as `authorization: Bearer <token>` on every call.
+    pub fn with_bearer_token(mut self, token: &str) -> Result<Self, crate::RuntimeError> {
+        let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| crate::RuntimeError::Config("a bearer token must be ASCII".into()))?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
+    }
+}
+
+impl Service<http::Request<Body>> for Outbound {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let path = request.uri().path().trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let span = tracing::info_span!(
+            "grpc client",
+            "otel.name" = %path,
+            "otel.kind" = "client",
+            "rpc.system" = "grpc",
+            "rpc.service" = service,
+            "rpc.method" = method,
+        );
+        span.in_scope(|| crate::trace_context::inject_http(request.headers_mut()));
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.clone());
+        }
+        Box::pin(self.inner.call(request).instrument(span))
+    }
+}
