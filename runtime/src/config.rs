@@ -5,6 +5,9 @@
 //! Connection URLs may carry passwords: the `Debug` impls redact them, and nothing logs them raw.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::RuntimeError;
 
 #[derive(Clone, clap::Args)]
 pub struct PostgresArgs {
@@ -16,6 +19,11 @@ pub struct PostgresArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+
+    /// File holding the PostgreSQL URL (e.g. a mounted Secret); read at start-up, it replaces
+    /// `--database-url`. TLS: `?sslmode=verify-full&sslrootcert=/path/ca.pem` in the URL.
+    #[arg(long, env = "ORDERFLOW_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
 
     /// Maximum connections in the PostgreSQL pool.
     #[arg(long, env = "ORDERFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
@@ -35,12 +43,24 @@ impl fmt::Debug for PostgresArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresArgs")
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_url_file", &self.database_url_file)
             .field("database_max_connections", &self.database_max_connections)
             .field(
                 "database_acquire_timeout_ms",
                 &self.database_acquire_timeout_ms,
             )
             .finish()
+    }
+}
+
+impl PostgresArgs {
+    /// The URL to connect to: the file's, if one is configured.
+    pub fn url(&self) -> Result<String, RuntimeError> {
+        secret_or_file(
+            &self.database_url,
+            self.database_url_file.as_deref(),
+            "--database-url-file",
+        )
     }
 }
 
@@ -55,6 +75,16 @@ pub struct RedisArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// File holding the Redis URL (e.g. a mounted Secret); read at start-up, it replaces
+    /// `--redis-url`.
+    #[arg(long, env = "ORDERFLOW_REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// PEM CA certificate that signed the Redis server's certificate, for `rediss://` URLs to a
+    /// server with a private CA (public CAs are trusted from the system's store).
+    #[arg(long, env = "ORDERFLOW_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
 
     /// Talk to a Redis Cluster instead of a single Redis.
     #[arg(
@@ -83,12 +113,23 @@ impl RedisArgs {
     pub fn key(&self, parts: &[&str]) -> String {
         redis_key(&self.redis_key_prefix, parts)
     }
+
+    /// The URL (or cluster seed list) to connect to: the file's, if one is configured.
+    pub fn url(&self) -> Result<String, RuntimeError> {
+        secret_or_file(
+            &self.redis_url,
+            self.redis_url_file.as_deref(),
+            "--redis-url-file",
+        )
+    }
 }
 
 impl fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisArgs")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_url_file", &self.redis_url_file)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
             .field("redis_cluster", &self.redis_cluster)
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
@@ -96,7 +137,7 @@ impl fmt::Debug for RedisArgs {
     }
 }
 
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma separated.
     #[arg(
@@ -121,9 +162,74 @@ pub struct KafkaArgs {
     /// How long a publish may wait for the broker's acknowledgement before it fails.
     #[arg(long, env = "ORDERFLOW_KAFKA_ACK_TIMEOUT_MS", default_value_t = 5000)]
     pub kafka_ack_timeout_ms: u64,
+
+    /// Any librdkafka client property as `key=value`, repeatable (comma-separated in the
+    /// environment variable), e.g. `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`,
+    /// `sasl.username=orderflow`, `ssl.ca.location=/etc/kafka/ca.pem`. Values of keys naming a
+    /// password or secret are never logged.
+    #[arg(
+        long = "kafka-property",
+        env = "ORDERFLOW_KAFKA_PROPERTIES",
+        value_delimiter = ','
+    )]
+    pub kafka_properties: Vec<String>,
+
+    /// File holding the SASL password (`sasl.password`), e.g. a mounted Secret.
+    #[arg(long, env = "ORDERFLOW_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: Vec<String> = self
+            .kafka_properties
+            .iter()
+            .map(|property| match property.split_once('=') {
+                Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+                _ => property.clone(),
+            })
+            .collect();
+        f.debug_struct("KafkaArgs")
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_topic_prefix", &self.kafka_topic_prefix)
+            .field("kafka_topic_partitions", &self.kafka_topic_partitions)
+            .field("kafka_topic_replication", &self.kafka_topic_replication)
+            .field("kafka_ack_timeout_ms", &self.kafka_ack_timeout_ms)
+            .field("kafka_properties", &properties)
+            .field("kafka_sasl_password_file", &self.kafka_sasl_password_file)
+            .finish()
+    }
+}
+
+/// Whether a client property holds a credential (`sasl.password`, `ssl.key.password`, …).
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || key.contains("sasl.oauthbearer.config")
 }
 
 impl KafkaArgs {
+    /// `--kafka-property` pairs plus the password file's `sasl.password`, checked for shape.
+    pub fn client_properties(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        let mut properties = Vec::with_capacity(self.kafka_properties.len() + 1);
+        for property in &self.kafka_properties {
+            let (key, value) = property
+                .split_once('=')
+                .filter(|(key, _)| !key.trim().is_empty())
+                .ok_or_else(|| {
+                    RuntimeError::Config(format!(
+                        "--kafka-property {:?}: expected key=value",
+                        property.split('=').next().unwrap_or_default()
+                    ))
+                })?;
+            properties.push((key.trim().to_owned(), value.to_owned()));
+        }
+        if let Some(path) = &self.kafka_sasl_password_file {
+            let password = secret_or_file("", Some(path), "--kafka-sasl-password-file")?;
+            properties.push(("sasl.password".to_owned(), password));
+        }
+        Ok(properties)
+    }
+
     /// The deployment's full name of `topic` (one of `orderflow_proto::topics`).
     pub fn topic(&self, topic: &str) -> String {
         format!("{}{}", self.kafka_topic_prefix, topic)
@@ -230,6 +336,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// `value`, or the content of `file` when one is given (a secret mounted as a file); a trailing
+/// newline is not part of it.
+pub fn secret_or_file(
+    value: &str,
+    file: Option<&Path>,
+    flag: &str,
+) -> Result<String, RuntimeError> {
+    match file {
+        None => Ok(value.to_owned()),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|content| content.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|error| RuntimeError::Config(format!("{flag} {}: {error}", path.display()))),
+    }
+}
+
 /// The Redis key for `parts` under `prefix`, the prefix being the hash tag: `{prefix}:a:b`.
 pub fn redis_key(prefix: &str, parts: &[&str]) -> String {
     let mut key = format!("{{{prefix}}}");
@@ -304,6 +425,7 @@ mod tests {
     fn debug_output_never_shows_the_password() {
         let args = PostgresArgs {
             database_url: "postgres://u:hunter2@db/x".into(),
+            database_url_file: None,
             database_max_connections: 1,
             database_acquire_timeout_ms: 1,
         };
@@ -311,9 +433,57 @@ mod tests {
     }
 
     #[test]
+    fn kafka_properties_parse_and_never_show_credentials() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            kafka: KafkaArgs,
+        }
+        let flags = Flags::parse_from([
+            "x",
+            "--kafka-property=security.protocol=SASL_SSL",
+            "--kafka-property=sasl.password=hunter2",
+        ]);
+        assert_eq!(
+            flags.kafka.client_properties().expect("valid properties"),
+            [
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.password".to_owned(), "hunter2".to_owned())
+            ]
+        );
+        let shown = format!("{:?}", flags.kafka);
+        assert!(
+            shown.contains("sasl.password=***") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        let broken = Flags::parse_from(["x", "--kafka-property=acks"]);
+        assert!(broken.kafka.client_properties().is_err());
+    }
+
+    #[test]
+    fn a_secret_file_replaces_the_value_without_its_newline() {
+        let path = std::env::temp_dir().join(format!("orderflow-secret-{}", std::process::id()));
+        std::fs::write(&path, "redis://:pw@cache:6379\n").expect("writing the secret");
+        assert_eq!(
+            secret_or_file("redis://127.0.0.1", Some(&path), "--redis-url-file").ok(),
+            Some("redis://:pw@cache:6379".to_owned())
+        );
+        assert_eq!(
+            secret_or_file("redis://127.0.0.1", None, "--redis-url-file").ok(),
+            Some("redis://127.0.0.1".to_owned())
+        );
+        let missing = secret_or_file("", Some(Path::new("/nonexistent")), "--redis-url-file");
+        assert!(missing.is_err_and(|error| error.to_string().contains("--redis-url-file")));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
     fn keys_share_the_prefix_as_hash_tag() {
         let args = RedisArgs {
             redis_url: String::new(),
+            redis_url_file: None,
+            redis_tls_ca_file: None,
             redis_cluster: false,
             redis_key_prefix: "t1".into(),
             redis_timeout_ms: 1,

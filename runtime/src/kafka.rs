@@ -17,10 +17,14 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaArgs;
 use crate::RuntimeError;
 
-fn base_config(args: &KafkaArgs) -> ClientConfig {
+/// The brokers, then whatever `--kafka-property` adds (security protocol, SASL, TLS, …).
+fn base_config(args: &KafkaArgs) -> Result<ClientConfig, RuntimeError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &args.kafka_brokers);
-    config
+    for (key, value) in args.client_properties()? {
+        config.set(key, value);
+    }
+    Ok(config)
 }
 
 fn kafka_error(args: &KafkaArgs) -> impl FnOnce(KafkaError) -> RuntimeError + '_ {
@@ -32,7 +36,7 @@ fn kafka_error(args: &KafkaArgs) -> impl FnOnce(KafkaError) -> RuntimeError + '_
 
 /// An idempotent producer whose sends fail after `kafka_ack_timeout_ms` without an ack.
 pub fn producer(args: &KafkaArgs) -> Result<FutureProducer, RuntimeError> {
-    base_config(args)
+    base_config(args)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
@@ -47,15 +51,15 @@ pub fn producer(args: &KafkaArgs) -> Result<FutureProducer, RuntimeError> {
 /// The configuration of a consumer in `group_id` that starts from the earliest offset of a new
 /// group and commits only the offsets the application stored explicitly (after it applied the
 /// message).
-pub fn consumer_config(args: &KafkaArgs, group_id: &str) -> ClientConfig {
-    let mut config = base_config(args);
+pub fn consumer_config(args: &KafkaArgs, group_id: &str) -> Result<ClientConfig, RuntimeError> {
+    let mut config = base_config(args)?;
     config
         .set("group.id", group_id)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    config
+    Ok(config)
 }
 
 /// The producer span of one publish to `topic` (full name) keyed by `key`: its context goes
@@ -75,7 +79,7 @@ pub fn send_span(topic: &str, key: &str) -> tracing::Span {
 /// Creates each of `topics` (full names) that does not exist yet; existing ones are left alone.
 pub async fn ensure_topics(args: &KafkaArgs, topics: &[String]) -> Result<(), RuntimeError> {
     let admin: AdminClient<DefaultClientContext> =
-        base_config(args).create().map_err(kafka_error(args))?;
+        base_config(args)?.create().map_err(kafka_error(args))?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|name| {

@@ -11,15 +11,16 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects a pool and brings the schema up to date.
 pub async fn connect_and_migrate(args: &PostgresArgs) -> Result<PgPool, RuntimeError> {
+    let url = args.url()?;
     let pool = PgPoolOptions::new()
         .max_connections(args.database_max_connections)
         .acquire_timeout(std::time::Duration::from_millis(
             args.database_acquire_timeout_ms.max(1),
         ))
-        .connect(&args.database_url)
+        .connect(&url)
         .await
         .map_err(|source| RuntimeError::Postgres {
-            url: redact_url(&args.database_url),
+            url: redact_url(&url),
             source,
         })?;
     MIGRATOR.run(&pool).await?;

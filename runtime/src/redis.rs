@@ -78,19 +78,34 @@ fn traced<'a, T: Send + 'a>(
 }
 
 pub async fn connect(args: &RedisArgs) -> Result<RedisConnection, RuntimeError> {
+    let url = args.url()?;
     let error = |source| RuntimeError::Redis {
-        url: redact_url(&args.redis_url),
+        url: redact_url(&url),
         source,
     };
     let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
+    // `rediss://` URLs speak TLS; a private CA is trusted on top of the system's store.
+    let certificates = args
+        .redis_tls_ca_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read(path).map(|root| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root),
+            })
+        })
+        .transpose()
+        .map_err(|read| RuntimeError::Config(format!("--redis-tls-ca-file: {read}")))?;
     if args.redis_cluster {
-        let nodes: Vec<&str> = args.redis_url.split(',').map(str::trim).collect();
-        let client = ClusterClient::builder(nodes)
+        let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+        let mut builder = ClusterClient::builder(nodes)
             .connection_timeout(timeout)
             .response_timeout(timeout)
-            .retries(2)
-            .build()
-            .map_err(error)?;
+            .retries(2);
+        if let Some(certificates) = certificates {
+            builder = builder.certs(certificates);
+        }
+        let client = builder.build().map_err(error)?;
         let connection = client.get_async_connection().await.map_err(error)?;
         return Ok(RedisConnection::Cluster(connection));
     }
@@ -100,7 +115,11 @@ pub async fn connect(args: &RedisArgs) -> Result<RedisConnection, RuntimeError> 
         .set_number_of_retries(2)
         .set_factor(50)
         .set_max_delay(500);
-    let client = redis::Client::open(args.redis_url.as_str()).map_err(error)?;
+    let client = match certificates {
+        Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates),
+        None => redis::Client::open(url.as_str()),
+    }
+    .map_err(error)?;
     ConnectionManager::new_with_config(client, config)
         .await
         .map(RedisConnection::Single)

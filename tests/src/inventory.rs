@@ -47,6 +47,8 @@ impl InventoryStack {
         let (database_url, db) = deps::fresh_database_on(&server, &id).await;
         let redis_args = RedisArgs {
             redis_url: options.redis_url.clone().unwrap_or_else(deps::redis_url),
+            redis_url_file: None,
+            redis_tls_ca_file: None,
             redis_cluster: options.redis_cluster,
             redis_key_prefix: format!("t{id}"),
             redis_timeout_ms: 2000,

@@ -95,8 +95,54 @@ impl PrivateRedis {
     pub async fn start() -> Self {
         let port = free_port();
         let child = redis_server(port, &[], &std::env::temp_dir());
+        Self::listening(format!("redis://127.0.0.1:{port}"), port, child).await
+    }
+
+    /// A Redis that speaks only TLS, with `pki`'s server certificate (`rediss://` URL).
+    pub async fn start_tls(pki: &crate::pki::Pki) -> Self {
+        let port = free_port();
+        let (cert, key, ca) = (
+            pki.path("server.pem"),
+            pki.path("server-key.pem"),
+            pki.path("ca.pem"),
+        );
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+            ])
+            .args([
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+            ])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start redis-server with TLS: {error}"));
+        Self::listening(format!("rediss://127.0.0.1:{port}"), port, child).await
+    }
+
+    async fn listening(url: String, port: u16, child: Child) -> Self {
         let redis = Self {
-            url: format!("redis://127.0.0.1:{port}"),
+            url,
             port,
             process: Some(child),
         };
@@ -214,7 +260,7 @@ pub struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
-    pub async fn start() -> Self {
+    async fn initialised() -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("orderflow-pg-{}", crate::unique_id()));
         std::fs::create_dir_all(&dir).expect("creating the private PostgreSQL's directory");
@@ -240,6 +286,46 @@ impl PrivatePostgres {
                 &["-D", "data", "-U", "postgres", "--auth=trust", "--no-sync"],
             )
             .await;
+        postgres
+    }
+
+    pub async fn start() -> Self {
+        let postgres = Self::initialised().await;
+        postgres.restart().await;
+        postgres
+    }
+
+    /// A server that also speaks TLS with `pki`'s server certificate (`sslmode=verify-full`
+    /// works against `pki`'s CA).
+    pub async fn start_tls(pki: &crate::pki::Pki) -> Self {
+        let postgres = Self::initialised().await;
+        let data = postgres.dir.join("data");
+        for (from, to) in [
+            ("server.pem", "server.crt"),
+            ("server-key.pem", "server.key"),
+        ] {
+            std::fs::copy(pki.path(from), data.join(to)).expect("copying the server's TLS files");
+        }
+        // PostgreSQL reads its key only if nobody else can, and only as its owner.
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("restricting the server key");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres", "server.crt", "server.key"])
+                .current_dir(&data)
+                .status()
+                .await
+                .expect("running chown");
+            assert!(status.success(), "could not hand the TLS files to postgres");
+        }
+        std::fs::write(
+            data.join("postgresql.auto.conf"),
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .expect("turning TLS on");
         postgres.restart().await;
         postgres
     }

@@ -15,6 +15,8 @@ async fn locks(ttl_ms: u64, wait_ms: u64) -> (Locks, RedisConnection, String) {
     let prefix = format!("t{}", orderflow_tests::unique_id());
     let args = RedisArgs {
         redis_url: orderflow_tests::deps::redis_url(),
+        redis_url_file: None,
+        redis_tls_ca_file: None,
         redis_cluster: false,
         redis_key_prefix: prefix.clone(),
         redis_timeout_ms: 2000,

@@ -136,7 +136,7 @@ pub async fn run(
     crate::kafka::ensure_topics(kafka, &to_create).await?;
 
     let consumer: StreamConsumer<LagContext> =
-        crate::kafka::consumer_config(kafka, &subscription.group_id)
+        crate::kafka::consumer_config(kafka, &subscription.group_id)?
             .set(
                 "statistics.interval.ms",
                 subscription.consumer.lag_report_interval_ms.to_string(),

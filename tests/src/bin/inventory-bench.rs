@@ -89,6 +89,8 @@ async fn main() -> anyhow::Result<()> {
         Mode::Lua | Mode::Lock => {
             let keys = RedisArgs {
                 redis_url: args.redis_url.clone(),
+                redis_url_file: None,
+                redis_tls_ca_file: None,
                 redis_cluster: false,
                 redis_key_prefix: format!("bench{}", orderflow_tests::unique_id()),
                 redis_timeout_ms: 5000,

@@ -114,6 +114,8 @@ async fn publish(args: &Args, prefix: &str, order_ids: &[Uuid]) -> anyhow::Resul
         kafka_topic_partitions: 3,
         kafka_topic_replication: 1,
         kafka_ack_timeout_ms: 30_000,
+        kafka_properties: Vec::new(),
+        kafka_sasl_password_file: None,
     };
     let names: Vec<String> = topics::ALL.iter().map(|topic| kafka.topic(topic)).collect();
     orderflow_runtime::kafka::ensure_topics(&kafka, &names).await?;
