@@ -81,15 +81,26 @@ impl ServiceProcess {
             .unwrap_or_else(|error| panic!("killing {}: {error}", self.name));
     }
 
-    /// SIGTERM, as Kubernetes stops a pod; waits for the exit and returns whether it was clean.
-    pub async fn terminate(mut self) -> bool {
-        let pid = self.child.id().expect("a running process");
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends SIGTERM (once the process is still running), without waiting.
+    pub async fn send_terminate(&mut self) {
+        let Some(pid) = self.child.id() else {
+            return;
+        };
         let sent = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .await
             .expect("running kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for the exit and returns whether it was clean.
+    pub async fn terminate(mut self) -> bool {
+        self.send_terminate().await;
         let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{} did not exit within 30 s of SIGTERM", self.name))

@@ -487,6 +487,17 @@ impl Stack {
         );
     }
 
+    /// SIGTERM to the process of `binary` (`Options::processes`), as Kubernetes stops a pod,
+    /// without waiting for it: the test watches it drain. `Stack::stop` waits for its exit.
+    pub async fn signal_terminate(&mut self, binary: &str) {
+        self.processes
+            .iter_mut()
+            .find(|process| process.name() == binary)
+            .unwrap_or_else(|| panic!("no {binary} process in this stack"))
+            .send_terminate()
+            .await;
+    }
+
     /// Shuts every service down as SIGTERM would and waits until each returned cleanly.
     pub async fn stop(mut self) {
         for process in std::mem::take(&mut self.processes) {

@@ -1,5 +1,5 @@
 //! The tower layers every server runs behind: load shedding past the concurrency limit (health
-//! checks exempt) and the request size limit.
+//! checks exempt), the request size limit, the per-user rate limit, and the drain on SIGTERM.
 
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, order_request};
@@ -124,7 +124,8 @@ async fn an_oversized_request_is_refused_before_it_is_decoded() {
 async fn the_per_user_rate_limit_holds_across_replicas() {
     let stack = Stack::start_with(Options {
         order_args: vec![
-            "--rate-limit-per-second=1".into(),
+            // One token every 5 s: the burst below never refills by accident on a busy machine.
+            "--rate-limit-per-second=0.2".into(),
             "--rate-limit-burst=3".into(),
         ],
         extra_order_apis: 1,
@@ -148,7 +149,7 @@ async fn the_per_user_rate_limit_holds_across_replicas() {
         "a fourth order at once",
         &refused,
         Code::ResourceExhausted,
-        "user_id \"eager\": more than 1 orders per second",
+        "user_id \"eager\": more than 0.2 orders per second",
     );
     assert!(refused.message().contains("retry in"), "{refused:?}");
     assert_eq!(
@@ -160,8 +161,84 @@ async fn the_per_user_rate_limit_holds_across_replicas() {
     // Other buyers have their own bucket.
     place(4, "patient").await.expect("another user");
 
-    // One token a second comes back.
-    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    // A token comes back after 5 s.
+    tokio::time::sleep(std::time::Duration::from_millis(5_100)).await;
     place(5, "eager").await.expect("a token refilled");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_calls_in_flight_and_refuses_new_ones() {
+    use orderflow_proto::order::v1::PayOrderRequest;
+    use std::time::Duration;
+
+    let mut stack = Stack::start_with(Options {
+        processes: Some(Vec::new()),
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("DRAIN-1", 10, 100).await;
+    let order = stack
+        .create_order(order_request("drain", "dana", &[("DRAIN-1", 1)]))
+        .await
+        .expect("an order");
+    stack.wait_for_persisted_orders(1).await;
+
+    // Another transaction holds the order's row: the payment stays in flight until it ends.
+    let mut blocker = stack.db.begin().await.expect("a transaction");
+    sqlx::query("SELECT 1 FROM orders WHERE order_id = $1::uuid FOR UPDATE")
+        .bind(&order.order_id)
+        .execute(&mut *blocker)
+        .await
+        .expect("locking the order");
+    let in_flight = tokio::spawn({
+        let (mut client, order) = (stack.order.clone(), order.clone());
+        async move {
+            client
+                .pay_order(PayOrderRequest {
+                    order_id: order.order_id.clone(),
+                    payment_id: "pay-drain".into(),
+                    amount_cents: order.total_cents,
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.signal_terminate("order-api").await;
+
+    // Draining: the health check says NOT_SERVING (or the listener is gone) at once.
+    let health = HealthClient::new(orderflow_tests::stack::channel(stack.addresses.order_api));
+    orderflow_tests::eventually("order-api to stop serving", Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move {
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: "orderflow.order.v1.OrderService".into(),
+                })
+                .await;
+            (!answer.is_ok_and(|answer| answer.get_ref().status() == ServingStatus::Serving))
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(!in_flight.is_finished(), "the call in flight was cut short");
+    let newcomer = orderflow_proto::order::v1::order_service_client::OrderServiceClient::new(
+        orderflow_tests::stack::channel(stack.addresses.order_api),
+    )
+    .create_order(order_request("late", "dana", &[("DRAIN-1", 1)]))
+    .await
+    .expect_err("a new call after SIGTERM");
+    assert_eq!(newcomer.code(), Code::Unavailable, "{newcomer:?}");
+
+    // The call in flight still completes once its row is free.
+    blocker.rollback().await.expect("releasing the row");
+    let paid = in_flight
+        .await
+        .expect("the call's task")
+        .expect("PayOrder finished during the drain");
+    assert_eq!(
+        paid.into_inner().order.expect("an order").payment_id,
+        "pay-drain"
+    );
     stack.stop().await;
 }
