@@ -4,6 +4,7 @@
 
 mod authorize;
 pub mod client;
+mod gate;
 mod observe;
 mod shed;
 mod size_limit;
@@ -141,8 +142,13 @@ pub async fn serve(
     let server = builder
         // The first layer is the outermost: shed calls are measured too.
         .layer(observe::ObserveLayer::new(known))
-        .layer(shed::ShedLayer::new(serving.max_concurrent_requests.max(1)))
-        .layer(authorize::AuthorizeLayer::new(authenticator, policy))
+        .layer(gate::GateLayer::new(shed::Shed::new(
+            serving.max_concurrent_requests.max(1),
+        )))
+        .layer(gate::GateLayer::new(authorize::Authorize::new(
+            authenticator,
+            policy,
+        )))
         .layer(size_limit::SizeLimitLayer::new(serving.max_message_bytes))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
