@@ -6,13 +6,17 @@ No cluster runs here, so this is what can be proven without one: the chart is re
 Secrets, features off) and the manifests are parsed and checked for the facts that matter in
 production: probes, security context, resources, env wiring, hooks, autoscalers, policies,
 monitors, the helm test pod, no credential outside a Secret; the custom resources (KEDA
-ScaledObject, ServiceMonitor, PodMonitor) for their CRDs' required and documented fields.
+ScaledObject, ServiceMonitor, PodMonitor) for their CRDs' required and documented fields. The
+optional features (authentication, traces, TLS/SASL to the dependencies) must show exactly the
+variables their values call for, and every credential and certificate must be a read-only
+mounted file that the *_FILE variable (or ssl.ca.location, or the URL's sslrootcert) names.
 
 The chart cannot drift from the binaries: what each binary reads (its `#[arg(long, env =
 "ORDERFLOW_…")]` settings, following `#[command(flatten)]` from its `Config::parse()`) is read out
 of the Rust sources with regular expressions, no compiling, and every ORDERFLOW_* variable or
---flag a container gets must be one its binary reads; the readiness service names and the KEDA
-topics must be those of proto/. values.schema.json must reject bad values (its `config` keys are
+--flag a container gets must be one its binary reads (OTEL_* ones: its clap settings, those
+runtime/src/telemetry.rs reads, or the OpenTelemetry SDK's, pinned to the Cargo.lock version);
+the readiness service names and the KEDA topics must be those of proto/. values.schema.json must reject bad values (its `config` keys are
 the variables the binaries read). deploy/Dockerfile is checked statically (multi-stage, non-root,
 the four binaries).
 
@@ -38,6 +42,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "orderflow"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
+CARGO_TOML = ROOT / "Cargo.toml"
+CARGO_LOCK = ROOT / "Cargo.lock"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
 DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
@@ -116,6 +122,30 @@ def render(helm_bin: str, *value_args: str, release: str = RELEASE) -> Render:
     return Render(out.stdout)
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """Helm's merge of values: maps merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def chart_values(*overrides: dict) -> dict:
+    """values.yaml with `overrides` merged over it, in order: the values a render used."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for override in overrides:
+        values = deep_merge(values, override)
+    return values
+
+
+def render_values(helm_bin: str, override: dict, release: str = RELEASE) -> tuple[Render, dict]:
+    """Renders with `override` as a values file; returns the render and the merged values."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "values.yaml"
+        path.write_text(yaml.safe_dump(override))
+        return render(helm_bin, "-f", str(path), release=release), chart_values(override)
+
+
 def name_of(component: str, prefix: str = PREFIX) -> str:
     return f"{prefix}-{component}"
 
@@ -143,7 +173,7 @@ TOPICS_RS = ROOT / "proto" / "src" / "topics.rs"
 CLAP_STRUCT = re.compile(
     r"^#\[derive\(([^)]*)\)\]\s*(?:(?:#\[[^\n]*\]|///[^\n]*)\s*)*pub struct (\w+)\s*\{(.*?)^\}", re.M | re.S)
 CLAP_FIELD = re.compile(r"^\s*pub (\w+)\s*:\s*([^,\n]+),\s*$", re.M)
-ENV_ATTR = re.compile(r'\benv\s*=\s*"(ORDERFLOW_[A-Z0-9_]+)"')
+ENV_ATTR = re.compile(r'\benv\s*=\s*"((?:ORDERFLOW|OTEL)_[A-Z0-9_]+)"')
 DEFAULT_ATTR = re.compile(r'\bdefault_value(?:_t)?\s*=\s*("([^"]*)"|[^,\n)]+)')
 
 
@@ -223,6 +253,46 @@ def all_read_variables() -> set[str]:
     return {name for s in binary_settings().values() for name in s.env}
 
 
+# --- The OpenTelemetry variables ----------------------------------------------------------------
+# Besides its clap settings (OTEL_EXPORTER_OTLP_ENDPOINT is one), a binary's telemetry reads a few
+# OTEL_* variables itself (runtime/src/telemetry.rs), and the OpenTelemetry SDK reads the standard
+# ones. The SDK's are listed here, read out of the sources of the versions Cargo.lock pins (grep
+# '"OTEL_' in opentelemetry_sdk and opentelemetry-otlp), trace settings only: the services export
+# no OTLP metrics or logs, so the *_METRICS_*, *_LOGS_*, OTEL_METRIC_* and OTEL_BLRP_* ones would do
+# nothing. check_sources fails when Cargo.lock moves to another version, to have the list re-read.
+TELEMETRY_RS = RUNTIME_SRC / "telemetry.rs"
+OTEL_SDK_CRATES = {"opentelemetry_sdk": "0.33.1", "opentelemetry-otlp": "0.33.1"}
+OTEL_SDK_VARIABLES = {
+    "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_MAX_CONCURRENT_EXPORTS", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    *(f"OTEL_EXPORTER_OTLP_{signal}{name}" for signal in ("", "TRACES_")
+      for name in ("ENDPOINT", "HEADERS", "TIMEOUT", "COMPRESSION", "PROTOCOL", "INSECURE")),
+}
+
+
+def locked_versions() -> dict[str, set[str]]:
+    """Cargo.lock: every package's locked versions."""
+    versions: dict[str, set[str]] = {}
+    for name, version in re.findall(r'^name = "([^"]+)"\nversion = "([^"]+)"', CARGO_LOCK.read_text(), re.M):
+        versions.setdefault(name, set()).add(version)
+    return versions
+
+
+@functools.lru_cache(maxsize=None)
+def otel_variables() -> frozenset[str]:
+    """Every OTEL_* variable a binary with the telemetry settings honours."""
+    clap = {name for name in all_read_variables() if name.startswith("OTEL_")}
+    runtime = set(re.findall(r'"(OTEL_[A-Z0-9_]+)"', TELEMETRY_RS.read_text()))
+    return frozenset(clap | runtime | OTEL_SDK_VARIABLES)
+
+
+def otel_read_by(binary: str) -> frozenset[str]:
+    """The OTEL_* variables `binary` honours: all of them once it has the telemetry settings."""
+    return otel_variables() if "OTEL_EXPORTER_OTLP_ENDPOINT" in binary_settings()[binary].env else frozenset()
+
+
 def proto_services() -> set[str]:
     """Full names (package.Service) of every gRPC service in proto/."""
     names = set()
@@ -269,10 +339,243 @@ def check_labels(c: Checker, where: str, labels: dict) -> None:
     c.check(labels.get("app.kubernetes.io/managed-by") == "Helm", f"{where}: managed-by is not Helm")
 
 
-def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool = True,
+# --- Credentials and certificates as files -------------------------------------------------------
+# The chart mounts every Secret (and CA ConfigMap) as a read-only projected volume, mode 0440: the
+# kubelet writes the files as root with the pod's fsGroup, the group of the services' user. Only
+# OTEL_EXPORTER_OTLP_HEADERS may be a Secret in the environment: the SDK has no file form of it.
+SECRET_FILE_MODE = 0o440
+ENV_SECRETS_ALLOWED = {"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"}
+FILE_VOLUME_KINDS = ("secret", "configMap", "projected")
+# Paths inside a value that name a file: librdkafka's, and libpq's (the PostgreSQL URL's query).
+KAFKA_FILE_PROPERTIES = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location")
+PG_FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey")
+ENV_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def volume_files(volume: dict) -> list[tuple[str, tuple[str, str, str]]]:
+    """The files a secret, configMap or projected volume provides: (path in it, (kind, name, key))."""
+    out = []
+
+    def source(kind: str, src: dict) -> None:
+        name = src.get("name") or src.get("secretName") or ""
+        for item in src.get("items") or [{"key": "*", "path": "*"}]:
+            out.append((item["path"], (kind, name, item["key"])))
+
+    for kind in ("secret", "configMap"):
+        if kind in volume:
+            source(kind, volume[kind])
+    for src in (volume.get("projected") or {}).get("sources") or []:
+        for kind in ("secret", "configMap"):
+            if kind in src:
+                source(kind, src[kind])
+    return out
+
+
+def volume_mode(volume: dict) -> int | None:
+    return next(((volume[k] or {}).get("defaultMode") for k in FILE_VOLUME_KINDS if k in volume), None)
+
+
+def mounted_files(pod: dict, ctr: dict) -> dict[str, dict]:
+    """Each file a container sees from a Secret or ConfigMap: its path → source (kind, name, key), readOnly."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    files = {}
+    for m in ctr.get("volumeMounts", []):
+        for path, src in volume_files(volumes.get(m["name"], {})):
+            files[f"{m['mountPath'].rstrip('/')}/{path}"] = {"source": src, "readOnly": m.get("readOnly") is True}
+    return files
+
+
+def split_pairs(text: str | None, sep: str = ",") -> dict[str, str]:
+    """`k=v,k=v` (ORDERFLOW_KAFKA_PROPERTIES, OTEL_RESOURCE_ATTRIBUTES) as a dict."""
+    return dict(pair.split("=", 1) for pair in (text or "").split(sep) if "=" in pair)
+
+
+def secret_text(r: Render, source: tuple[str, str, str] | None) -> str | None:
+    """The content of a file from a Secret the render holds (None for an existing Secret)."""
+    if not source or source[0] != "secret":
+        return None
+    secret = r.get("Secret", source[1])
+    value = ((secret or {}).get("data") or {}).get(source[2])
+    return base64.b64decode(value).decode() if value else None
+
+
+def check_files(c: Checker, r: Render, where: str, pod: dict, ctr: dict) -> None:
+    """Credentials and certificates are read-only files, and whatever names a file finds it mounted."""
+    binary = Path((ctr.get("command") or ["?"])[0]).name
+    reads = binary_settings().get(binary)
+    files = mounted_files(pod, ctr)
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in ctr.get("volumeMounts", []):
+        vol = volumes.get(m["name"])
+        if not c.check(vol is not None, f"{where}: mounts {m['name']}, which is no volume of the pod"):
+            continue
+        if any(k in vol for k in FILE_VOLUME_KINDS):
+            c.check(m.get("readOnly") is True, f"{where}: {m['mountPath']} (volume {m['name']}) is not mounted read-only")
+            mode = volume_mode(vol)
+            c.check(mode == SECRET_FILE_MODE, f"{where}: volume {m['name']} has mode {format(mode, '04o') if mode is not None else 'default (0644)'}, "
+                    "want 0440 (root and the pod's fsGroup only)")
+            c.check(m["mountPath"].startswith("/etc/orderflow/"), f"{where}: {m['mountPath']} is not under /etc/orderflow/")
+    if files:
+        pod_sc, sc = pod.get("securityContext") or {}, ctr.get("securityContext") or {}
+        group = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
+        c.check(pod_sc.get("fsGroup") is not None and pod_sc.get("fsGroup") == group,
+                f"{where}: 0440 files are readable by the service only with fsGroup {pod_sc.get('fsGroup')} = its runAsGroup {group}")
+    defined: set[str] = set()
+    for e in ctr.get("env", []):
+        name = e["name"]
+        for ref in ENV_REFERENCE.findall(e.get("value", "")):
+            c.check(ref in defined, f"{where}: {name} refers to $({ref}), which is not defined before it (it would stay literal)")
+        defined.add(name)
+        if name.endswith("_FILE"):
+            path = e.get("value", "")
+            c.check(path in files and files[path]["readOnly"], f"{where}: {name}={path!r} is no file of a read-only mounted Secret or ConfigMap")
+        sref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        c.check(not sref or name in ENV_SECRETS_ALLOWED, f"{where}: {name} is a Secret in the environment: mount it as a file (*_FILE)")
+    if reads and "ORDERFLOW_KAFKA_PROPERTIES" in reads.env:
+        props = split_pairs(effective_env(r, ctr, "ORDERFLOW_KAFKA_PROPERTIES", ""))
+        for key in KAFKA_FILE_PROPERTIES:
+            if props.get(key, "probe") != "probe":
+                c.check(props[key] in files, f"{where}: Kafka's {key}={props[key]} is no mounted file")
+    url_file = env_map(ctr).get("ORDERFLOW_DATABASE_URL_FILE", {}).get("value", "")
+    url = secret_text(r, (files.get(url_file) or {}).get("source"))
+    if url:
+        query = dict(pair.split("=", 1) for pair in url.partition("?")[2].split("&") if "=" in pair)
+        for param in PG_FILE_PARAMS:
+            if param in query:
+                c.check(query[param] in files, f"{where}: the PostgreSQL URL's {param}={query[param]} is no mounted file")
+
+
+# The variables the optional features add; check_wiring wants exactly those the values call for.
+FEATURE_VARIABLES = {
+    "ORDERFLOW_AUTH_JWT_KEY_FILE", "ORDERFLOW_AUTH_JWT_ALGORITHM", "ORDERFLOW_AUTH_JWT_ISSUER", "ORDERFLOW_AUTH_JWT_AUDIENCE",
+    "ORDERFLOW_AUTH_TOKENS_FILE", "ORDERFLOW_INVENTORY_TOKEN_FILE", "ORDERFLOW_REDIS_TLS_CA_FILE", "ORDERFLOW_KAFKA_PROPERTIES",
+    "ORDERFLOW_KAFKA_SASL_PASSWORD_FILE", "ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE",
+}
+# Downward-API helpers of OTEL_RESOURCE_ATTRIBUTES.
+TRACING_HELPERS = {"K8S_NAMESPACE_NAME": "metadata.namespace", "K8S_POD_NAME": "metadata.name", "K8S_NODE_NAME": "spec.nodeName"}
+
+
+def env_string(value) -> str:
+    """A value as Helm's orderflow.envString renders it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def ca_source(ca: dict) -> tuple[str, str, str] | None:
+    if ca.get("secret"):
+        return ("secret", ca["secret"], ca["key"])
+    if ca.get("configMap"):
+        return ("configMap", ca["configMap"], ca["key"])
+    return None
+
+
+def expected_features(values: dict, component: str, prefix: str) -> dict[str, object]:
+    """The feature variables `component` must see under `values`: name → its value (a str; a dict
+    for key=value lists; ("secret"|"configMap", name, key) for a file; ("secretKeyRef"|"fieldRef", …))."""
+    reads = binary_settings()[component].env
+    want: dict[str, object] = {}
+    auth = values["auth"]
+    if auth["enabled"]:
+        jwt = auth["jwt"]
+        if jwt["existingSecret"]:
+            want["ORDERFLOW_AUTH_JWT_KEY_FILE"] = ("secret", jwt["existingSecret"], jwt["existingSecretKey"])
+            want["ORDERFLOW_AUTH_JWT_ALGORITHM"] = jwt["algorithm"]
+            for key in ("issuer", "audience"):
+                if jwt[key]:
+                    want[f"ORDERFLOW_AUTH_JWT_{key.upper()}"] = jwt[key]
+        if auth["tokens"]["existingSecret"]:
+            want["ORDERFLOW_AUTH_TOKENS_FILE"] = ("secret", auth["tokens"]["existingSecret"], auth["tokens"]["existingSecretKey"])
+        if "ORDERFLOW_INVENTORY_TOKEN_FILE" in reads:
+            token = auth["inventoryToken"]
+            want["ORDERFLOW_INVENTORY_TOKEN_FILE"] = ("secret", token["existingSecret"], token["existingSecretKey"])
+    if "ORDERFLOW_REDIS_URL" in reads and ca_source(values["redis"]["tlsCa"]):
+        want["ORDERFLOW_REDIS_TLS_CA_FILE"] = ca_source(values["redis"]["tlsCa"])
+    kafka = values["kafka"]
+    if "ORDERFLOW_KAFKA_BROKERS" in reads:
+        props = {key: env_string(value) for key, value in kafka["properties"].items()}
+        if ca_source(kafka["tlsCa"]):
+            props["ssl.ca.location"] = ca_source(kafka["tlsCa"])
+        if props:
+            want["ORDERFLOW_KAFKA_PROPERTIES"] = props
+        if kafka["sasl"]["passwordSecret"]:
+            want["ORDERFLOW_KAFKA_SASL_PASSWORD_FILE"] = ("secret", kafka["sasl"]["passwordSecret"], kafka["sasl"]["passwordSecretKey"])
+    webhook = values["notifySvc"]["webhook"]
+    if "ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE" in reads and webhook["url"]:
+        want["ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE"] = (
+            ("secret", webhook["existingSecret"], webhook["existingSecretKey"]) if webhook["existingSecret"] else ("secret", prefix, "webhook-secret"))
+    tracing = values["tracing"]
+    if tracing["enabled"]:
+        want["OTEL_EXPORTER_OTLP_ENDPOINT"] = tracing["otlpEndpoint"]
+        want["OTEL_SERVICE_NAME"] = component
+        want["OTEL_TRACES_SAMPLER"] = tracing["sampler"]
+        if tracing["sampler"].endswith("traceidratio"):
+            want["OTEL_TRACES_SAMPLER_ARG"] = env_string(tracing["samplerArg"])
+        want["OTEL_RESOURCE_ATTRIBUTES"] = {
+            "k8s.namespace.name": "$(K8S_NAMESPACE_NAME)", "k8s.pod.name": "$(K8S_POD_NAME)", "k8s.node.name": "$(K8S_NODE_NAME)",
+            "k8s.deployment.name": name_of(component, prefix),
+            **{key: env_string(value) for key, value in tracing["resourceAttributes"].items()}}
+        if tracing["headers"]["existingSecret"]:
+            want["OTEL_EXPORTER_OTLP_HEADERS"] = ("secretKeyRef", tracing["headers"]["existingSecret"], tracing["headers"]["existingSecretKey"])
+        for helper, field_path in TRACING_HELPERS.items():
+            want[helper] = ("fieldRef", field_path)
+    return want
+
+
+def check_wiring(c: Checker, r: Render, values: dict, where: str, component: str, pod: dict, ctr: dict, prefix: str) -> None:
+    """The optional features' variables (env and ConfigMap) are exactly those `values` call for, with their values and files."""
+    reads = binary_settings()[component].env
+    env = env_map(ctr)
+    seen: dict[str, dict] = {}
+    for source in ctr.get("envFrom", []):
+        cm = r.get("ConfigMap", (source.get("configMapRef") or {}).get("name", "")) or {}
+        for key, value in (cm.get("data") or {}).items():
+            if key in FEATURE_VARIABLES and key in reads:
+                seen[key] = {"name": key, "value": value}
+    for name, e in env.items():
+        if name in FEATURE_VARIABLES or name.startswith("OTEL_") or name in TRACING_HELPERS:
+            seen[name] = e
+    want = expected_features(values, component, prefix)
+    c.check(set(seen) == set(want), f"{where}: feature variables {sorted(seen)}, want exactly {sorted(want)}")
+    files = mounted_files(pod, ctr)
+    for name, expected in want.items():
+        e = seen.get(name)
+        if e is None:
+            continue
+        value_from = e.get("valueFrom") or {}
+        if isinstance(expected, tuple) and expected[0] == "secretKeyRef":
+            ref = value_from.get("secretKeyRef") or {}
+            c.check((ref.get("name"), ref.get("key")) == expected[1:], f"{where}: {name} from {ref}, want Secret {expected[1:]}")
+        elif isinstance(expected, tuple) and expected[0] == "fieldRef":
+            c.check((value_from.get("fieldRef") or {}).get("fieldPath") == expected[1], f"{where}: {name} is not the downward API's {expected[1]}")
+        elif isinstance(expected, tuple):
+            path = e.get("value", "")
+            got = (files.get(path) or {}).get("source")
+            c.check(got == expected, f"{where}: {name}={path} is {got}, want the file of {expected}")
+        elif isinstance(expected, dict):
+            got = split_pairs(e.get("value"))
+            for key, value in expected.items():
+                if isinstance(value, tuple):   # a path that must be the mounted file of this source
+                    c.check((files.get(got.get(key, "")) or {}).get("source") == value, f"{where}: {name} {key}={got.get(key)} is not the file of {value}")
+                    got.pop(key, None)
+            c.check(got == {k: v for k, v in expected.items() if not isinstance(v, tuple)}, f"{where}: {name} is {e.get('value')!r}, want {expected}")
+        else:
+            c.check(e.get("value") == expected, f"{where}: {name} is {e.get('value')!r}, want {expected!r}")
+    environment = effective_env(r, ctr, "ORDERFLOW_ENVIRONMENT", None)
+    c.check(environment == values["auth"]["environment"], f"{where}: ORDERFLOW_ENVIRONMENT is {environment!r}, want {values['auth']['environment']!r}")
+    # Authentication leaves health and reflection open: the probes stay plain gRPC health checks.
+    if values["auth"]["enabled"]:
+        c.check(all("grpc" in (ctr.get(p) or {}) for p in ("startupProbe", "livenessProbe", "readinessProbe")),
+                f"{where}: with authentication on, the probes must stay grpc health checks (health needs no token)")
+
+
+def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool = True, values: dict | None = None,
                  db_secret: tuple[str, str] | None = None,
                  redis_secret: tuple[str, str] | None = None) -> None:
-    """The facts every render must show, whatever the values."""
+    """The facts every render must show, whatever the values (`values`: those it was rendered with)."""
+    values = values or chart_values()
     db_secret = db_secret or (prefix, "database-url")
     redis_secret = redis_secret or (prefix, "redis-url")
 
@@ -370,13 +673,26 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
         c.check(len(names) == len(set(names)), f"{cwhere}: duplicate env names {sorted(n for n in names if names.count(n) > 1)}")
         env = env_map(ctr)
         c.check(env.get(listen_env, {}).get("value") == f"0.0.0.0:{port}", f"{cwhere}: {listen_env} is not 0.0.0.0:{port}")
-        ref = (env.get("ORDERFLOW_DATABASE_URL", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
-        c.check((ref.get("name"), ref.get("key")) == db_secret, f"{cwhere}: ORDERFLOW_DATABASE_URL from {ref}, want secret {db_secret}")
+        # The connection URLs are files of the Secret (ORDERFLOW_*_URL_FILE), never env values.
+        files = mounted_files(pod, ctr)
+
+        def file_source(name: str) -> tuple | None:
+            return (files.get(env.get(name, {}).get("value", "")) or {}).get("source")
+
+        c.check("ORDERFLOW_DATABASE_URL" not in env, f"{cwhere}: ORDERFLOW_DATABASE_URL is an env value; the URL must be the file ORDERFLOW_DATABASE_URL_FILE")
+        c.check(file_source("ORDERFLOW_DATABASE_URL_FILE") == ("secret", *db_secret),
+                f"{cwhere}: ORDERFLOW_DATABASE_URL_FILE is {file_source('ORDERFLOW_DATABASE_URL_FILE')}, want the file of Secret {db_secret}")
         if "ORDERFLOW_REDIS_URL" in binary_settings()[component].env:
-            ref = (env.get("ORDERFLOW_REDIS_URL", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
-            c.check((ref.get("name"), ref.get("key")) == redis_secret, f"{cwhere}: ORDERFLOW_REDIS_URL from {ref}, want secret {redis_secret}")
+            c.check("ORDERFLOW_REDIS_URL" not in env, f"{cwhere}: ORDERFLOW_REDIS_URL is an env value; the URL must be the file ORDERFLOW_REDIS_URL_FILE")
+            c.check(file_source("ORDERFLOW_REDIS_URL_FILE") == ("secret", *redis_secret),
+                    f"{cwhere}: ORDERFLOW_REDIS_URL_FILE is {file_source('ORDERFLOW_REDIS_URL_FILE')}, want the file of Secret {redis_secret}")
         else:
-            c.check("ORDERFLOW_REDIS_URL" not in env, f"{cwhere}: gets ORDERFLOW_REDIS_URL it does not use")
+            c.check(not {"ORDERFLOW_REDIS_URL", "ORDERFLOW_REDIS_URL_FILE"} & set(env), f"{cwhere}: gets the Redis URL it does not use")
+            c.check(not any(p.startswith("/etc/orderflow/redis/") for p in files), f"{cwhere}: mounts Redis files it does not use")
+        if "ORDERFLOW_KAFKA_BROKERS" not in binary_settings()[component].env:
+            c.check(not any(p.startswith("/etc/orderflow/kafka/") for p in files), f"{cwhere}: mounts Kafka files it does not use")
+        check_files(c, r, cwhere, pod, ctr)
+        check_wiring(c, r, values, cwhere, component, pod, ctr, prefix)
         # The drain must end before SIGKILL: preStop sleep + drain timeout < grace period.
         grace = pod.get("terminationGracePeriodSeconds", 30)
         pre_stop = (((ctr.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
@@ -393,6 +709,10 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
             if sref and sref["name"] == prefix:
                 c.check(sref["key"] in (secrets.get(prefix, {}).get("data") or {}),
                         f"{cwhere}: env {name} refers to key {sref['key']} missing from Secret {prefix}")
+        for path, f in files.items():
+            kind, name, key = f["source"]
+            if kind == "secret" and name == prefix:
+                c.check(key in (secrets.get(prefix, {}).get("data") or {}), f"{cwhere}: file {path} is key {key}, missing from Secret {prefix}")
         from_cm = [e.get("configMapRef", {}).get("name") for e in ctr.get("envFrom", [])]
         c.check(from_cm == [f"{prefix}-config"], f"{cwhere}: envFrom {from_cm}, want the chart's ConfigMap")
 
@@ -444,7 +764,9 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
         c.check(pod["spec"].get("restartPolicy") == "Never", "helm test pod: restartPolicy must be Never")
 
 
-def check_migration(c: Checker, r: Render, *, prefix: str = PREFIX, existing_secret: tuple[str, str] | None = None) -> None:
+def check_migration(c: Checker, r: Render, *, prefix: str = PREFIX, existing_secret: tuple[str, str] | None = None,
+                    values: dict | None = None) -> None:
+    values = values or chart_values()
     jobs = r.kind("Job")
     if not c.check(len(jobs) == 1, f"want one migration Job, got {len(jobs)}"):
         return
@@ -463,7 +785,20 @@ def check_migration(c: Checker, r: Render, *, prefix: str = PREFIX, existing_sec
     # At hook time the release's own Secret, ConfigMap and ServiceAccount do not exist yet.
     c.check(not ctr.get("envFrom"), f"{where}: envFrom would need the ConfigMap, which does not exist before install")
     c.check(pod.get("serviceAccountName") != prefix, f"{where}: uses the chart's ServiceAccount, which does not exist before install")
-    ref = (env_map(ctr).get("ORDERFLOW_DATABASE_URL", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+    # The URL is a file of the Secret, as in the services; so is PostgreSQL's CA when there is one.
+    check_files(c, r, where, pod, ctr)
+    files = mounted_files(pod, ctr)
+    env = env_map(ctr)
+    c.check("ORDERFLOW_DATABASE_URL" not in env, f"{where}: ORDERFLOW_DATABASE_URL is an env value; the URL must be a file")
+    kind, name, key = (files.get(env.get("ORDERFLOW_DATABASE_URL_FILE", {}).get("value", "")) or {}).get("source") or ("", "", "")
+    c.check(kind == "secret", f"{where}: ORDERFLOW_DATABASE_URL_FILE is no file of a mounted Secret")
+    ref = {"name": name, "key": key}
+    pg_ca = ca_source(values["postgresql"]["tlsCa"])
+    c.check((files.get("/etc/orderflow/postgresql/ca.pem") or {}).get("source") == pg_ca,
+            f"{where}: /etc/orderflow/postgresql/ca.pem is {(files.get('/etc/orderflow/postgresql/ca.pem') or {}).get('source')}, want {pg_ca}")
+    # Nothing else: the Job runs no server (no auth, no traces) and talks to PostgreSQL only.
+    c.check(not {n for n in env if n in FEATURE_VARIABLES or n.startswith("OTEL_")}, f"{where}: gets feature variables {sorted(env)}")
+    c.check(set(files) <= {"/etc/orderflow/postgresql/url", "/etc/orderflow/postgresql/ca.pem"}, f"{where}: mounts {sorted(files)}, want PostgreSQL's files only")
     job_weight = int((job["metadata"].get("annotations") or {}).get("helm.sh/hook-weight", "0"))
     if existing_secret:
         c.check((ref.get("name"), ref.get("key")) == existing_secret, f"{where}: database URL from {ref}, want {existing_secret}")
@@ -506,9 +841,17 @@ def check_defaults(c: Checker, r: Render) -> None:
 
 def check_all_features(c: Checker, r: Render) -> None:
     c.scenario = "all-features"
-    check_common(c, r)
-    check_migration(c, r)
-    values = yaml.safe_load(ALL_FEATURES.read_text())
+    values = chart_values(yaml.safe_load(ALL_FEATURES.read_text()))
+    check_common(c, r, values=values)
+    check_migration(c, r, values=values)
+    for key, wanted in (("auth.enabled", values["auth"]["enabled"]), ("auth.environment", values["auth"]["environment"] == "production"),
+                        ("auth.jwt.existingSecret", bool(values["auth"]["jwt"]["existingSecret"])),
+                        ("auth.tokens.existingSecret", bool(values["auth"]["tokens"]["existingSecret"])),
+                        ("tracing.enabled", values["tracing"]["enabled"]), ("tracing.headers", bool(values["tracing"]["headers"]["existingSecret"])),
+                        ("kafka.sasl.passwordSecret", bool(values["kafka"]["sasl"]["passwordSecret"])),
+                        ("kafka.tlsCa", bool(ca_source(values["kafka"]["tlsCa"]))), ("redis.tlsCa", bool(ca_source(values["redis"]["tlsCa"]))),
+                        ("postgresql.tlsCa", bool(ca_source(values["postgresql"]["tlsCa"])))):
+        c.check(wanted is True, f"ci/all-features-values.yaml must switch on {key} (production)")
     cm = r.get("ConfigMap", f"{PREFIX}-config")
 
     # The credentials are in the Secret (base64), and nowhere else.
@@ -608,10 +951,8 @@ def check_all_features(c: Checker, r: Render) -> None:
         ctr = notify["spec"]["template"]["spec"]["containers"][0]
         env = env_map(ctr)
         path = env.get("ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE", {}).get("value", "")
-        mounts = {m["mountPath"]: m["name"] for m in ctr["volumeMounts"]}
-        vols = {v["name"]: v for v in notify["spec"]["template"]["spec"]["volumes"]}
-        mount_dir = str(Path(path).parent)
-        c.check(mount_dir in mounts and "secret" in vols.get(mounts[mount_dir], {}), "notify-svc: ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE is not in a mounted Secret")
+        source = (mounted_files(notify["spec"]["template"]["spec"], ctr).get(path) or {}).get("source")
+        c.check(source == ("secret", PREFIX, "webhook-secret"), f"notify-svc: ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE is {source}, want the chart Secret's webhook-secret")
         c.check("ORDERFLOW_NOTIFY_WEBHOOK_SECRET" not in env, "notify-svc: the webhook key must not be a plain env var")
         c.check(cm["data"].get("ORDERFLOW_NOTIFY_WEBHOOK_URL") == values["notifySvc"]["webhook"]["url"], "ConfigMap: webhook URL")
         c.check(notify["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60, "notify-svc: terminationGracePeriodSeconds not applied")
@@ -646,19 +987,58 @@ def check_all_features(c: Checker, r: Render) -> None:
 
 def check_existing_secrets(c: Checker, helm_bin: str) -> None:
     c.scenario = "existing-secrets"
-    r = render(helm_bin,
-               "--set", "postgresql.existingSecret=pg-credentials", "--set", "postgresql.existingSecretKey=url",
-               "--set", "redis.existingSecret=redis-credentials",
-               "--set", "notifySvc.webhook.url=http://hooks.example:8080/in",
-               "--set", "notifySvc.webhook.existingSecret=webhook-credentials")
-    check_common(c, r, db_secret=("pg-credentials", "url"), redis_secret=("redis-credentials", "redis-url"))
-    check_migration(c, r, existing_secret=("pg-credentials", "url"))
+    r, values = render_values(helm_bin, {
+        "postgresql": {"existingSecret": "pg-credentials", "existingSecretKey": "url"},
+        "redis": {"existingSecret": "redis-credentials"},
+        "notifySvc": {"webhook": {"url": "http://hooks.example:8080/in", "existingSecret": "webhook-credentials"}}})
+    check_common(c, r, values=values, db_secret=("pg-credentials", "url"), redis_secret=("redis-credentials", "redis-url"))
+    check_migration(c, r, values=values, existing_secret=("pg-credentials", "url"))
     c.check(not r.kind("Secret"), f"no chart Secret expected when every credential is in an existing one, got {sorted(r.names('Secret'))}")
     notify = r.get("Deployment", name_of("notify-svc"))
     if notify:
-        vols = {v["name"]: v for v in notify["spec"]["template"]["spec"]["volumes"]}
-        c.check(vols.get("webhook-secret", {}).get("secret", {}).get("secretName") == "webhook-credentials",
+        ctr = notify["spec"]["template"]["spec"]["containers"][0]
+        path = env_map(ctr).get("ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE", {}).get("value", "")
+        c.check((mounted_files(notify["spec"]["template"]["spec"], ctr).get(path) or {}).get("source") == ("secret", "webhook-credentials", "webhook-secret"),
                 "notify-svc: webhook key not mounted from notifySvc.webhook.existingSecret")
+
+
+def check_feature_variants(c: Checker, helm_bin: str) -> None:
+    """The optional features one at a time and in other combinations than all-features."""
+    c.scenario = "auth-tokens-only"
+    # Static tokens only (no JWT), in development; traces without sampler ratio or headers; SASL
+    # without TLS; Redis and PostgreSQL TLS with CAs from the other kind (Secret / ConfigMap).
+    r, values = render_values(helm_bin, {
+        "auth": {"enabled": True, "tokens": {"existingSecret": "static-tokens"},
+                 "inventoryToken": {"existingSecret": "static-tokens", "existingSecretKey": "order-api"}},
+        "tracing": {"enabled": True, "otlpEndpoint": "https://otlp.example.com:4317", "sampler": "always_on"},
+        "kafka": {"properties": {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN", "sasl.username": "orderflow"},
+                  "sasl": {"passwordSecret": "kafka-password"}},
+        "redis": {"url": "rediss://redis.cache:6380", "tlsCa": {"secret": "redis-tls"}},
+        "postgresql": {"url": "postgres://pg.db:5432/orderflow?sslmode=verify-full&sslrootcert=/etc/orderflow/postgresql/ca.pem",
+                       "tlsCa": {"configMap": "pg-ca", "key": "ca.pem"}}})
+    check_common(c, r, values=values)
+    check_migration(c, r, values=values)
+
+    c.scenario = "jwt-only"
+    # Production with HS256 JWTs only (no issuer, audience or static tokens); TLS to Kafka without
+    # SASL; tracing, Redis TLS and PostgreSQL TLS off.
+    r, values = render_values(helm_bin, {
+        "auth": {"environment": "production", "enabled": True, "jwt": {"existingSecret": "jwt-secret", "algorithm": "HS256"},
+                 "inventoryToken": {"existingSecret": "order-api-token"}},
+        "kafka": {"properties": {"security.protocol": "SSL"}, "tlsCa": {"configMap": "kafka-ca"}}})
+    check_common(c, r, values=values)
+    check_migration(c, r, values=values)
+
+    c.scenario = "features-off"
+    # Each feature's values set while it is off: nothing of it may show.
+    r, values = render_values(helm_bin, {
+        "auth": {"enabled": False, "jwt": {"existingSecret": "jwt", "issuer": "https://issuer"}, "tokens": {"existingSecret": "t"},
+                 "inventoryToken": {"existingSecret": "i"}},
+        "tracing": {"enabled": False, "otlpEndpoint": "http://otel:4317", "headers": {"existingSecret": "h"}}})
+    check_common(c, r, values=values)
+    for dep in r.kind("Deployment"):
+        files = mounted_files(dep["spec"]["template"]["spec"], dep["spec"]["template"]["spec"]["containers"][0])
+        c.check(not any(p.startswith("/etc/orderflow/auth/") for p in files), f"Deployment/{dep['metadata']['name']}: auth files mounted with auth.enabled=false")
 
 
 def check_variants(c: Checker, helm_bin: str) -> None:
@@ -760,13 +1140,25 @@ def check_sources(c: Checker) -> None:
         c.check(default.endswith(f":{port}"), f"{component}: reads no {listen_env} defaulting to port {port} (got {default!r})")
         c.check(grpc_service in services, f"{component}: readiness service {grpc_service} is not a service in proto/")
     c.check("--migrate-only" in settings["order-api"].flags, "order-api has no --migrate-only flag (the migration Job runs it)")
+    for component in COMPONENTS:
+        c.check("OTEL_EXPORTER_OTLP_ENDPOINT" in settings[component].env,
+                f"{component}: reads no OTEL_EXPORTER_OTLP_ENDPOINT (the chart's tracing.otlpEndpoint)")
+        for name in ("ORDERFLOW_ENVIRONMENT", "ORDERFLOW_AUTH_JWT_KEY_FILE", "ORDERFLOW_AUTH_TOKENS_FILE", "ORDERFLOW_DATABASE_URL_FILE"):
+            c.check(name in settings[component].env, f"{component}: reads no {name} (the chart's auth.* / postgresql.*)")
+    locked = locked_versions()
+    for crate, version in OTEL_SDK_CRATES.items():
+        c.check(locked.get(crate) == {version},
+                f"Cargo.lock pins {crate} {sorted(locked.get(crate, []))}, OTEL_SDK_VARIABLES was read from {version}: re-read it from the new sources")
+    c.check({"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER"} <= otel_variables(),
+            "runtime/src/telemetry.rs: OTEL_SDK_DISABLED / OTEL_TRACES_EXPORTER not found (the regex or the source changed)")
     c.check(bool(rust_topics()), "proto/src/topics.rs: no topics found in ALL (the ScaledObject's triggers are checked against it)")
 
 
 def check_env_is_read(c: Checker, r: Render) -> None:
     """Every ORDERFLOW_* variable and every --flag the chart gives a binary is one that binary reads.
 
-    Container `env` (and args) must be read by the container's own binary. The ConfigMap is shared
+    Container `env` (and args) must be read by the container's own binary (an OTEL_* variable by
+    its telemetry or by the OpenTelemetry SDK, see otel_read_by). The ConfigMap is shared
     by all four services through envFrom (each binary ignores what it does not know), so each of
     its keys must be read by at least one binary that loads it. Service links stay off: with a
     release named "orderflow" they would add ORDERFLOW_<SERVICE>_PORT… variables to every pod.
@@ -787,6 +1179,9 @@ def check_env_is_read(c: Checker, r: Render) -> None:
             for e in ctr.get("env", []):
                 if e["name"].startswith("ORDERFLOW_"):
                     c.check(e["name"] in reads.env, f"{where}: sets {e['name']}, which {binary} does not read ({sources})")
+                elif e["name"].startswith("OTEL_"):
+                    c.check(e["name"] in otel_read_by(binary),
+                            f"{where}: sets {e['name']}, which neither {binary} nor the OpenTelemetry SDK {OTEL_SDK_CRATES['opentelemetry_sdk']} reads")
             for arg in ctr.get("args", []):
                 if arg.startswith("--"):
                     c.check(arg.split("=", 1)[0] in reads.flags, f"{where}: passes {arg}, which is not a flag of {binary}")
@@ -796,7 +1191,7 @@ def check_env_is_read(c: Checker, r: Render) -> None:
                     loaders.setdefault(name, set()).add(binary)
     for name, binaries in loaders.items():
         for key in configmaps.get(name, {}):
-            c.check(any(key in settings[b].env for b in binaries),
+            c.check(any(key in settings[b].env or key in otel_read_by(b) for b in binaries),
                     f"ConfigMap/{name}: {key} is read by none of the binaries that load it ({', '.join(sorted(binaries))})")
 
 
@@ -834,28 +1229,30 @@ def check_cross_settings(c: Checker, r: Render, prefix: str = PREFIX) -> None:
 
 
 def check_env_check_bites(c: Checker, helm_bin: str) -> None:
-    """check_env_is_read really fails on drift: a made-up variable, one of another binary, a bad flag."""
+    """check_env_is_read really fails on drift: a made-up variable, one of another binary, a bad flag, a misspelt OTEL_ one."""
     c.scenario = "env-drift-caught"
     r = render(helm_bin,
                "--set", "notifySvc.extraEnv[0].name=ORDERFLOW_NOT_A_SETTING", "--set-string", "notifySvc.extraEnv[0].value=1",
                "--set", "consumerWorker.extraEnv[0].name=ORDERFLOW_REDIS_TIMEOUT_MS", "--set-string", "consumerWorker.extraEnv[0].value=1",
-               "--set", "migration.extraEnv[0].name=ORDERFLOW_WORKER_GROUP_ID", "--set-string", "migration.extraEnv[0].value=g")
+               "--set", "migration.extraEnv[0].name=ORDERFLOW_WORKER_GROUP_ID", "--set-string", "migration.extraEnv[0].value=g",
+               "--set", "inventorySvc.extraEnv[0].name=OTEL_SERVICE_NAM", "--set-string", "inventorySvc.extraEnv[0].value=x")
     r.get("ConfigMap", f"{PREFIX}-config")["data"]["ORDERFLOW_READ_BY_NOBODY"] = "1"
     r.kind("Job")[0]["spec"]["template"]["spec"]["containers"][0]["args"].append("--migrate-onyl")
     probe = Checker()
     check_env_is_read(probe, r)
     for needle in ("sets ORDERFLOW_NOT_A_SETTING", "consumer-worker container consumer-worker: sets ORDERFLOW_REDIS_TIMEOUT_MS",
-                   "container migrate: sets ORDERFLOW_WORKER_GROUP_ID", "ORDERFLOW_READ_BY_NOBODY is read by none", "passes --migrate-onyl"):
+                   "container migrate: sets ORDERFLOW_WORKER_GROUP_ID", "ORDERFLOW_READ_BY_NOBODY is read by none", "passes --migrate-onyl",
+                   "inventory-svc container inventory-svc: sets OTEL_SERVICE_NAM"):
         c.check(any(needle in f for f in probe.failures), f"check_env_is_read does not catch: {needle}")
-    c.check(len(probe.failures) == 5, f"check_env_is_read: want exactly the 5 planted failures, got {probe.failures}")
+    c.check(len(probe.failures) == 6, f"check_env_is_read: want exactly the 6 planted failures, got {probe.failures}")
 
 
 def check_chart_mentions(c: Checker) -> None:
-    """Every ORDERFLOW_* name in the chart's files and docs/deployment.md is one some binary reads."""
+    """Every ORDERFLOW_* and OTEL_* name in the chart's files and docs/deployment.md is one some binary (or its SDK) reads."""
     c.scenario = "names-in-files"
-    known = all_read_variables()
+    known = all_read_variables() | otel_variables()
     for path in sorted([p for p in CHART.rglob("*") if p.is_file()] + [DEPLOYMENT_DOC]):
-        for name in sorted(set(re.findall(r"\bORDERFLOW_[A-Z0-9_*]+", path.read_text()))):
+        for name in sorted(set(re.findall(r"\b(?:ORDERFLOW|OTEL)_[A-Z0-9_*]+", path.read_text()))):
             if "*" not in name:
                 c.check(name.rstrip("_") in known, f"{path}: mentions {name}, which no binary reads")
 
@@ -889,6 +1286,43 @@ BAD_VALUES = [
     ("metrics on a gRPC port", "metrics:\n  port: 50051\n", "port"),
     ("webhook without a signing key", "notifySvc:\n  webhook:\n    url: http://hooks:8080/x\n", "webhook"),
     ("no PostgreSQL URL nor existing Secret", "postgresql:\n  url: \"\"\n", "postgresql"),
+    # Authentication.
+    ("an environment outside the enum", "auth:\n  environment: staging\n", "environment"),
+    ("authentication without a JWT key or static tokens", "auth:\n  enabled: true\n  inventoryToken:\n    existingSecret: t\n", "auth"),
+    ("authentication without order-api's inventory token", "auth:\n  enabled: true\n  tokens:\n    existingSecret: t\n", "inventoryToken"),
+    ("a JWT algorithm outside the enum", "auth:\n  jwt:\n    algorithm: PS256\n", "algorithm"),
+    ("a Secret name that is no DNS name", "auth:\n  tokens:\n    existingSecret: Static_Tokens\n", "existingSecret"),
+    ("a file setting in config", "config:\n  ORDERFLOW_AUTH_TOKENS_FILE: /tokens\n", "ORDERFLOW_AUTH_TOKENS_FILE"),
+    # Traces.
+    ("tracing without an endpoint", "tracing:\n  enabled: true\n", "otlpEndpoint"),
+    ("an OTLP endpoint without a scheme", "tracing:\n  enabled: true\n  otlpEndpoint: otel:4317\n", "otlpEndpoint"),
+    ("a sampler outside the enum", "tracing:\n  sampler: ratio\n", "sampler"),
+    ("a sampler ratio above 1", "tracing:\n  samplerArg: 2\n", "samplerArg"),
+    ("a resource attribute the chart sets", "tracing:\n  resourceAttributes:\n    k8s.pod.name: x\n", "k8s.pod.name"),
+    # Dependency TLS and SASL.
+    ("a password in kafka.properties", "kafka:\n  properties:\n    sasl.password: hunter2\n", "sasl.password"),
+    ("a comma in a Kafka property", "kafka:\n  properties:\n    ssl.cipher.suites: A,B\n", "ssl.cipher.suites"),
+    ("bootstrap.servers in kafka.properties", "kafka:\n  properties:\n    bootstrap.servers: k:9092\n", "bootstrap.servers"),
+    ("SASL GSSAPI (not built into the image)", "kafka:\n  properties:\n    security.protocol: SASL_SSL\n    sasl.mechanism: GSSAPI\n",
+     "sasl.mechanism"),
+    ("a SASL password without SASL", "kafka:\n  sasl:\n    passwordSecret: kafka-password\n", "security.protocol"),
+    ("a CA from a Secret and a ConfigMap at once", "redis:\n  tlsCa:\n    secret: a\n    configMap: b\n", "tlsCa"),
+    ("KEDA without credentials for TLS brokers", "kafka:\n  properties:\n    security.protocol: SSL\nconsumerWorker:\n  keda:\n    enabled: true\n",
+     "authenticationRef"),
+]
+
+
+# Values the schema cannot judge (or must not: its errors quote the value, and these are URLs
+# with passwords) and the templates refuse with `fail`, naming what to do. `helm lint` only logs a
+# template's `fail` (Helm 4's lint mode), so these are checked with `helm template` and with `helm
+# install --dry-run`, what an install runs.
+BAD_RENDERS = [
+    ("production without authentication (the services would refuse to start)", "auth:\n  environment: production\n",
+     "auth.environment is production but auth.enabled is false: the services refuse to start in production without authentication"),
+    ("production with auth.enabled but no secrets, schema skipped",
+     "auth:\n  environment: production\n  enabled: true\n", "auth.enabled: set auth.jwt.existingSecret"),
+    ("a Redis CA without rediss://", "redis:\n  tlsCa:\n    secret: redis-ca\n", "redis.url is not rediss://"),
+    ("a PostgreSQL CA the URL does not use", "postgresql:\n  tlsCa:\n    configMap: pg-ca\n", "sslrootcert=/etc/orderflow/postgresql/ca.pem"),
 ]
 
 
@@ -903,6 +1337,17 @@ def check_rejections(c: Checker, helm_bin: str) -> None:
                 out = helm(helm_bin, *command)
                 ok = out.returncode != 0 and expected in (out.stdout + out.stderr)
                 c.check(ok, f"helm {command[0]} accepted bad values ({what}) or failed for another reason:\n{out.stderr.strip()[:400]}")
+    c.scenario = "render-fails"
+    with tempfile.TemporaryDirectory() as tmp:
+        for what, text, expected in BAD_RENDERS:
+            path = Path(tmp) / "bad-values.yaml"
+            path.write_text(text)
+            skip = ["--skip-schema-validation"] if "schema skipped" in what else []
+            for command in (["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "-f", str(path), *skip],
+                            ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", "-f", str(path), *skip]):
+                out = helm(helm_bin, *command)
+                ok = out.returncode != 0 and "execution error" in out.stderr and expected in out.stderr
+                c.check(ok, f"helm {command[0]} rendered bad values ({what}) or failed for another reason:\n{out.stderr.strip()[:400]}")
 
 
 def check_notes(c: Checker, helm_bin: str) -> None:
@@ -927,6 +1372,13 @@ def check_dockerfile(c: Checker, deployments: list[dict]) -> None:
     c.check(len(froms) >= 2, f"Dockerfile: want a multi-stage build, got {len(froms)} FROM")
     c.check(any("rust:1-bookworm" in ln for ln in lines), "Dockerfile: the builder is not rust:1-bookworm")
     c.check(not any(re.search(r":latest\b", ln) for ln in froms), "Dockerfile: a stage uses a :latest image")
+    # rdkafka's "ssl" feature links the system's libssl3 (not vendored): the runtime image must ship
+    # it and the CA certificates (distroless cc or base, not static or base-nossl).
+    rdkafka = re.search(r"^rdkafka\s*=.*$", CARGO_TOML.read_text(), re.M)
+    if rdkafka and re.search(r'"ssl"', rdkafka.group(0)):
+        runtime = re.search(r"^ARG RUNTIME_IMAGE=(\S+)", text, re.M)
+        c.check(bool(runtime) and re.match(r"gcr\.io/distroless/(cc|base)-debian\d+", runtime.group(1)) is not None,
+                f"Dockerfile: RUNTIME_IMAGE {runtime.group(1) if runtime else None} must carry libssl3 (rdkafka links the system OpenSSL)")
     last_stage = text[text.rfind("\nFROM "):]
     users = re.findall(r"^USER\s+(\S+)", last_stage, re.M)
     c.check(bool(users) and users[-1].split(":")[0] not in ("0", "root"), f"Dockerfile: the final stage must end as a non-root USER, got {users}")
@@ -965,6 +1417,7 @@ def main() -> int:
     check_defaults(c, defaults)
     check_all_features(c, render(args.helm, "-f", str(ALL_FEATURES)))
     check_existing_secrets(c, args.helm)
+    check_feature_variants(c, args.helm)
     check_variants(c, args.helm)
     check_env_check_bites(c, args.helm)
     check_chart_mentions(c)

@@ -86,7 +86,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The four services: their values key, binary, gRPC port, listen variable, the gRPC service their
-readiness probe checks, whether they have a Service (and so an HPA option), and what they talk to.
+readiness probe checks, whether they have a Service (and so an HPA option), and what they talk to
+(redis, kafka: whether the binary reads the Redis and Kafka settings; all four read PostgreSQL's,
+the authentication settings and the telemetry settings).
 Use: $components := include "orderflow.components" . | fromYaml
 */}}
 {{- define "orderflow.components" -}}
@@ -98,6 +100,7 @@ order-api:
   grpcService: orderflow.order.v1.OrderService
   service: true
   redis: true
+  kafka: true
 inventory-svc:
   values: inventorySvc
   binary: inventory-svc
@@ -106,6 +109,7 @@ inventory-svc:
   grpcService: orderflow.inventory.v1.InventoryService
   service: true
   redis: true
+  kafka: false
 notify-svc:
   values: notifySvc
   binary: notify-svc
@@ -114,6 +118,7 @@ notify-svc:
   grpcService: orderflow.notify.v1.NotificationService
   service: true
   redis: false
+  kafka: true
 consumer-worker:
   values: consumerWorker
   binary: consumer-worker
@@ -122,6 +127,7 @@ consumer-worker:
   grpcService: orderflow.consumer.v1.ConsumerStatusService
   service: false
   redis: false
+  kafka: true
 {{- end }}
 
 {{/* The five order event topics, before kafka.topicPrefix. */}}
@@ -133,7 +139,7 @@ consumer-worker:
 - order-completed
 {{- end }}
 
-{{/* The Secret holding ORDERFLOW_DATABASE_URL, and its key. */}}
+{{/* The Secret holding the PostgreSQL URL (mounted for ORDERFLOW_DATABASE_URL_FILE), and its key. */}}
 {{- define "orderflow.databaseSecretName" -}}
 {{- default (include "orderflow.fullname" .) .Values.postgresql.existingSecret }}
 {{- end }}
@@ -141,7 +147,7 @@ consumer-worker:
 {{- ternary .Values.postgresql.existingSecretKey "database-url" (ne .Values.postgresql.existingSecret "") }}
 {{- end }}
 
-{{/* The Secret holding ORDERFLOW_REDIS_URL, and its key. */}}
+{{/* The Secret holding the Redis URL (mounted for ORDERFLOW_REDIS_URL_FILE), and its key. */}}
 {{- define "orderflow.redisSecretName" -}}
 {{- default (include "orderflow.fullname" .) .Values.redis.existingSecret }}
 {{- end }}
@@ -164,6 +170,127 @@ true
 {{- end }}
 {{- end }}
 
+{{/* Whether a tlsCa value (secret/configMap/key) names a certificate. */}}
+{{- define "orderflow.hasCa" -}}
+{{- if or .secret .configMap }}true{{ end }}
+{{- end }}
+
+{{/* The librdkafka properties of ORDERFLOW_KAFKA_PROPERTIES (a dict), with ssl.ca.location for kafka.tlsCa. */}}
+{{- define "orderflow.kafkaProperties" -}}
+{{- $props := dict }}
+{{- range $key, $value := .Values.kafka.properties }}
+{{- $_ := set $props $key (include "orderflow.envString" $value) }}
+{{- end }}
+{{- if include "orderflow.hasCa" .Values.kafka.tlsCa }}
+{{- $_ := set $props "ssl.ca.location" "/etc/orderflow/kafka/ca.pem" }}
+{{- end }}
+{{- toYaml $props }}
+{{- end }}
+
+{{/*
+The files a container gets, by group: each group is one read-only projected volume
+"<group>-files" mounted at /etc/orderflow/<group>, each entry one file <path> in it, from a Secret
+(secret) or a ConfigMap (configMap) key, and the ORDERFLOW_*_FILE variable (env) pointing at it when
+the binary takes its path from one (the CAs of PostgreSQL and Kafka are named by the URL's
+sslrootcert and by ssl.ca.location instead). Groups with no file are left out.
+Use: include "orderflow.files" (dict "root" $ "component" "order-api" "c" $c) | fromYaml; the
+migration Job passes "job" true and its "databaseSecret": it gets the PostgreSQL group only.
+*/}}
+{{- define "orderflow.files" -}}
+{{- $v := .root.Values }}
+{{- $groups := dict }}
+{{- $pg := list (dict "env" "ORDERFLOW_DATABASE_URL_FILE" "path" "url" "secret" (.databaseSecret | default (include "orderflow.databaseSecretName" .root)) "key" (include "orderflow.databaseSecretKey" .root)) }}
+{{- if include "orderflow.hasCa" $v.postgresql.tlsCa }}
+{{- $pg = append $pg (dict "path" "ca.pem" "secret" $v.postgresql.tlsCa.secret "configMap" $v.postgresql.tlsCa.configMap "key" $v.postgresql.tlsCa.key) }}
+{{- end }}
+{{- $_ := set $groups "postgresql" $pg }}
+{{- if not .job }}
+{{- if .c.redis }}
+{{- $redis := list (dict "env" "ORDERFLOW_REDIS_URL_FILE" "path" "url" "secret" (include "orderflow.redisSecretName" .root) "key" (include "orderflow.redisSecretKey" .root)) }}
+{{- if include "orderflow.hasCa" $v.redis.tlsCa }}
+{{- $redis = append $redis (dict "env" "ORDERFLOW_REDIS_TLS_CA_FILE" "path" "ca.pem" "secret" $v.redis.tlsCa.secret "configMap" $v.redis.tlsCa.configMap "key" $v.redis.tlsCa.key) }}
+{{- end }}
+{{- $_ := set $groups "redis" $redis }}
+{{- end }}
+{{- if .c.kafka }}
+{{- $kafka := list }}
+{{- if $v.kafka.sasl.passwordSecret }}
+{{- $kafka = append $kafka (dict "env" "ORDERFLOW_KAFKA_SASL_PASSWORD_FILE" "path" "sasl-password" "secret" $v.kafka.sasl.passwordSecret "key" $v.kafka.sasl.passwordSecretKey) }}
+{{- end }}
+{{- if include "orderflow.hasCa" $v.kafka.tlsCa }}
+{{- $kafka = append $kafka (dict "path" "ca.pem" "secret" $v.kafka.tlsCa.secret "configMap" $v.kafka.tlsCa.configMap "key" $v.kafka.tlsCa.key) }}
+{{- end }}
+{{- if $kafka }}{{ $_ := set $groups "kafka" $kafka }}{{ end }}
+{{- end }}
+{{- if $v.auth.enabled }}
+{{- $auth := list }}
+{{- if $v.auth.jwt.existingSecret }}
+{{- $auth = append $auth (dict "env" "ORDERFLOW_AUTH_JWT_KEY_FILE" "path" "jwt-key" "secret" $v.auth.jwt.existingSecret "key" $v.auth.jwt.existingSecretKey) }}
+{{- end }}
+{{- if $v.auth.tokens.existingSecret }}
+{{- $auth = append $auth (dict "env" "ORDERFLOW_AUTH_TOKENS_FILE" "path" "tokens" "secret" $v.auth.tokens.existingSecret "key" $v.auth.tokens.existingSecretKey) }}
+{{- end }}
+{{- if and (eq .component "order-api") $v.auth.inventoryToken.existingSecret }}
+{{- $auth = append $auth (dict "env" "ORDERFLOW_INVENTORY_TOKEN_FILE" "path" "inventory-token" "secret" $v.auth.inventoryToken.existingSecret "key" $v.auth.inventoryToken.existingSecretKey) }}
+{{- end }}
+{{- $_ := set $groups "auth" $auth }}
+{{- end }}
+{{- if and (eq .component "notify-svc") $v.notifySvc.webhook.url }}
+{{- $_ := set $groups "webhook" (list (dict "env" "ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE" "path" "secret" "secret" (include "orderflow.webhookSecretName" .root) "key" (include "orderflow.webhookSecretKey" .root))) }}
+{{- end }}
+{{- end }}
+{{- toYaml $groups }}
+{{- end }}
+
+{{/* The env entries pointing at the files of "orderflow.files" (a list). */}}
+{{- define "orderflow.fileEnv" -}}
+{{- $env := list }}
+{{- range $group, $files := . }}
+{{- range $files }}
+{{- if .env }}{{ $env = append $env (dict "name" .env "value" (printf "/etc/orderflow/%s/%s" $group .path)) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{/* The volumeMounts of "orderflow.files": read-only, one directory per group. */}}
+{{- define "orderflow.fileMounts" -}}
+{{- range $group, $files := . }}
+- name: {{ $group }}-files
+  mountPath: /etc/orderflow/{{ $group }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+The volumes of "orderflow.files": projected volumes of Secret and ConfigMap keys. Mode 0440: the
+files belong to root and to the pod's fsGroup (65532, the group of the services' user), which
+reads them; 0400 would leave them to root alone.
+*/}}
+{{- define "orderflow.fileVolumes" -}}
+{{- range $group, $files := . }}
+- name: {{ $group }}-files
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- range $files }}
+      {{- if .secret }}
+      - secret:
+          name: {{ .secret }}
+          items:
+            - key: {{ .key }}
+              path: {{ .path }}
+      {{- else }}
+      - configMap:
+          name: {{ .configMap }}
+          items:
+            - key: {{ .key }}
+              path: {{ .path }}
+      {{- end }}
+      {{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Checks the values templates cannot express in the schema; fails the render with a reason. */}}
 {{- define "orderflow.validate" -}}
 {{- $w := .Values.notifySvc.webhook }}
@@ -175,6 +302,45 @@ true
 {{- end }}
 {{- if and (not .Values.redis.existingSecret) (not .Values.redis.url) }}
 {{- fail "set redis.url or redis.existingSecret" }}
+{{- end }}
+{{- $a := .Values.auth }}
+{{- if and (eq $a.environment "production") (not $a.enabled) }}
+{{- fail "auth.environment is production but auth.enabled is false: the services refuse to start in production without authentication (ORDERFLOW_ENVIRONMENT=production needs ORDERFLOW_AUTH_JWT_KEY_FILE or ORDERFLOW_AUTH_TOKENS_FILE). Set auth.enabled=true with auth.jwt.existingSecret and/or auth.tokens.existingSecret, and auth.inventoryToken.existingSecret" }}
+{{- end }}
+{{- if and $a.enabled (not $a.jwt.existingSecret) (not $a.tokens.existingSecret) }}
+{{- fail "auth.enabled: set auth.jwt.existingSecret (a JWT verification key) and/or auth.tokens.existingSecret (static tokens)" }}
+{{- end }}
+{{- if and $a.enabled (not $a.inventoryToken.existingSecret) }}
+{{- fail "auth.enabled: set auth.inventoryToken.existingSecret, the token (scope inventory) order-api presents to inventory-svc, which otherwise refuses its calls" }}
+{{- end }}
+{{- $t := .Values.tracing }}
+{{- if and $t.enabled (not $t.otlpEndpoint) }}
+{{- fail "tracing.enabled: set tracing.otlpEndpoint (the collector's OTLP/gRPC endpoint, e.g. http://otel-collector:4317)" }}
+{{- end }}
+{{- range $name, $ca := dict "postgresql" .Values.postgresql.tlsCa "redis" .Values.redis.tlsCa "kafka" .Values.kafka.tlsCa }}
+{{- if and $ca.secret $ca.configMap }}
+{{- fail (printf "%s.tlsCa: set secret or configMap, not both" $name) }}
+{{- end }}
+{{- end }}
+{{- if and (include "orderflow.hasCa" .Values.redis.tlsCa) (not .Values.redis.existingSecret) (not (hasPrefix "rediss://" .Values.redis.url)) }}
+{{- fail "redis.tlsCa is set but redis.url is not rediss://: the CA is used only for TLS" }}
+{{- end }}
+{{- if and (include "orderflow.hasCa" .Values.postgresql.tlsCa) (not .Values.postgresql.existingSecret) (not (contains "sslrootcert=/etc/orderflow/postgresql/ca.pem" .Values.postgresql.url)) }}
+{{- fail "postgresql.tlsCa is mounted at /etc/orderflow/postgresql/ca.pem: add sslmode=verify-full&sslrootcert=/etc/orderflow/postgresql/ca.pem to the query of postgresql.url" }}
+{{- end }}
+{{- $k := .Values.kafka }}
+{{- $protocol := index $k.properties "security.protocol" | default "PLAINTEXT" | toString | upper }}
+{{- if and $k.sasl.passwordSecret (not (has $protocol (list "SASL_PLAINTEXT" "SASL_SSL"))) }}
+{{- fail "kafka.sasl.passwordSecret is set: set kafka.properties security.protocol to SASL_SSL (or SASL_PLAINTEXT), with sasl.mechanism and sasl.username" }}
+{{- end }}
+{{- if and $k.sasl.passwordSecret (not (index $k.properties "sasl.username")) }}
+{{- fail "kafka.sasl.passwordSecret is set: set kafka.properties sasl.username too" }}
+{{- end }}
+{{- if and (include "orderflow.hasCa" $k.tlsCa) (hasKey $k.properties "ssl.ca.location") }}
+{{- fail "kafka.tlsCa sets ssl.ca.location itself: drop it from kafka.properties" }}
+{{- end }}
+{{- if and .Values.consumerWorker.keda.enabled (ne $protocol "PLAINTEXT") (not .Values.consumerWorker.keda.authenticationRef) }}
+{{- fail (printf "consumerWorker.keda.enabled with Kafka security.protocol %s: set consumerWorker.keda.authenticationRef, a KEDA TriggerAuthentication with the brokers' TLS/SASL settings (KEDA reads the lag from the brokers itself)" $protocol) }}
 {{- end }}
 {{- end }}
 
