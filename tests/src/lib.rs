@@ -8,6 +8,7 @@ pub mod bench;
 pub mod deps;
 pub mod inventory;
 pub mod link;
+pub mod loadgen;
 pub mod locking;
 pub mod otlp;
 pub mod pipeline;

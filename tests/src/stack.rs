@@ -125,6 +125,7 @@ pub struct Stack {
     inventory_tls: Option<ClientTlsConfig>,
     /// The test's own database.
     pub db: PgPool,
+    database_url: String,
     pub redis: redis::aio::ConnectionManager,
     redis_key_prefix: String,
     kafka_brokers: String,
@@ -425,6 +426,7 @@ impl Stack {
             },
             metrics,
             db,
+            database_url: database_url.clone(),
             redis,
             redis_key_prefix,
             kafka_brokers,
@@ -524,6 +526,11 @@ impl Stack {
 
     pub fn kafka_brokers(&self) -> &str {
         &self.kafka_brokers
+    }
+
+    /// The URL of this test's database, for tools run against the stack (e.g. loadgen).
+    pub fn database_url(&self) -> &str {
+        &self.database_url
     }
 
     /// The full Redis key of `parts` under this test's prefix.
