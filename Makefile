@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers. Each script says what it does.
-.PHONY: run test lint stack bench-inventory bench-orders bench-worker
+.PHONY: run test lint stack bench-inventory bench-orders bench-worker bench
 
 ## Set up whatever is missing, build, and run the stack and all four services (Ctrl-C stops them).
 run:
@@ -30,3 +30,7 @@ bench-orders:
 ## Events per second consumer-worker applies to PostgreSQL, batching on vs off (release build).
 bench-worker:
 	@scripts/bench-worker.sh
+
+## The system (loadgen) vs plain PostgreSQL (pgbench), Redis and no-op gRPC ceilings, k6; writes docs/BENCHMARKS.md.
+bench:
+	@scripts/bench.sh

@@ -1,0 +1,63 @@
+# shellcheck shell=bash
+# Sourced by scripts/bench.sh (after lib.sh), not run: starts the four services from built
+# binaries on free loopback ports, isolated from anything else on the machine (their own
+# database, Redis key prefix, topic prefix, consumer groups and metrics ports), and stops them.
+#
+#   bench_start_services BIN_DIR RUN DATABASE_URL LOG_DIR
+#     sets ORDER_API, INVENTORY (host:port), and ORDER_API_PID, INVENTORY_PID, WORKER_PID,
+#     NOTIFY_PID; stops them all on exit.
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+bench_service_pids=()
+bench_stop_services() {
+  ((${#bench_service_pids[@]})) || return 0
+  kill "${bench_service_pids[@]}" 2>/dev/null || true
+  wait "${bench_service_pids[@]}" 2>/dev/null || true
+  bench_service_pids=()
+}
+
+bench_start_services() {
+  local bin=$1 run=$2 database_url=$3 logs=$4
+  local inventory_port order_port worker_port notify_port
+  inventory_port=$(free_port)
+  order_port=$(free_port)
+  worker_port=$(free_port)
+  notify_port=$(free_port)
+  INVENTORY="127.0.0.1:$inventory_port"
+  ORDER_API="127.0.0.1:$order_port"
+  # The environment every service reads; flags below are per service.
+  export ORDERFLOW_DATABASE_URL="$database_url" ORDERFLOW_REDIS_KEY_PREFIX="$run" \
+    ORDERFLOW_KAFKA_TOPIC_PREFIX="$run." ORDERFLOW_LOG="${BENCH_SERVICE_LOG:-warn}"
+  trap bench_stop_services EXIT
+
+  "$bin/inventory-svc" --listen "$INVENTORY" --metrics-listen "127.0.0.1:$(free_port)" \
+    >"$logs/inventory-svc.log" 2>&1 &
+  INVENTORY_PID=$!
+  "$bin/consumer-worker" --listen "127.0.0.1:$worker_port" --group-id "$run-worker" \
+    --metrics-listen "127.0.0.1:$(free_port)" >"$logs/consumer-worker.log" 2>&1 &
+  WORKER_PID=$!
+  "$bin/notify-svc" --listen "127.0.0.1:$notify_port" --group-id "$run-notify" \
+    --metrics-listen "127.0.0.1:$(free_port)" >"$logs/notify-svc.log" 2>&1 &
+  NOTIFY_PID=$!
+  "$bin/order-api" --listen "$ORDER_API" --inventory-url "http://$INVENTORY" \
+    --metrics-listen "127.0.0.1:$(free_port)" >"$logs/order-api.log" 2>&1 &
+  ORDER_API_PID=$!
+  bench_service_pids=("$INVENTORY_PID" "$WORKER_PID" "$NOTIFY_PID" "$ORDER_API_PID")
+
+  wait_port 127.0.0.1 "$inventory_port" inventory-svc 60
+  wait_port 127.0.0.1 "$worker_port" consumer-worker 60
+  wait_port 127.0.0.1 "$notify_port" notify-svc 60
+  wait_port 127.0.0.1 "$order_port" order-api 60
+  local pid
+  for pid in "${bench_service_pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || die "a service exited during start-up; see $logs/*.log"
+  done
+}
+
+# The --cpu-pid flags of loadgen for the four services.
+bench_cpu_flags() {
+  printf -- '--cpu-pid=%s ' "order-api=$ORDER_API_PID" "inventory-svc=$INVENTORY_PID" \
+    "consumer-worker=$WORKER_PID" "notify-svc=$NOTIFY_PID"
+  printf -- '--cpu-process=%s ' postgres redis-server tansu
+}
