@@ -103,10 +103,14 @@ pub struct Load {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
-    /// Count the CPU time of this process during the run, as LABEL=PID (repeatable); labels
-    /// may repeat (summed).
+    /// Count the CPU time of this process of orderflow's during the run, as LABEL=PID
+    /// (repeatable; a repeated label is summed): the CPU per order adds these up.
     #[arg(long = "cpu-pid", value_name = "LABEL=PID")]
     pub cpu_pids: Vec<String>,
+    /// Count the CPU time of this process too, as LABEL=PID, but not as orderflow's own (a
+    /// dependency such as a private broker).
+    #[arg(long = "cpu-dependency", value_name = "LABEL=PID")]
+    pub cpu_dependencies: Vec<String>,
     /// Count the CPU time of every process with this name (as `pgrep -x`), e.g. postgres.
     #[arg(long = "cpu-process", value_name = "NAME")]
     pub cpu_processes: Vec<String>,

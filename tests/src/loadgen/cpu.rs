@@ -12,8 +12,11 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// From `--cpu-pid LABEL=PID` and `--cpu-process NAME`; loadgen itself is always counted.
-    pub fn parse(pids: &[String], names: &[String]) -> anyhow::Result<Self> {
+    /// From `LABEL=PID` flags and `--cpu-process NAME`; loadgen itself is always counted.
+    pub fn parse<'a>(
+        pids: impl IntoIterator<Item = &'a String>,
+        names: &[String],
+    ) -> anyhow::Result<Self> {
         let mut selection = Self {
             pids: vec![("loadgen".into(), std::process::id())],
             names: names.to_vec(),
@@ -21,11 +24,11 @@ impl Selection {
         for spec in pids {
             let (label, pid) = spec
                 .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("--cpu-pid {spec:?}: expected LABEL=PID"))?;
+                .ok_or_else(|| anyhow::anyhow!("{spec:?}: expected LABEL=PID"))?;
             let pid = pid
                 .trim()
                 .parse()
-                .map_err(|_| anyhow::anyhow!("--cpu-pid {spec:?}: {pid:?} is not a pid"))?;
+                .map_err(|_| anyhow::anyhow!("{spec:?}: {pid:?} is not a pid"))?;
             selection.pids.push((label.trim().to_owned(), pid));
         }
         Ok(selection)

@@ -137,17 +137,20 @@ async fn set_stock(pool: &Pool, skus: &[(String, i64, i64)]) -> anyhow::Result<(
     Ok(())
 }
 
+/// Starts counting CPU; also the labels of orderflow's own processes (`--cpu-pid`), once each.
 fn cpu_watch(load: &Load) -> anyhow::Result<(cpu::Watch, Vec<String>)> {
-    let selection = cpu::Selection::parse(&load.cpu_pids, &load.cpu_processes)?;
-    let own = selection
-        .pids
-        .iter()
-        .map(|(label, _)| label.clone())
-        .filter(|label| label != "loadgen")
-        .collect::<Vec<_>>();
-    let mut own_unique = own;
-    own_unique.dedup();
-    Ok((cpu::Watch::start(selection), own_unique))
+    let mut own: Vec<String> = Vec::new();
+    // The first entry is loadgen itself, not orderflow's.
+    for (label, _) in &cpu::Selection::parse(&load.cpu_pids, &[])?.pids[1..] {
+        if !own.contains(label) {
+            own.push(label.clone());
+        }
+    }
+    let selection = cpu::Selection::parse(
+        load.cpu_pids.iter().chain(&load.cpu_dependencies),
+        &load.cpu_processes,
+    )?;
+    Ok((cpu::Watch::start(selection), own))
 }
 
 async fn flash_sale(args: FlashSaleArgs) -> anyhow::Result<bool> {
@@ -331,7 +334,7 @@ async fn transactions(db: &PgPool) -> anyhow::Result<i64> {
 
 async fn probe(db: &PgPool, sale: Workload, load: &Load) -> anyhow::Result<Probe> {
     const SETTLE: Duration = Duration::from_millis(1500);
-    const IDLE: Duration = Duration::from_secs(3);
+    const IDLE: Duration = Duration::from_secs(2);
     let requests = match &sale {
         Workload::FlashSale(sale) => sale.end - sale.next.load(Ordering::Relaxed),
         _ => 0,
