@@ -3,18 +3,42 @@
 # binaries on free loopback ports, isolated from anything else on the machine (their own
 # database, Redis key prefix, topic prefix, consumer groups and metrics ports), and stops them.
 #
+#   bench_start_broker DIR
+#     a private broker (tansu) on a free port with an empty sqlite file in DIR; sets BROKER_PID
+#     and exports ORDERFLOW_KAFKA_BROKERS for the services started after it.
 #   bench_start_services BIN_DIR RUN DATABASE_URL LOG_DIR
 #     sets ORDER_API, INVENTORY (host:port), and ORDER_API_PID, INVENTORY_PID, WORKER_PID,
-#     NOTIFY_PID; stops them all on exit.
+#     NOTIFY_PID; stops them all (and the private broker) on exit.
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 bench_service_pids=()
+BROKER_PID=""
 bench_stop_services() {
-  ((${#bench_service_pids[@]})) || return 0
-  kill "${bench_service_pids[@]}" 2>/dev/null || true
-  wait "${bench_service_pids[@]}" 2>/dev/null || true
-  bench_service_pids=()
+  if ((${#bench_service_pids[@]})); then
+    kill "${bench_service_pids[@]}" 2>/dev/null || true
+    wait "${bench_service_pids[@]}" 2>/dev/null || true
+    bench_service_pids=()
+  fi
+  if [[ -n $BROKER_PID ]]; then
+    kill "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+  fi
+}
+
+bench_start_broker() {
+  local dir=$1 port
+  port=$(free_port)
+  mkdir -p "$dir"
+  # exec: the job's pid is the broker's own.
+  (cd "$dir" && exec "$ORDERFLOW_HOME/bin/tansu" broker \
+    --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine sqlite://tansu.db >tansu.log 2>&1 </dev/null) &
+  BROKER_PID=$!
+  trap bench_stop_services EXIT
+  wait_port 127.0.0.1 "$port" "the private broker (log: $dir/tansu.log)" 30
+  export ORDERFLOW_KAFKA_BROKERS="127.0.0.1:$port"
 }
 
 bench_start_services() {
@@ -55,9 +79,14 @@ bench_start_services() {
   done
 }
 
-# The --cpu-pid flags of loadgen for the four services.
+# loadgen's CPU flags: the four services as orderflow's own, the dependencies alongside.
 bench_cpu_flags() {
   printf -- '--cpu-pid=%s ' "order-api=$ORDER_API_PID" "inventory-svc=$INVENTORY_PID" \
     "consumer-worker=$WORKER_PID" "notify-svc=$NOTIFY_PID"
-  printf -- '--cpu-process=%s ' postgres redis-server tansu
+  printf -- '--cpu-process=%s ' postgres redis-server
+  if [[ -n $BROKER_PID ]]; then
+    printf -- '--cpu-dependency=tansu=%s ' "$BROKER_PID"
+  else
+    printf -- '--cpu-process=tansu '
+  fi
 }
