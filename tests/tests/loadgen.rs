@@ -1,28 +1,33 @@
-//! The real `loadgen` binary against a stack of its own: a small flash sale and a short mixed
-//! run, each judged by loadgen's own invariant checks (exit code 0, `invariants_ok: true` in the
-//! JSON line), plus what the flash sale must have sold.
+//! The real `loadgen` binary against a stack of its own: a small flash sale, a short mixed run
+//! and a flash sale with authentication on, each judged by loadgen's own invariant checks (exit
+//! code 0, `invariants_ok: true` in the JSON line), plus what the flash sale must have sold.
 
 use std::time::Duration;
 
 use orderflow_tests::process::workspace_binary;
-use orderflow_tests::stack::Stack;
+use orderflow_tests::stack::{Options, Stack};
 use serde_json::{json, Value};
 
-/// Runs loadgen with `args` against `stack`; its JSON report, failing the test with its whole
-/// output unless it exited 0.
-async fn loadgen(stack: &Stack, args: &[&str]) -> Value {
+/// Runs loadgen with `args` against `stack` (at most 90 s).
+async fn run_loadgen(stack: &Stack, args: &[&str]) -> std::process::Output {
     let run = tokio::process::Command::new(workspace_binary("loadgen"))
         .args(args)
         .arg(format!("--order-api=http://{}", stack.addresses.order_api))
         .arg(format!("--inventory=http://{}", stack.addresses.inventory))
         .arg(format!("--database-url={}", stack.database_url()))
-        .args(["--json", "--quiet"])
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), run)
+    tokio::time::timeout(Duration::from_secs(90), run)
         .await
         .expect("loadgen finished within 90 s")
-        .expect("running loadgen");
+        .expect("running loadgen")
+}
+
+/// Runs loadgen with `args` against `stack`; its JSON report, failing the test with its whole
+/// output unless it exited 0.
+async fn loadgen(stack: &Stack, args: &[&str]) -> Value {
+    let args: Vec<&str> = args.iter().copied().chain(["--json", "--quiet"]).collect();
+    let output = run_loadgen(stack, &args).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -112,5 +117,68 @@ async fn a_mixed_run_moves_orders_through_their_lifecycle_and_every_invariant_ho
             "no {rpc} answered OK: {report:#}"
         );
     }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_on_it_sends_the_buyer_and_admin_tokens() {
+    let dir = std::env::temp_dir().join(format!(
+        "orderflow-loadgen-{}",
+        orderflow_tests::unique_id()
+    ));
+    std::fs::create_dir_all(&dir).expect("a directory for the tokens");
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        "t-buyer buyer orders\nt-ops ops admin\nt-order-api order-api inventory\n",
+    )
+    .expect("writing the tokens file");
+    let service_token = dir.join("order-api-token");
+    std::fs::write(&service_token, "t-order-api\n").expect("writing order-api's token");
+    let auth = format!("--auth-tokens-file={}", tokens.display());
+    let stack = Stack::start_with(Options {
+        order_args: vec![
+            auth.clone(),
+            format!("--inventory-token-file={}", service_token.display()),
+        ],
+        inventory_args: vec![auth.clone()],
+        notify_args: vec![auth],
+        ..Options::default()
+    })
+    .await;
+    // Without a token SetStock is refused, and loadgen says it could not make the run.
+    let refused = run_loadgen(
+        &stack,
+        &["flash-sale", "--buyers=1", "--units=1", "--quiet"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("SetStock"), "{stderr}");
+    // A buyer token may act only for its own subject: every order is placed as "buyer".
+    let report = loadgen(
+        &stack,
+        &[
+            "flash-sale",
+            "--buyers=300",
+            "--units=20",
+            "--concurrency=8",
+            "--sold-out-probe=0",
+            "--token=t-buyer",
+            "--user=buyer",
+            "--admin-token=t-ops",
+        ],
+    )
+    .await;
+    assert_eq!(report["invariants_ok"], json!(true), "{report:#}");
+    assert!(
+        report["flash_sale"]["orders"].as_u64() > Some(0),
+        "{report:#}"
+    );
+    assert!(
+        report["errors"].get("UNAUTHENTICATED").is_none()
+            && report["errors"].get("PERMISSION_DENIED").is_none(),
+        "{report:#}"
+    );
     stack.stop().await;
 }
