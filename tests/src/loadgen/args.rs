@@ -141,6 +141,10 @@ pub struct FlashSaleArgs {
     /// a sold-out answer should cost none. 0 skips it.
     #[arg(long, default_value_t = 5_000)]
     pub sold_out_probe: u64,
+    /// inventory-svc's Prometheus endpoint (host:port): the probe then also counts the
+    /// Release calls it served meanwhile (each is a PostgreSQL transaction).
+    #[arg(long)]
+    pub inventory_metrics: Option<String>,
     /// Stop the race after this many seconds even if buyers are left.
     #[arg(long)]
     pub duration_secs: Option<f64>,

@@ -160,6 +160,7 @@ async fn flash_sale(args: FlashSaleArgs) -> anyhow::Result<bool> {
         buyers,
         units,
         sold_out_probe,
+        inventory_metrics,
         duration_secs,
     } = args;
     let pool = Arc::new(Pool::connect(&target, load.connections).await?);
@@ -222,6 +223,7 @@ async fn flash_sale(args: FlashSaleArgs) -> anyhow::Result<bool> {
                 end: raced + sold_out_probe,
             }),
             &load,
+            inventory_metrics.as_deref(),
         )
         .await?;
         probe_errors = probe.errors;
@@ -245,7 +247,15 @@ async fn flash_sale(args: FlashSaleArgs) -> anyhow::Result<bool> {
             "pg_xacts": probe.xacts,
             "background_xacts": probe.background,
             "pg_xacts_per_answer": probe.per_answer(),
+            "inventory_release_calls": probe.releases,
         });
+        if let Some(releases) = probe.releases {
+            notes.push(format!(
+                "inventory-svc served {releases} Release calls meanwhile ({:.2} per sold-out \
+                 answer)",
+                releases / probe.requests.max(1) as f64
+            ));
+        }
     }
     let errors: u64 = stats.errors.values().sum::<u64>() + probe_errors;
     extra.insert(
@@ -312,6 +322,8 @@ struct Probe {
     xacts: i64,
     /// What the services' background tasks commit in as long, measured just before.
     background: f64,
+    /// Release calls inventory-svc answered meanwhile, when its metrics were given.
+    releases: Option<f64>,
 }
 
 impl Probe {
@@ -321,8 +333,9 @@ impl Probe {
 }
 
 /// Transactions committed and rolled back in the current database so far. PostgreSQL's
-/// statistics lag by up to a second (backends flush them at most once per second), hence the
-/// pauses around each reading.
+/// statistics lag: a backend flushes them at most once a second, and what it did in its last
+/// second before going idle only when it is next busy or 10 s later. So a short probe is
+/// undercounted (a lower bound); the pauses around the readings shrink the gap.
 async fn transactions(db: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
@@ -332,8 +345,34 @@ async fn transactions(db: &PgPool) -> anyhow::Result<i64> {
     .await?)
 }
 
-async fn probe(db: &PgPool, sale: Workload, load: &Load) -> anyhow::Result<Probe> {
-    const SETTLE: Duration = Duration::from_millis(1500);
+/// The sum of every `orderflow_grpc_server_handled_total` series of `method` that the
+/// Prometheus endpoint at `address` (host:port) serves.
+async fn calls_served(address: &str, method: &str) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to the metrics at {address}"))?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: loadgen\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    let label = format!("method=\"{method}\"");
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with("orderflow_grpc_server_handled_total{"))
+        .filter(|line| line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn probe(
+    db: &PgPool,
+    sale: Workload,
+    load: &Load,
+    inventory_metrics: Option<&str>,
+) -> anyhow::Result<Probe> {
+    const SETTLE: Duration = Duration::from_millis(2500);
     const IDLE: Duration = Duration::from_secs(2);
     let requests = match &sale {
         Workload::FlashSale(sale) => sale.end - sale.next.load(Ordering::Relaxed),
@@ -344,6 +383,10 @@ async fn probe(db: &PgPool, sale: Workload, load: &Load) -> anyhow::Result<Probe
     tokio::time::sleep(IDLE).await;
     let before = transactions(db).await?;
     let idle_rate = (before - before_idle) as f64 / IDLE.as_secs_f64();
+    let releases_before = match inventory_metrics {
+        Some(address) => Some(calls_served(address, "Release").await?),
+        None => None,
+    };
     let recorder = Arc::new(Recorder::default());
     let started = Instant::now();
     let elapsed = drive::drive(
@@ -355,6 +398,10 @@ async fn probe(db: &PgPool, sale: Workload, load: &Load) -> anyhow::Result<Probe
         progress(load, "sold-out probe"),
     )
     .await;
+    let releases = match (inventory_metrics, releases_before) {
+        (Some(address), Some(before)) => Some(calls_served(address, "Release").await? - before),
+        _ => None,
+    };
     tokio::time::sleep(SETTLE).await;
     let after = transactions(db).await?;
     let window = started.elapsed().as_secs_f64();
@@ -373,6 +420,7 @@ async fn probe(db: &PgPool, sale: Workload, load: &Load) -> anyhow::Result<Probe
         seconds: elapsed.as_secs_f64(),
         xacts: after - before,
         background: idle_rate * window,
+        releases,
     })
 }
 
