@@ -7,8 +7,8 @@
 #     a private broker (tansu) on a free port with an empty sqlite file in DIR; sets BROKER_PID
 #     and exports ORDERFLOW_KAFKA_BROKERS for the services started after it.
 #   bench_start_services BIN_DIR RUN DATABASE_URL LOG_DIR
-#     sets ORDER_API, INVENTORY (host:port), and ORDER_API_PID, INVENTORY_PID, WORKER_PID,
-#     NOTIFY_PID; stops them all (and the private broker) on exit.
+#     sets ORDER_API, INVENTORY, INVENTORY_METRICS (host:port), and ORDER_API_PID,
+#     INVENTORY_PID, WORKER_PID, NOTIFY_PID; stops them all (and the private broker) on exit.
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -55,17 +55,18 @@ bench_start_services() {
     ORDERFLOW_KAFKA_TOPIC_PREFIX="$run." ORDERFLOW_LOG="${BENCH_SERVICE_LOG:-warn}"
   trap bench_stop_services EXIT
 
-  "$bin/inventory-svc" --listen "$INVENTORY" --metrics-listen "127.0.0.1:$(free_port)" \
-    >"$logs/inventory-svc.log" 2>&1 &
+  INVENTORY_METRICS="127.0.0.1:$(free_port)"
+  "$bin/inventory-svc" --listen "$INVENTORY" --metrics-listen "$INVENTORY_METRICS" \
+    >>"$logs/inventory-svc.log" 2>&1 &
   INVENTORY_PID=$!
   "$bin/consumer-worker" --listen "127.0.0.1:$worker_port" --group-id "$run-worker" \
-    --metrics-listen "127.0.0.1:$(free_port)" >"$logs/consumer-worker.log" 2>&1 &
+    --metrics-listen "127.0.0.1:$(free_port)" >>"$logs/consumer-worker.log" 2>&1 &
   WORKER_PID=$!
   "$bin/notify-svc" --listen "127.0.0.1:$notify_port" --group-id "$run-notify" \
-    --metrics-listen "127.0.0.1:$(free_port)" >"$logs/notify-svc.log" 2>&1 &
+    --metrics-listen "127.0.0.1:$(free_port)" >>"$logs/notify-svc.log" 2>&1 &
   NOTIFY_PID=$!
   "$bin/order-api" --listen "$ORDER_API" --inventory-url "http://$INVENTORY" \
-    --metrics-listen "127.0.0.1:$(free_port)" >"$logs/order-api.log" 2>&1 &
+    --metrics-listen "127.0.0.1:$(free_port)" >>"$logs/order-api.log" 2>&1 &
   ORDER_API_PID=$!
   bench_service_pids=("$INVENTORY_PID" "$WORKER_PID" "$NOTIFY_PID" "$ORDER_API_PID")
 

@@ -61,16 +61,23 @@ export PGOPTIONS="-c client_min_messages=warning"
 psql "$server/postgres" -qX -v ON_ERROR_STOP=1 \
   -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database" >/dev/null
 run="bench$(date +%s)"
-# The shared broker keeps every message every test and run ever produced, and its sqlite
-# storage slows as it grows: a private, empty one makes runs comparable.
-if [[ -z ${BENCH_SHARED_BROKER:-} ]]; then
-  step "Starting a private broker (tansu, empty sqlite storage)"
-  bench_start_broker "$results/broker"
-  note "broker $ORDERFLOW_KAFKA_BROKERS"
-fi
-step "Starting inventory-svc, order-api, consumer-worker and notify-svc (database $database)"
-bench_start_services "$bin" "$run" "$server/$database" "$results"
-note "order-api $ORDER_API, inventory-svc $INVENTORY"
+# fresh_stack: (re)starts the four services, each time with a private broker whose storage is
+# empty. The broker's sqlite storage slows as it fills (docs/BENCHMARKS.md: 770 → 420 orders/s
+# over five 6 s runs), so every measurement of the order path starts from the same state.
+# BENCH_SHARED_BROKER=1 keeps the shared broker instead.
+fresh_stack() {
+  bench_stop_services
+  if [[ -z ${BENCH_SHARED_BROKER:-} ]]; then
+    rm -rf "$results/broker"
+    bench_start_broker "$results/broker"
+  fi
+  bench_start_services "$bin" "$run" "$server/$database" "$results"
+  targets=(--order-api "http://$ORDER_API" --inventory "http://$INVENTORY"
+    --database-url "$server/$database")
+  note "[$SECONDS s] order-api $ORDER_API, inventory-svc $INVENTORY, broker ${ORDERFLOW_KAFKA_BROKERS:-127.0.0.1:9092}"
+}
+step "Starting inventory-svc, order-api, consumer-worker, notify-svc and a private broker (database $database)"
+fresh_stack
 
 failed=()
 # measure NAME LOADGEN-ARGS…: runs loadgen, shows its table, keeps its JSON line as NAME.json.
@@ -90,8 +97,6 @@ measure() {
       echo '{}' >"$results/$name.json"
   fi
 }
-targets=(--order-api "http://$ORDER_API" --inventory "http://$INVENTORY"
-  --database-url "$server/$database")
 # rate FILE FIELD: a rate in a result (0 if the run left none).
 rate() {
   python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2]) or 0)' \
@@ -122,12 +127,17 @@ kill "$noop_pid" && wait "$noop_pid" 2>/dev/null || true
 
 # Capped, so a slow build of the system cannot make the run unbounded (it says so if it cuts).
 measure flash-sale flash-sale "${targets[@]}" --buyers "$buyers" --units "$units" \
-  --concurrency "$concurrency" --sold-out-probe 3000 --duration-secs "$flash_seconds"
+  --concurrency "$concurrency" --sold-out-probe 5000 --inventory-metrics "$INVENTORY_METRICS" \
+  --duration-secs "$flash_seconds"
 
 # CreateOrder alone, one unit of one hot SKU per order, saturated; perf samples every CPU
 # meanwhile (flat profile: release builds keep their symbols, not frame pointers).
-create=(mixed "${targets[@]}" --mix create=100 --skus 1 --stock 1000000000 --max-lines 1
-  --repeat-percent 0 --duration-secs "$seconds")
+fresh_create() {
+  fresh_stack
+  create=(mixed "${targets[@]}" --mix create=100 --skus 1 --stock 1000000000 --max-lines 1
+    --repeat-percent 0 --duration-secs "$seconds")
+}
+fresh_create
 if perf record -q -a -F 499 -o "$results/perf-check.data" -- true >/dev/null 2>&1; then
   (
     sleep 2
@@ -152,27 +162,30 @@ if [[ -n $perf_pid ]]; then
   perf report -i "$results/perf.data" --stdio --no-children --sort dso,sym \
     --percent-limit 0.4 >"$results/perf-symbols.txt" 2>/dev/null || true
 fi
-# k6 right after loadgen's run and loadgen once more after it: the shared broker's speed drifts
-# over minutes, so k6 is compared with the two runs around it.
-step "k6: CreateOrder with $concurrency virtual users for $seconds s"
+
+# k6 under the same conditions: a fresh stack, the same concurrency and duration.
+fresh_stack
+step "[$SECONDS s] k6: CreateOrder with $concurrency virtual users for $seconds s"
 "$REPO_ROOT/scripts/bench-k6.sh" "$ORDER_API" "$INVENTORY" "$concurrency" "$seconds" \
   >"$results/k6.json" || { failed+=(k6); echo '{}' >"$results/k6.json"; }
 cat "$results/k6.json"
-measure create-again "${create[@]}" --concurrency "$concurrency"
-# The broker slows as it fills (see docs/BENCHMARKS.md): 80 % of the latest saturated rate.
-at_80 create-80 "$(rate create-again.json orders_per_s)" "${create[@]}"
 
+fresh_create
+at_80 create-80 "$(rate create.json orders_per_s)" "${create[@]}"
+
+fresh_stack
 measure mixed mixed "${targets[@]}" --skus "$skus" --concurrency "$concurrency" \
   --duration-secs "$seconds"
+fresh_stack
 at_80 mixed-80 "$(rate mixed.json throughput_per_s)" mixed "${targets[@]}" --skus "$skus" \
   --duration-secs "$seconds"
 
 # BatchGetOrders(100) alone, of orders placed just before (from the cache, the normal case).
+fresh_stack
 reads=(mixed "${targets[@]}" --skus 10 --preload 500 --mix batch-get=100 --batch-size 100
   --duration-secs 3)
 measure reads "${reads[@]}" --concurrency "$concurrency"
 at_80 reads-80 "$(rate reads.json throughput_per_s)" "${reads[@]}"
-
 bench_stop_services
 
 # The baseline and the Redis ceiling run alone, so nothing else competes for the CPU.
