@@ -187,6 +187,8 @@ reads=(mixed "${targets[@]}" --skus 10 --preload 500 --mix batch-get=100 --batch
 measure reads "${reads[@]}" --concurrency "$concurrency"
 at_80 reads-80 "$(rate reads.json throughput_per_s)" "${reads[@]}"
 bench_stop_services
+# What the services left in the shared Redis (idempotency keys would stay for a day).
+redis-cli --scan --pattern "{$run}:*" | xargs -r -n 1000 redis-cli DEL >/dev/null || true
 
 # The baseline and the Redis ceiling run alone, so nothing else competes for the CPU.
 step "pgbench: the plain PostgreSQL order transaction, $concurrency clients, $seconds s"
