@@ -39,7 +39,7 @@ pub fn producer(args: &KafkaArgs) -> Result<FutureProducer, RuntimeError> {
     base_config(args)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
+        .set("linger.ms", args.kafka_linger_ms.to_string())
         .set("message.timeout.ms", args.kafka_ack_timeout_ms.to_string())
         // A request already in flight is bounded by this, not by message.timeout.ms: without it
         // a send to a broker that just died waits the 30 s default.

@@ -113,6 +113,7 @@ async fn publish(args: &Args, prefix: &str, order_ids: &[Uuid]) -> anyhow::Resul
         kafka_topic_prefix: prefix.to_owned(),
         kafka_topic_partitions: 3,
         kafka_topic_replication: 1,
+        kafka_linger_ms: 5,
         kafka_ack_timeout_ms: 30_000,
         kafka_properties: Vec::new(),
         kafka_sasl_password_file: None,
