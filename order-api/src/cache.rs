@@ -82,26 +82,21 @@ impl OrderCache {
         self.ttl.as_secs().max(1)
     }
 
-    /// Caches a just-placed order with the idempotency key it was placed under.
-    pub async fn put_placed(&self, order: &Order, idempotency_key: &str) -> Result<(), OrderError> {
+    /// Adds to `pipe` the commands that cache a just-placed order with the idempotency key it
+    /// was placed under (the placement sends them with its other last writes, in one round trip).
+    pub fn put_placed(&self, pipe: &mut redis::Pipeline, order: &Order, idempotency_key: &str) {
         let key = self.key(&order.order_id);
-        let mut redis = self.redis.clone();
-        let () = redis::pipe()
-            .atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    ("o", order.encode_to_vec()),
-                    ("v", order.version.to_string().into_bytes()),
-                    ("k", idempotency_key.as_bytes().to_vec()),
-                ],
-            )
-            .ignore()
-            .expire(&key, self.ttl_secs() as i64)
-            .ignore()
-            .query_async(&mut redis)
-            .await?;
-        Ok(())
+        pipe.hset_multiple(
+            &key,
+            &[
+                ("o", order.encode_to_vec()),
+                ("v", order.version.to_string().into_bytes()),
+                ("k", idempotency_key.as_bytes().to_vec()),
+            ],
+        )
+        .ignore()
+        .expire(&key, self.ttl_secs() as i64)
+        .ignore();
     }
 
     /// Caches `order` unless the cache already has it at this version or newer, or a newer

@@ -245,19 +245,35 @@ impl Claims {
         idempotency_key: &str,
         record: &ClaimRecord,
     ) -> Result<(), OrderError> {
+        let mut pipe = redis::pipe();
+        self.mark_placed_in(&mut pipe, user_id, idempotency_key, record);
+        let () = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(())
+    }
+
+    /// Adds to `pipe` the command of [`Claims::mark_placed`].
+    pub fn mark_placed_in(
+        &self,
+        pipe: &mut redis::Pipeline,
+        user_id: &str,
+        idempotency_key: &str,
+        record: &ClaimRecord,
+    ) {
         let placed = ClaimRecord {
             state: ClaimState::Placed,
             ..record.clone()
         };
-        let mut redis = self.redis.clone();
-        let () = redis
-            .set_ex(
-                self.key(user_id, idempotency_key),
-                placed.encode(),
-                self.retention.as_secs().max(1),
-            )
-            .await?;
-        Ok(())
+        pipe.set_ex(
+            self.key(user_id, idempotency_key),
+            placed.encode(),
+            self.retention.as_secs().max(1),
+        )
+        .ignore();
+    }
+
+    /// The Redis connection the claims live on (the cache's as well).
+    pub fn redis(&self) -> RedisConnection {
+        self.redis.clone()
     }
 
     /// Deletes the claim if it still is `record`, so a retry can place the order afresh.

@@ -1,7 +1,8 @@
 //! The CreateOrder and GetOrder flows, composed from the adapters.
 //!
-//! Placing an order: claim the idempotency key → reserve stock (inventory-svc) → cache the
-//! pending order → publish `order-created` and wait for the ack → mark the key placed → answer.
+//! Placing an order: claim the idempotency key → reserve stock (inventory-svc) → publish
+//! `order-created` and wait for the ack → cache the pending order and mark the key placed (one
+//! Redis round trip) → answer.
 //! If any step fails, the steps before it are undone (reservation released, cache entry and
 //! claim removed) and the caller gets an error: an order is either acknowledged and on its way
 //! to PostgreSQL, or it left nothing behind.
@@ -46,6 +47,15 @@ pub struct Parts {
 }
 
 const RESERVE_STEP: &str = "reserving stock in inventory-svc";
+
+/// What a failed placement may hold in inventory-svc, so its undo knows whether to release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reserved {
+    /// inventory-svc refused the reservation: all-or-nothing, so nothing is held.
+    Nothing,
+    /// It may hold the order's units (reserved, or the outcome is unknown).
+    Maybe,
+}
 
 #[derive(Clone)]
 pub struct Placement {
@@ -175,8 +185,15 @@ async fn place_or_undo(
         // more later cannot touch anyone else's stock.
         let outcome_unknown = matches!(error, OrderError::InventoryUnavailable(_))
             || matches!(error, OrderError::Timeout { step, .. } if *step == RESERVE_STEP);
+        // A Reserve inventory-svc refused (sold out, unknown SKU) holds nothing: no release, so
+        // a sold-out answer costs no PostgreSQL transaction.
+        let reserved = if matches!(error, OrderError::InventoryRefused(_)) {
+            Reserved::Nothing
+        } else {
+            Reserved::Maybe
+        };
         let undo = tokio::spawn(async move {
-            parts.undo(&new_order, &record).await;
+            parts.undo(&new_order, &record, reserved).await;
             if outcome_unknown {
                 parts.release_late(record.order_id);
             }
@@ -237,12 +254,6 @@ impl Parts {
         )
         .map_err(|error| OrderError::Internal(error.to_string()))?;
 
-        deadline
-            .run(
-                "caching the order in Redis",
-                self.cache.put_placed(&order, &new_order.idempotency_key),
-            )
-            .await??;
         let event = OrderCreated {
             event_id: Uuid::now_v7().to_string(),
             order_id: order_id.clone(),
@@ -252,22 +263,38 @@ impl Parts {
         };
         // The publisher bounds its own wait by the deadline: it must purge what it gives up on.
         self.publisher.order_created(&event, deadline.at).await?;
+        // Acknowledged: cache the order and mark its key placed, atomically and in one round
+        // trip. Nobody can ask for the order before this answer names it, so caching it only now
+        // loses nothing, and a failure here is undone like any other step.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.cache
+            .put_placed(&mut pipe, &order, &new_order.idempotency_key);
+        self.claims.mark_placed_in(
+            &mut pipe,
+            &new_order.user_id,
+            &new_order.idempotency_key,
+            record,
+        );
+        let mut redis = self.claims.redis();
         deadline
             .run(
-                "marking the idempotency key placed in Redis",
-                self.claims
-                    .mark_placed(&new_order.user_id, &new_order.idempotency_key, record),
+                "caching the order and marking its key placed in Redis",
+                pipe.query_async::<()>(&mut redis),
             )
-            .await??;
+            .await?
+            .map_err(OrderError::from)?;
         tracing::info!(%order_id, user_id = %new_order.user_id, total_cents = order.total_cents, "order placed");
         Ok(order)
     }
 
     /// Best effort: each step is idempotent, and what fails here is logged for an operator.
-    async fn undo(&self, new_order: &NewOrder, record: &ClaimRecord) {
+    async fn undo(&self, new_order: &NewOrder, record: &ClaimRecord, reserved: Reserved) {
         let order_id = record.order_id.to_string();
-        if let Err(status) = release(self.inventory.clone(), &order_id).await {
-            tracing::error!(%order_id, %status, "could not release the reservation of a failed order");
+        if reserved == Reserved::Maybe {
+            if let Err(status) = release(self.inventory.clone(), &order_id).await {
+                tracing::error!(%order_id, %status, "could not release the reservation of a failed order");
+            }
         }
         if let Err(error) = self.cache.remove(&order_id).await {
             tracing::error!(%order_id, %error, "could not remove a failed order from the cache");
