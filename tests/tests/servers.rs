@@ -107,7 +107,7 @@ async fn grpcurl_sees_each_servers_own_service_through_reflection() {
 
         let described = run(vec![
             "-plaintext".into(),
-            target,
+            target.clone(),
             "describe".into(),
             format!("{}.{method}", services[services.len() - 1]),
         ])
@@ -116,6 +116,22 @@ async fn grpcurl_sees_each_servers_own_service_through_reflection() {
             described.contains(&format!("rpc {method} (")),
             "{described}"
         );
+        // Every listed service is describable, the reflection services too (clients such as
+        // k6 resolve all of them).
+        for reflection in [
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(listed.lines().any(|line| line == reflection), "{listed}");
+            let described = run(vec![
+                "-plaintext".into(),
+                target.clone(),
+                "describe".into(),
+                reflection.into(),
+            ])
+            .await;
+            assert!(described.contains("ServerReflectionInfo"), "{described}");
+        }
     }
 }
 

@@ -172,12 +172,19 @@ pub async fn serve(
 }
 
 /// Reflection over every contract (so message types resolve), listing only the services this
-/// server actually serves.
+/// server actually serves. Both reflection services are listed, so both must be describable:
+/// tonic adds only the version being built, and clients that resolve every listed service (k6)
+/// stop at the other one.
 fn reflection_builder(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
     services
         .iter()
         .fold(
             tonic_reflection::server::Builder::configure()
+                .include_reflection_service(false)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
                 .register_encoded_file_descriptor_set(orderflow_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
             |builder, service| builder.with_service_name(*service),
