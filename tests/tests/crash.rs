@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 const SKUS: [&str; 4] = ["C-0", "C-1", "C-2", "C-3"];
 const INITIAL_STOCK: i64 = 10_000;
+/// The worker's topics have two partitions each.
+const EVERY_PARTITION: usize = 2 * topics::ALL.len();
 
 /// Order `index`: its SKU, quantity and whether it gets paid (three in four do).
 fn plan(index: usize) -> (&'static str, i64, bool) {
@@ -72,11 +74,21 @@ struct Drained {
 async fn wait_for_the_pipeline_to_drain(stack: &Stack, worker: SocketAddr) -> Drained {
     stack.wait_for_outbox_drained().await;
     let all_published = SystemTime::now();
+    // Printed as it changes, so a timeout shows whether the worker lacked partitions or lagged.
+    let last_seen = Mutex::new(None);
     let status = eventually(
         "the worker's lag to reach 0",
         Duration::from_secs(120),
         || async {
             let status = consumer_status(worker).await;
+            let seen = (
+                status.partitions.len(),
+                status.total_lag,
+                status.messages_applied,
+            );
+            if last_seen.lock().expect("not poisoned").replace(seen) != Some(seen) {
+                println!("draining: {seen:?} (partitions, lag, applied)");
+            }
             let reported_after_publishing = status
                 .reported_at
                 .and_then(|at| SystemTime::try_from(at).ok())
@@ -160,11 +172,17 @@ async fn killing_the_worker_twice_loses_and_duplicates_nothing() {
             .await;
             // Killed while it applies, not while it joins: tansu 0.6 keeps a leader killed in
             // the middle of a rebalance in the group for good, and the next worker then never
-            // gets a partition (real Kafka drops it after the rebalance timeout).
-            eventually("the worker to apply", Duration::from_secs(120), || async {
-                let status = consumer_status(worker.address).await;
-                (!status.partitions.is_empty() && status.messages_applied > 0).then_some(())
-            })
+            // gets a partition (real Kafka drops it after the rebalance timeout). Owning every
+            // partition means the group has dropped its dead predecessor: no rebalance pending.
+            eventually(
+                "the worker to own every partition and apply",
+                Duration::from_secs(120),
+                || async {
+                    let status = consumer_status(worker.address).await;
+                    (status.partitions.len() == EVERY_PARTITION && status.messages_applied > 0)
+                        .then_some(())
+                },
+            )
             .await;
             worker.kill().await;
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -276,8 +294,7 @@ async fn killing_the_worker_twice_loses_and_duplicates_nothing() {
         Duration::from_secs(60),
         || async {
             let status = consumer_status(successor.address).await;
-            (status.total_lag >= 0 && status.partitions.len() == 2 * topics::ALL.len())
-                .then_some(status)
+            (status.total_lag >= 0 && status.partitions.len() == EVERY_PARTITION).then_some(status)
         },
     )
     .await;

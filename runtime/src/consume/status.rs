@@ -12,8 +12,9 @@ use orderflow_proto::consumer::v1::{
     GetConsumerStatusRequest, GetConsumerStatusResponse, PartitionStatus,
 };
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
+use rdkafka::TopicPartitionList;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
@@ -215,7 +216,30 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+/// Which partitions a rebalance gave or took: after a crash, the log shows when the group
+/// noticed and who took the partitions over.
+impl ConsumerContext for LagContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let group = &self.status.inner.group_id;
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(%group, partitions = ?names(partitions), "partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(%group, partitions = ?names(partitions), "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(%group, %error, "rebalance failed"),
+        }
+    }
+}
+
+fn names(partitions: &TopicPartitionList) -> Vec<String> {
+    partitions
+        .elements()
+        .iter()
+        .map(|partition| format!("{}/{}", partition.topic(), partition.partition()))
+        .collect()
+}
 
 #[cfg(test)]
 mod tests {
