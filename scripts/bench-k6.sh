@@ -7,7 +7,8 @@
 #   scripts/bench-k6.sh ORDER_API INVENTORY VUS SECONDS   (host:port each)
 #
 # Prints one JSON line: {"vus", "reflection" ("yes" or why not), "seconds", "requests", "ok",
-# "per_s", "ok_per_s", "latency_ms": {"p50", "p90", "p99", "p999", "max"}}.
+# "per_s", "ok_per_s", "cpu_s" and "cpu_ms_per_request" (k6's own, start-up included),
+# "latency_ms": {"p50", "p90", "p99", "p999", "max"}}.
 source "$(dirname "$0")/lib.sh"
 
 order_api=${1:?order-api host:port}
@@ -24,11 +25,19 @@ fi
 
 summary=$(mktemp)
 log=$(mktemp)
-trap 'rm -f "$summary" "$log"' EXIT
-# run REFLECT: k6 for the whole duration, its summary in $summary.
+cpu=$(mktemp)
+trap 'rm -f "$summary" "$log" "$cpu"' EXIT
+# run REFLECT: k6 for the whole duration, its summary in $summary and the CPU seconds it used
+# (user + system) in $cpu: it shares the cores with the system it measures, as loadgen does.
 run() {
   ORDER_API="$order_api" INVENTORY="$inventory" RUN="k6$(date +%s%N)" VUS="$vus" \
     DURATION_S="$seconds" REFLECT="$1" PROTO_ROOT="$REPO_ROOT/proto" K6_NO_USAGE_REPORT=true \
+    python3 -c '
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{usage.ru_utime + usage.ru_stime:.2f}")
+sys.exit(code)' "$cpu" \
     "$k6" run --no-usage-report --quiet --no-color --summary-export "$summary" \
     "$REPO_ROOT/scripts/k6/create-order.js" >"$log" 2>&1
 }
@@ -45,10 +54,10 @@ if ! run 1; then
   fi
 fi
 
-python3 - "$summary" "$vus" "$seconds" "$reflection" <<'PY'
+python3 - "$summary" "$vus" "$seconds" "$reflection" "$(cat "$cpu")" <<'PY'
 import json, sys
 summary, vus, seconds = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3])
-reflection = sys.argv[4]
+reflection, cpu_s = sys.argv[4], float(sys.argv[5])
 metrics = summary["metrics"]
 duration = metrics["grpc_req_duration"]
 requests = metrics["iterations"]["count"]
@@ -62,6 +71,8 @@ print(json.dumps({
     "ok": ok,
     "per_s": round(requests / seconds, 1),
     "ok_per_s": round(ok / seconds, 1),
+    "cpu_s": cpu_s,
+    "cpu_ms_per_request": round(1000 * cpu_s / requests, 3) if requests else None,
     "latency_ms": {
         "p50": duration["med"], "p90": duration["p(90)"], "p99": duration["p(99)"],
         "p999": duration["p(99.9)"], "max": duration["max"],

@@ -152,6 +152,8 @@ for label, run in (("saturated (closed loop)", reads), ("at 80 % (open loop)", r
 out(f"| k6 CreateOrder, {get(k6, 'vus', default='?')} VUs (one connection each), one hot SKU "
     f"| {num(k6_rate)} orders/s | {ms(get(k6, 'latency_ms', 'p50'))} | {ms(get(k6, 'latency_ms', 'p99'))} "
     f"| {num(get(k6, 'requests'))} requests, {num(get(k6, 'ok'))} OK; "
+    f"k6 used {get(k6, 'cpu_s', default='?')} CPU-s, {get(k6, 'cpu_ms_per_request', default='?')} ms per request "
+    f"(loadgen {get(create, 'cpu', 'seconds', 'loadgen', default='?')} CPU-s); "
     f"{'server reflection' if get(k6, 'reflection') == 'yes' else 'from the .proto files (reflection: ' + str(get(k6, 'reflection', default='?')) + ')'} |")
 out(f"| **pgbench**: decrement the hot SKU row + insert the order, one transaction, "
     f"{get(pg_hot, 'clients', default='?')} clients | {num(get(pg_hot, 'tps'))} orders/s "
