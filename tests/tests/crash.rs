@@ -141,7 +141,7 @@ async fn count(stack: &Stack, sql: &str) -> i64 {
 async fn killing_the_worker_twice_loses_and_duplicates_nothing() {
     // A broker of its own. On the shared one, which by then holds every earlier test's messages
     // and groups, the restarted worker twice waited for partitions for good in full `make test`
-    // runs (tansu 0.6's group coordinator; never in 14 runs of this test alone).
+    // runs (tansu 0.6's group coordinator; never in 12 runs of this test alone).
     let broker = PrivateBroker::start().await;
     let stack = Stack::start_with(Options {
         external_worker: true,
