@@ -39,6 +39,31 @@ where
     }
 }
 
+/// The status line and body of an HTTP/1.1 `GET path` at `address` (host:port), such as a
+/// service's Prometheus endpoint; one request per connection.
+pub async fn http_get(address: &str, path: &str) -> anyhow::Result<(String, String)> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .with_context(|| format!("sending GET {path} to {address}"))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .await
+        .with_context(|| format!("reading the answer to GET {path} from {address}"))?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    Ok((status, body.to_owned()))
+}
+
 /// Fails unless `status` has `code` and its message contains `fragment`; `case` names the check.
 pub fn assert_status(case: &str, status: &tonic::Status, code: tonic::Code, fragment: &str) {
     assert_eq!(status.code(), code, "{case}: {status:?}");

@@ -9,30 +9,13 @@ use orderflow_proto::order::v1::{GetOrderRequest, PayOrderRequest};
 use orderflow_tests::pipeline::WorkerProcess;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{eventually, order_request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tonic::Code;
 
 /// The status line and body of `GET path` at `address`.
 async fn http_get(address: SocketAddr, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(address)
+    orderflow_tests::http_get(&address.to_string(), path)
         .await
-        .unwrap_or_else(|error| panic!("connecting to the metrics port {address}: {error}"));
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("sending the request");
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .await
-        .expect("reading the answer");
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    (status, body.to_owned())
+        .unwrap_or_else(|error| panic!("GET {path} at the metrics port {address}: {error:#}"))
 }
 
 async fn scrape(address: SocketAddr) -> String {

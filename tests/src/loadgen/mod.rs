@@ -139,17 +139,17 @@ async fn set_stock(pool: &Pool, skus: &[(String, i64, i64)]) -> anyhow::Result<(
 
 /// Starts counting CPU; also the labels of orderflow's own processes (`--cpu-pid`), once each.
 fn cpu_watch(load: &Load) -> anyhow::Result<(cpu::Watch, Vec<String>)> {
-    let mut own: Vec<String> = Vec::new();
-    // The first entry is loadgen itself, not orderflow's.
-    for (label, _) in &cpu::Selection::parse(&load.cpu_pids, &[])?.pids[1..] {
-        if !own.contains(label) {
-            own.push(label.clone());
-        }
-    }
     let selection = cpu::Selection::parse(
         load.cpu_pids.iter().chain(&load.cpu_dependencies),
         &load.cpu_processes,
     )?;
+    // loadgen itself comes first, then the --cpu-pid processes, then the dependencies.
+    let mut own: Vec<String> = Vec::new();
+    for (label, _) in &selection.pids[1..=load.cpu_pids.len()] {
+        if !own.contains(label) {
+            own.push(label.clone());
+        }
+    }
     Ok((cpu::Watch::start(selection), own))
 }
 
@@ -348,15 +348,11 @@ async fn transactions(db: &PgPool) -> anyhow::Result<i64> {
 /// The sum of every `orderflow_grpc_server_handled_total` series of `method` that the
 /// Prometheus endpoint at `address` (host:port) serves.
 async fn calls_served(address: &str, method: &str) -> anyhow::Result<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .with_context(|| format!("connecting to the metrics at {address}"))?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: loadgen\r\n\r\n")
-        .await?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await?;
+    let (status, text) = crate::http_get(address, "/metrics").await?;
+    anyhow::ensure!(
+        status.contains(" 200 "),
+        "GET /metrics at {address}: {status}"
+    );
     let label = format!("method=\"{method}\"");
     Ok(text
         .lines()
