@@ -45,11 +45,10 @@ for row in csv.DictReader(sys.stdin):
 ' "$name" "$clients" "$pipeline"
 }
 
-now_ms=$(($(date +%s) * 1000))
 # KEYS: the reservation hash (a fresh one per call), the unrecorded set, the stock hash.
-# ARGV: hash TTL (ms), expiry (unix ms), now (unix ms), order id, then sku and quantity.
+# ARGV: hash TTL (ms), order id, then sku and quantity.
 reserve=(EVALSHA "$reserve_sha" 3 "$prefix:reservation:__rand_int__" "$unrecorded" "$stock"
-  60000 $((now_ms + 60000)) "$now_ms" "__rand_int__" HOT 1)
+  60000 "__rand_int__" HOT 1)
 bench "reserve.lua (EVALSHA)" 1 "$requests" "${reserve[@]}"
 bench "reserve.lua (EVALSHA)" 16 $((requests * 2)) "${reserve[@]}"
 bench "decrement if >= 1 (EVALSHA)" 1 "$requests" EVALSHA "$decrement_sha" 1 "$stock"

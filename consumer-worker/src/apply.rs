@@ -4,8 +4,11 @@
 //! handful of round trips.
 //!
 //! Effects, in this order within the transaction:
-//! 1. `order-created`: the order's rows (shared with order-api, `order_rows`); `CANCELLED` on
-//!    arrival if its stock is no longer held (see `event::arrival_cancel`).
+//! 1. `order-created`: the order's rows (shared with order-api, `order_rows`), after its
+//!    reservation was confirmed with inventory-svc (from then on only the order settles its
+//!    stock); written voided if inventory-svc had given the stock back already. An order whose
+//!    idempotency key another live order holds cannot be written: it is dead-lettered (with a
+//!    metric: it should never happen), and its unconfirmed reservation returns its stock.
 //! 2. Status changes of orders now present: the order row takes the snapshot with the highest
 //!    version (a lower one changes nothing), and each event adds its version's history row.
 //!    order-api writes both itself when it decides a change, so in normal operation these are
@@ -20,21 +23,28 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_runtime::consume::{BatchError, BatchHandler, Received, Rejected};
-use orderflow_runtime::order_rows::{self, NewOrder};
+use orderflow_runtime::grpc::client::Outbound;
+use orderflow_runtime::order_rows::{self, NewOrder, OrderRow};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::event::{self, Change, OrderEvent, STOCK_NOT_HELD};
+use crate::event::{self, Change, OrderEvent};
 use tracing::Instrument;
 
 pub struct Applier {
     pub pool: PgPool,
+    pub inventory: InventoryServiceClient<Outbound>,
+    /// Longest wait for inventory-svc to confirm a batch's reservations.
+    pub confirm_timeout: std::time::Duration,
 }
 
 /// One decoded event of the batch, with what parking it would need.
 struct Incoming<'a> {
+    /// Its position in the batch.
+    index: usize,
     topic: &'static str,
     payload: &'a [u8],
     event: OrderEvent,
@@ -52,6 +62,7 @@ impl BatchHandler for Applier {
                 .and_then(|(_, value)| value.as_deref());
             match event::decode(message.topic, &message.payload, header) {
                 Ok(event) => incoming.push(Incoming {
+                    index,
                     topic: message.topic,
                     payload: &message.payload,
                     event,
@@ -60,42 +71,162 @@ impl BatchHandler for Applier {
             }
         }
         if !incoming.is_empty() {
-            apply(&self.pool, &incoming)
+            let conflicts = self
+                .apply_decoded(&incoming)
                 .instrument(orderflow_runtime::postgres::span("TRANSACTION", "orders"))
                 .await?;
+            rejected.extend(conflicts);
         }
         Ok(rejected)
     }
 }
 
-async fn apply(pool: &PgPool, incoming: &[Incoming<'_>]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let fresh = record_event_ids(&mut tx, incoming).await?;
-    let mut seen = HashSet::new();
-    let fresh: Vec<&Incoming<'_>> = incoming
-        .iter()
-        .filter(|one| fresh.contains(&one.event.event_id()) && seen.insert(one.event.event_id()))
-        .collect();
+impl Applier {
+    /// Applies the decoded events in one transaction; answers the `order-created` events that
+    /// could not be written because another live order holds their idempotency key.
+    async fn apply_decoded(&self, incoming: &[Incoming<'_>]) -> Result<Vec<Rejected>, BatchError> {
+        let mut tx = self.pool.begin().await?;
+        let fresh = record_event_ids(&mut tx, incoming).await?;
+        let mut seen = HashSet::new();
+        let fresh: Vec<&Incoming<'_>> = incoming
+            .iter()
+            .filter(|one| {
+                fresh.contains(&one.event.event_id()) && seen.insert(one.event.event_id())
+            })
+            .collect();
 
-    let mut changes: Vec<(Change, &'static str, Cow<'_, [u8]>)> = Vec::new();
-    let mut created = Vec::new();
-    for one in &fresh {
-        match &one.event {
-            OrderEvent::Created { row, .. } => created.push(row),
-            OrderEvent::Changed(change) => {
-                changes.push((change.clone(), one.topic, Cow::Borrowed(one.payload)));
+        let mut changes: Vec<(Change, &'static str, Cow<'_, [u8]>)> = Vec::new();
+        let mut created = Vec::new();
+        for one in &fresh {
+            match &one.event {
+                OrderEvent::Created { row, .. } => created.push((one.index, row)),
+                OrderEvent::Changed(change) => {
+                    changes.push((change.clone(), one.topic, Cow::Borrowed(one.payload)));
+                }
             }
         }
+        let mut conflicts = Vec::new();
+        if !created.is_empty() {
+            conflicts = self.insert_orders(&mut tx, &created).await?;
+            let ids: Vec<Uuid> = created.iter().map(|(_, row)| row.order_id).collect();
+            changes.extend(unpark(&mut tx, &ids).await?);
+        }
+        if !changes.is_empty() {
+            apply_changes(&mut tx, &changes).await?;
+        }
+        tx.commit().await?;
+        Ok(conflicts)
     }
-    if !created.is_empty() {
-        insert_orders(&mut tx, &created).await?;
-        let ids: Vec<Uuid> = created.iter().map(|row| row.order_id).collect();
-        changes.extend(unpark(&mut tx, &ids).await?);
+
+    /// Inserts the created orders that are not there yet: as placed once inventory-svc
+    /// confirmed their reservations, voided where it no longer held their stock. Answers those
+    /// whose idempotency key another live order holds, written nowhere.
+    async fn insert_orders(
+        &self,
+        conn: &mut PgConnection,
+        created: &[(usize, &OrderRow)],
+    ) -> Result<Vec<Rejected>, BatchError> {
+        order_rows::lock_keys(
+            &mut *conn,
+            created
+                .iter()
+                .map(|(_, row)| (row.user_id.as_str(), row.idempotency_key.as_str())),
+        )
+        .await?;
+        let ids: Vec<Uuid> = created.iter().map(|(_, row)| row.order_id).collect();
+        let users: Vec<&str> = created
+            .iter()
+            .map(|(_, row)| row.user_id.as_str())
+            .collect();
+        let keys: Vec<&str> = created
+            .iter()
+            .map(|(_, row)| row.idempotency_key.as_str())
+            .collect();
+        // Already there (a duplicate event, or order-api persisted it first): nothing to do.
+        // Another live order under the same key: a conflict, never written.
+        let found: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT c.order_id, o.order_id FROM UNNEST($1::uuid[], $2::text[], $3::text[]) \
+                  AS c(order_id, user_id, idempotency_key) \
+             JOIN orders o ON o.order_id = c.order_id \
+                  OR (o.user_id = c.user_id AND o.idempotency_key = c.idempotency_key \
+                      AND NOT o.voided)",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await?;
+        // Per order: `None` if it is there itself, else the live order holding its key.
+        let mut taken: HashMap<Uuid, Option<Uuid>> = HashMap::new();
+        for (order_id, holder) in found {
+            if holder == order_id {
+                taken.insert(order_id, None);
+            } else {
+                taken.entry(order_id).or_insert(Some(holder));
+            }
+        }
+        let mut conflicts = Vec::new();
+        let mut to_insert = Vec::new();
+        // Orders there already are confirmed too: order-api may have persisted one from its
+        // cache without reaching inventory-svc, and its reservation must never be taken for an
+        // orphan once this event is behind the worker.
+        let mut to_confirm = Vec::new();
+        for (index, row) in created {
+            match taken.get(&row.order_id) {
+                None => {
+                    to_insert.push(*row);
+                    to_confirm.push(row.order_id);
+                }
+                Some(None) => to_confirm.push(row.order_id),
+                Some(Some(holder)) => {
+                    orderflow_runtime::metrics::metrics()
+                        .order_key_conflicts
+                        .inc();
+                    tracing::error!(order_id = %row.order_id, user_id = %row.user_id, %holder,
+                        "order not persisted: another order already holds its idempotency key");
+                    conflicts.push(Rejected {
+                        index: *index,
+                        reason: format!(
+                            "idempotency key of user {:?} already held by order {holder}",
+                            row.user_id
+                        ),
+                    });
+                }
+            }
+        }
+        if to_confirm.is_empty() {
+            return Ok(conflicts);
+        }
+        let held = order_rows::stock_held(
+            &mut self.inventory.clone(),
+            &to_confirm,
+            self.confirm_timeout,
+        )
+        .await
+        .map_err(|status| {
+            BatchError::Unavailable(format!(
+                "confirming reservations with inventory-svc: {:?}: {}",
+                status.code(),
+                status.message()
+            ))
+        })?;
+        let orders: Vec<NewOrder<'_>> = to_insert
+            .iter()
+            .map(|row| NewOrder {
+                row,
+                voided: !held.contains(&row.order_id),
+            })
+            .collect();
+        if !orders.is_empty() {
+            order_rows::insert_many(conn, &orders).await?;
+        }
+        for order in orders.iter().filter(|order| order.voided) {
+            orderflow_runtime::metrics::metrics().orders_voided.inc();
+            tracing::warn!(order_id = %order.row.order_id,
+                "order recorded voided: its stock was given back before it arrived");
+        }
+        Ok(conflicts)
     }
-    if !changes.is_empty() {
-        apply_changes(&mut tx, &changes).await?;
-    }
-    tx.commit().await
 }
 
 /// Records the batch's event ids; returns those recorded now (the others were applied before).
@@ -131,77 +262,6 @@ fn unzip3<A, B, C>(rows: Vec<(A, B, C)>) -> (Vec<A>, Vec<B>, Vec<C>) {
         columns.2.push(c);
     }
     columns
-}
-
-/// Inserts the created orders (as placed, or `CANCELLED` if their stock is not held).
-async fn insert_orders(
-    conn: &mut PgConnection,
-    created: &[&order_rows::OrderRow],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<Uuid> = created.iter().map(|row| row.order_id).collect();
-    // Locked so no reservation can be released between this check and the commit.
-    let states: HashMap<Uuid, String> = sqlx::query_as(
-        "SELECT order_id, state FROM reservations WHERE order_id = ANY($1) \
-         ORDER BY order_id FOR SHARE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
-    let orders: Vec<NewOrder<'_>> = created
-        .iter()
-        .map(|row| NewOrder {
-            row,
-            cancelled: event::arrival_cancel(states.get(&row.order_id).map(String::as_str)),
-        })
-        .collect();
-    let inserted = order_rows::insert_many(conn, &orders).await?;
-    for order in &orders {
-        let order_id = order.row.order_id;
-        if !inserted.contains(&order_id) {
-            // Normal: order-api persisted it at its first status change.
-            continue;
-        }
-        if order.cancelled.is_some() {
-            tracing::warn!(%order_id, reason = STOCK_NOT_HELD,
-                "order recorded CANCELLED: its stock was released before it arrived");
-        }
-    }
-    report_taken_keys(conn, &orders, &inserted).await
-}
-
-/// Orders neither inserted nor already there lost their idempotency key to another order: an
-/// operator should know (the API answers such a retry with the first order, so this needs a
-/// client that reused a key for a different order id).
-async fn report_taken_keys(
-    conn: &mut PgConnection,
-    orders: &[NewOrder<'_>],
-    inserted: &[Uuid],
-) -> Result<(), sqlx::Error> {
-    let not_inserted: Vec<Uuid> = orders
-        .iter()
-        .map(|order| order.row.order_id)
-        .filter(|id| !inserted.contains(id))
-        .collect();
-    if not_inserted.is_empty() {
-        return Ok(());
-    }
-    let present: HashSet<Uuid> =
-        sqlx::query_scalar("SELECT order_id FROM orders WHERE order_id = ANY($1)")
-            .bind(&not_inserted)
-            .fetch_all(conn)
-            .await?
-            .into_iter()
-            .collect();
-    for order in orders {
-        let row = order.row;
-        if !inserted.contains(&row.order_id) && !present.contains(&row.order_id) {
-            tracing::error!(order_id = %row.order_id, user_id = %row.user_id,
-                "order not persisted: another order already holds its idempotency key");
-        }
-    }
-    Ok(())
 }
 
 /// The status changes that waited for these orders, now that they are recorded (changes of an
@@ -244,8 +304,8 @@ async fn apply_changes(
     ids.sort_unstable();
     ids.dedup();
     // Locked like order-api locks an order it changes, so the two never interleave.
-    let present: HashMap<Uuid, Option<String>> = sqlx::query_as(
-        "SELECT order_id, cancel_reason FROM orders WHERE order_id = ANY($1) \
+    let present: HashMap<Uuid, bool> = sqlx::query_as(
+        "SELECT order_id, voided FROM orders WHERE order_id = ANY($1) \
          ORDER BY order_id FOR UPDATE",
     )
     .bind(&ids)
@@ -259,12 +319,12 @@ async fn apply_changes(
     let mut park = Vec::new();
     for (change, topic, payload) in changes {
         match present.get(&change.order_id) {
-            // Recorded CANCELLED on arrival, without stock: nothing can follow it.
-            Some(Some(reason)) if reason == STOCK_NOT_HELD => {
+            // Recorded voided on arrival, without stock: nothing can follow it.
+            Some(true) => {
                 tracing::warn!(order_id = %change.order_id, version = change.version,
                     "ignoring a change of an order recorded without stock");
             }
-            Some(_) => {
+            Some(false) => {
                 history.push(change);
                 let entry = latest.entry(change.order_id).or_insert(change);
                 if change.version > entry.version {

@@ -11,7 +11,7 @@
 use orderflow_proto::events::v1::{OrderCompleted, OrderCreated};
 use orderflow_proto::order::v1::{Order, OrderStatus};
 use orderflow_proto::{order_status, topics};
-use orderflow_runtime::order_rows::{ArrivalCancel, OrderRow};
+use orderflow_runtime::order_rows::OrderRow;
 use orderflow_runtime::timestamp;
 use prost::Message;
 use time::OffsetDateTime;
@@ -59,26 +59,6 @@ impl Change {
     /// reason of a cancellation or expiry, nothing otherwise.
     pub fn history_reason(&self) -> Option<&str> {
         self.cancel_reason.as_deref()
-    }
-}
-
-/// Why an order is recorded `CANCELLED` when it arrives without stock held for it: its
-/// reservation was released (or never made) before the order was recorded, and no stock was
-/// taken. Such an order does not hold its idempotency key (see the migrations).
-pub const STOCK_NOT_HELD: &str = "stock_not_held";
-
-/// Whether an arriving order is recorded `CANCELLED`, given its reservation's state in
-/// PostgreSQL (`None`: no reservation). Normally the reservation is held and the order is
-/// recorded as placed. If the stock was already given back (the API heard no broker
-/// acknowledgement and undid the placement, yet the event arrived), recording it as placed
-/// would sell units someone else may now hold: it is recorded `CANCELLED` with a reason
-/// instead, and no stock moves.
-pub fn arrival_cancel(reservation_state: Option<&str>) -> Option<ArrivalCancel> {
-    match reservation_state {
-        Some("reserved" | "committed") => None,
-        _ => Some(ArrivalCancel {
-            reason: STOCK_NOT_HELD,
-        }),
     }
 }
 
@@ -202,19 +182,6 @@ mod tests {
     use orderflow_proto::order::v1::OrderItem;
 
     use super::*;
-
-    #[test]
-    fn an_order_without_held_stock_arrives_cancelled() {
-        for held in ["reserved", "committed"] {
-            assert!(arrival_cancel(Some(held)).is_none());
-        }
-        for gone in [Some("released"), None] {
-            assert_eq!(
-                arrival_cancel(gone).map(|cancel| cancel.reason),
-                Some(STOCK_NOT_HELD)
-            );
-        }
-    }
 
     fn order(status: OrderStatus, version: i64) -> Order {
         let now = Some(timestamp::to_proto(timestamp::now()));

@@ -3,14 +3,16 @@
 //! The consume loop (batches, offsets committed only after the effects, retries, dead letters,
 //! lag, shutdown) is the shared one of `orderflow_runtime::consume`; this crate decodes the
 //! events (`event`) and applies each batch in one transaction, every event exactly once
-//! (`apply`). It serves its health and consumer status (lag per partition) over gRPC.
+//! (`apply`), confirming new orders' reservations with inventory-svc through its API. It serves
+//! its health and consumer status (lag per partition) over gRPC.
 
 mod apply;
 mod event;
 
+use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::topics;
 use orderflow_runtime::config::{
-    ConsumerArgs, KafkaArgs, PostgresArgs, ServingArgs, TelemetryArgs,
+    ConsumerArgs, InventoryClientArgs, KafkaArgs, PostgresArgs, ServingArgs, TelemetryArgs,
 };
 use orderflow_runtime::consume::{self, Subscription};
 use orderflow_runtime::grpc::Services;
@@ -51,6 +53,9 @@ pub struct Config {
     pub postgres: PostgresArgs,
 
     #[command(flatten)]
+    pub inventory: InventoryClientArgs,
+
+    #[command(flatten)]
     pub kafka: KafkaArgs,
 
     #[command(flatten)]
@@ -87,9 +92,18 @@ pub async fn run(
         &config.serving,
         shutdown.clone().cancelled_owned(),
     );
+    let inventory = InventoryServiceClient::new(
+        orderflow_runtime::grpc::client::Outbound::to_inventory(&config.inventory)?,
+    );
     let consuming = consume::run(
         subscription,
-        apply::Applier { pool },
+        apply::Applier {
+            pool,
+            inventory,
+            confirm_timeout: std::time::Duration::from_millis(
+                config.inventory.inventory_timeout_ms,
+            ),
+        },
         status,
         shutdown.clone(),
     );

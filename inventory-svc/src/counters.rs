@@ -3,8 +3,8 @@
 //! Key layout (every key carries the deployment prefix as its hash tag, so one script may touch
 //! them together on a Redis Cluster too):
 //! - `{prefix}:stock:<sku>`: hash `available`, `reserved`, `sold`, `price_cents`, `fence`
-//! - `{prefix}:reservation:<order_id>`: hash `state`, `expires_at` (unix ms) and one
-//!   `item:<sku>` = `quantity:unit_price` per line; it expires a while after the reservation.
+//! - `{prefix}:reservation:<order_id>`: hash `state` and one `item:<sku>` =
+//!   `quantity:unit_price` per line; it expires a while after the reservation could.
 //!
 //! Every change is one Lua script (`scripts/*.lua`, loaded at start-up and run by SHA), so it is
 //! atomic: admission checks every item and only then decrements, and concurrent buyers can never
@@ -17,7 +17,6 @@ use std::time::Duration;
 use orderflow_runtime::config::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use redis::{Script, ScriptInvocation};
-use time::OffsetDateTime;
 
 use crate::error::InventoryError;
 use crate::ledger::SkuRow;
@@ -29,7 +28,6 @@ pub struct CachedReservation {
     /// `None` while PostgreSQL has not yet recorded it.
     pub state: Option<ReservationState>,
     pub lines: Vec<ReservedLine>,
-    pub expires_at: OffsetDateTime,
 }
 
 /// What the admission script decided.
@@ -71,6 +69,7 @@ struct Scripts {
     restore: Script,
     set_stock: Script,
     reconcile: Script,
+    unrecorded: Script,
 }
 
 impl Counters {
@@ -86,6 +85,13 @@ impl Counters {
                 restore: Script::new(include_str!("scripts/restore.lua")),
                 set_stock: Script::new(include_str!("scripts/set_stock.lua")),
                 reconcile: Script::new(include_str!("scripts/reconcile.lua")),
+                // KEYS: the unrecorded set; ARGV: age (ms), limit. On Redis's clock.
+                unrecorded: Script::new(
+                    "local now = redis.call('TIME') \
+                     local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[1]) \
+                     return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, \
+                                       'LIMIT', 0, tonumber(ARGV[2]))",
+                ),
             },
         }
     }
@@ -102,6 +108,7 @@ impl Counters {
             &scripts.restore,
             &scripts.set_stock,
             &scripts.reconcile,
+            &scripts.unrecorded,
         ] {
             script.load_async(&mut self.redis.clone()).await?;
         }
@@ -154,7 +161,6 @@ impl Counters {
         &self,
         order_id: &str,
         lines: &[Line],
-        expires_at: OffsetDateTime,
         keep: Duration,
     ) -> Result<Admitted, InventoryError> {
         let mut invocation = self.scripts.reserve.prepare_invoke();
@@ -162,8 +168,6 @@ impl Counters {
             .key(self.reservation_key(order_id))
             .key(self.unrecorded_key())
             .arg(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX))
-            .arg(unix_millis(expires_at))
-            .arg(unix_millis(OffsetDateTime::now_utc()))
             .arg(order_id);
         for line in lines {
             invocation
@@ -214,22 +218,21 @@ impl Counters {
         Ok(())
     }
 
-    /// Orders admitted before `cutoff` that PostgreSQL has not been confirmed to record: their
-    /// admitting process may have died between Redis and PostgreSQL. At most `limit`, oldest
-    /// first.
-    pub async fn unrecorded_before(
+    /// Orders admitted more than `age` ago (by Redis's clock, the one admissions are stamped
+    /// with) that PostgreSQL has not been confirmed to record: their admitting process may have
+    /// died between Redis and PostgreSQL. At most `limit`, oldest first.
+    pub async fn unrecorded_for(
         &self,
-        cutoff: OffsetDateTime,
+        age: Duration,
         limit: usize,
     ) -> Result<Vec<String>, InventoryError> {
-        Ok(redis::cmd("ZRANGEBYSCORE")
-            .arg(self.unrecorded_key())
-            .arg("-inf")
-            .arg(unix_millis(cutoff))
-            .arg("LIMIT")
-            .arg(0)
+        Ok(self
+            .scripts
+            .unrecorded
+            .key(self.unrecorded_key())
+            .arg(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
             .arg(limit)
-            .query_async(&mut self.redis.clone())
+            .invoke_async(&mut self.redis.clone())
             .await?)
     }
 
@@ -389,15 +392,6 @@ impl Counters {
     }
 }
 
-pub fn unix_millis(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_unix_millis(millis: i64) -> Result<OffsetDateTime, InventoryError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .map_err(|_| corrupt(&format!("expiry {millis} ms is out of range")))
-}
-
 fn corrupt(what: &str) -> InventoryError {
     InventoryError::Corrupt(what.to_owned())
 }
@@ -423,7 +417,7 @@ fn parse_admission(reply: &[String]) -> Result<Admitted, InventoryError> {
             available: parse_number(rest.get(1).map_or("", String::as_str))?,
         }),
         "admitted" | "existing" => {
-            let [state, expires_at, items @ ..] = rest else {
+            let [state, items @ ..] = rest else {
                 return Err(corrupt("reserve script answered without a state"));
             };
             let state = match state.as_str() {
@@ -445,11 +439,7 @@ fn parse_admission(reply: &[String]) -> Result<Admitted, InventoryError> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             lines.sort_by(|a, b| a.sku.cmp(&b.sku));
-            let reservation = CachedReservation {
-                state,
-                lines,
-                expires_at: from_unix_millis(parse_number(expires_at)?)?,
-            };
+            let reservation = CachedReservation { state, lines };
             if kind == "admitted" {
                 Ok(Admitted::New(reservation))
             } else {
@@ -470,12 +460,10 @@ mod tests {
 
     #[test]
     fn parses_every_reply_kind() {
-        let expires_at = from_unix_millis(1_700_000_000_000).unwrap();
         assert_eq!(
             parse_admission(&strings(&[
                 "admitted",
                 "admitting",
-                "1700000000000",
                 "b",
                 "2",
                 "150",
@@ -498,15 +486,13 @@ mod tests {
                         unit_price_cents: 150
                     }
                 ],
-                expires_at,
             })
         );
         assert_eq!(
-            parse_admission(&strings(&["existing", "released", "1700000000000"])).unwrap(),
+            parse_admission(&strings(&["existing", "released"])).unwrap(),
             Admitted::Existing(CachedReservation {
                 state: Some(ReservationState::Released),
                 lines: vec![],
-                expires_at,
             })
         );
         assert_eq!(
@@ -527,9 +513,9 @@ mod tests {
         for reply in [
             strings(&[]),
             strings(&["short", "x", "1"]),
-            strings(&["admitted", "reserved"]),
-            strings(&["admitted", "reserved", "1", "a", "2"]),
-            strings(&["existing", "lost", "1"]),
+            strings(&["admitted"]),
+            strings(&["admitted", "reserved", "a", "2"]),
+            strings(&["existing", "lost"]),
             strings(&["surprise"]),
         ] {
             assert!(matches!(

@@ -56,6 +56,10 @@ pub enum InventoryError {
 
     #[error("unexpected data in Redis: {0}")]
     Corrupt(String),
+
+    /// The order log could not be asked whether an orphan's order exists.
+    #[error("{0}")]
+    Barrier(String),
 }
 
 impl From<InventoryError> for Status {
@@ -74,7 +78,8 @@ impl From<InventoryError> for Status {
             | InventoryError::Lock(_)
             | InventoryError::Redis(_)
             | InventoryError::Postgres(_)
-            | InventoryError::Batch(_) => {
+            | InventoryError::Batch(_)
+            | InventoryError::Barrier(_) => {
                 tracing::warn!(%message, "inventory dependency unavailable");
                 Status::unavailable(message)
             }

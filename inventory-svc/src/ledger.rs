@@ -5,6 +5,7 @@
 //! forbid any counter below zero.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
@@ -21,7 +22,9 @@ use crate::stock::{
 pub struct Admission {
     pub order_id: Uuid,
     pub lines: Vec<ReservedLine>,
-    pub expires_at: OffsetDateTime,
+    /// How long it is held for its placement unless an order confirms it: `expires_at` is
+    /// PostgreSQL's `now()` plus this when it is recorded (one clock for every comparison).
+    pub hold: Duration,
 }
 
 /// A reservation as PostgreSQL holds it.
@@ -30,19 +33,20 @@ pub struct DurableReservation {
     pub state: ReservationState,
     pub lines: Vec<ReservedLine>,
     pub expires_at: OffsetDateTime,
+    /// An order that exists confirmed it: it never expires, its order settles it.
+    pub confirmed: bool,
 }
 
 /// What recording one admission came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
-    Accepted,
-    /// The order already had a reservation; it is answered as it is.
+    /// Held until `expires_at` unless an order confirms it.
+    Accepted { expires_at: OffsetDateTime },
+    /// The order already had a reservation (renewed for this placement if still unconfirmed);
+    /// it is answered as it is.
     Existing(DurableReservation),
     /// Line `line` did not fit the `available` units PostgreSQL had; nothing was taken.
-    Refused {
-        line: usize,
-        available: i64,
-    },
+    Refused { line: usize, available: i64 },
 }
 
 /// What settling (releasing or committing) a reservation came to.
@@ -102,6 +106,7 @@ impl Ledger {
     /// and logged in `stock_refusals`. The answers are in the batch's order.
     pub async fn record(&self, batch: &[Admission]) -> Result<Vec<Recorded>, InventoryError> {
         let mut tx = self.pool.begin().await?;
+        let now = transaction_time(&mut tx).await?;
         let skus: Vec<String> = batch
             .iter()
             .flat_map(|admission| admission.lines.iter().map(|line| line.sku.clone()))
@@ -112,11 +117,17 @@ impl Ledger {
         let order_ids: Vec<Uuid> = batch.iter().map(|admission| admission.order_id).collect();
         // Retries PostgreSQL already has are rare: look them up by key, load only those.
         let recorded = recorded_ids(&mut tx, &order_ids).await?;
-        let mut existing = if recorded.is_empty() {
-            HashMap::new()
-        } else {
-            load_reservations(&mut tx, &recorded).await?
-        };
+        let mut existing = HashMap::new();
+        if !recorded.is_empty() {
+            // A retried placement may still publish its order: hold the stock for it as long.
+            let retried: Vec<(Uuid, OffsetDateTime)> = batch
+                .iter()
+                .filter(|admission| recorded.contains(&admission.order_id))
+                .map(|admission| (admission.order_id, now + admission.hold))
+                .collect();
+            renew(&mut tx, &retried).await?;
+            existing = load_reservations(&mut tx, &recorded).await?;
+        }
         let recorded_ids: HashSet<Uuid> = recorded.into_iter().collect();
         let decisions = admission::decide(
             &mut available,
@@ -132,7 +143,7 @@ impl Ledger {
             .filter(|(_, decision)| **decision == Decision::Accept)
             .map(|(admission, _)| admission)
             .collect();
-        insert_reservations(&mut tx, &accepted).await?;
+        insert_reservations(&mut tx, now, &accepted).await?;
         apply_deltas(
             &mut tx,
             &stock::stock_deltas(
@@ -158,15 +169,18 @@ impl Ledger {
             .iter()
             .zip(decisions)
             .map(|(admission, decision)| match decision {
-                Decision::Accept => Recorded::Accepted,
+                Decision::Accept => Recorded::Accepted {
+                    expires_at: now + admission.hold,
+                },
                 Decision::Refuse { line, available } => Recorded::Refused { line, available },
-                Decision::Existing => match existing.remove(&admission.order_id) {
-                    Some(reservation) => Recorded::Existing(reservation),
+                Decision::Existing => match existing.get(&admission.order_id) {
+                    Some(reservation) => Recorded::Existing(reservation.clone()),
                     // Accepted earlier in this very batch (two admissions of one order).
                     None => Recorded::Existing(DurableReservation {
                         state: ReservationState::Reserved,
                         lines: admission.lines.clone(),
-                        expires_at: admission.expires_at,
+                        expires_at: now + admission.hold,
+                        confirmed: false,
                     }),
                 },
             })
@@ -227,17 +241,73 @@ impl Ledger {
         Ok(Settled::Applied(reservation))
     }
 
-    /// Releases up to `limit` reservations whose expiry has passed, in one transaction, and
-    /// returns them. Replicas sweeping at once each take different rows (`SKIP LOCKED`).
-    pub async fn release_expired(
+    /// A retried placement of `order_id` may still publish its order: holds its reservation, if
+    /// no order has confirmed it yet, until `hold` from now. Answers the reservation as it is
+    /// (released already: the placement must not go on with it).
+    pub async fn renew(
         &self,
+        order_id: Uuid,
+        hold: Duration,
+    ) -> Result<Option<DurableReservation>, InventoryError> {
+        let mut tx = self.pool.begin().await?;
+        let now = transaction_time(&mut tx).await?;
+        renew(&mut tx, &[(order_id, now + hold)]).await?;
+        let reservation = load_reservations(&mut tx, &[order_id])
+            .await?
+            .remove(&order_id);
+        tx.commit().await?;
+        Ok(reservation)
+    }
+
+    /// Confirms the reservations of orders that exist: from now on only their orders settle
+    /// them. Answers each in its current state (one already released stays released: its
+    /// order arrived after its stock was given back). The row lock orders this against the
+    /// orphan sweep: whichever commits first decides.
+    pub async fn confirm_orders(
+        &self,
+        order_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, DurableReservation>, InventoryError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE reservations SET confirmed_at = now(), updated_at = now() \
+             WHERE order_id = ANY($1) AND state = 'reserved' AND confirmed_at IS NULL",
+        )
+        .bind(order_ids)
+        .execute(&mut *tx)
+        .await?;
+        let reservations = load_reservations(&mut tx, order_ids).await?;
+        tx.commit().await?;
+        Ok(reservations)
+    }
+
+    /// PostgreSQL's time now, if some reservation held for a placement that no order confirmed
+    /// was due by then (the orphan sweep's first, cheap question).
+    pub async fn orphans_due(&self) -> Result<Option<OffsetDateTime>, InventoryError> {
+        let (now, due): (OffsetDateTime, bool) = sqlx::query_as(
+            "SELECT now(), EXISTS (SELECT 1 FROM reservations \
+               WHERE state = 'reserved' AND confirmed_at IS NULL AND expires_at <= now())",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due.then_some(now))
+    }
+
+    /// Releases up to `limit` reservations that no order confirmed and whose placement ended
+    /// by `cutoff`, in one transaction, and returns them. The caller has made sure the order
+    /// log holds no order for any of them (see `sweeper`). Replicas sweeping at once each take
+    /// different rows (`SKIP LOCKED`).
+    pub async fn release_orphans(
+        &self,
+        cutoff: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<(Uuid, DurableReservation)>, InventoryError> {
         let mut tx = self.pool.begin().await?;
         let due: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT order_id FROM reservations WHERE state = 'reserved' AND expires_at <= now() \
-             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT order_id FROM reservations \
+             WHERE state = 'reserved' AND confirmed_at IS NULL AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
+        .bind(cutoff)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
@@ -254,7 +324,7 @@ impl Ledger {
         let skus: Vec<String> = deltas.iter().map(|d| d.sku.clone()).collect();
         lock_skus(&mut tx, &skus).await?;
         apply_deltas(&mut tx, &deltas).await?;
-        set_state(&mut tx, &due, Settlement::Release, "expired").await?;
+        set_state(&mut tx, &due, Settlement::Release, ORPHANED).await?;
         tx.commit().await?;
         Ok(reservations
             .into_iter()
@@ -411,6 +481,7 @@ async fn apply_deltas(
 
 async fn insert_reservations(
     tx: &mut Transaction<'static, Postgres>,
+    now: OffsetDateTime,
     accepted: &[&Admission],
 ) -> Result<(), InventoryError> {
     if accepted.is_empty() {
@@ -422,7 +493,7 @@ async fn insert_reservations(
               AS r(order_id, expires_at)",
     )
     .bind(accepted.iter().map(|a| a.order_id).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|a| a.expires_at).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|a| now + a.hold).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     let lines: Vec<(Uuid, &ReservedLine)> = accepted
@@ -508,6 +579,38 @@ async fn set_state(
     Ok(())
 }
 
+/// The release reason of a reservation no order confirmed: its placement failed or its process
+/// died, and no order for it exists.
+pub const ORPHANED: &str = "orphaned: no order confirmed it";
+
+/// The transaction's time (`now()` stays the same for the whole transaction), so every
+/// deadline inventory-svc stores is on PostgreSQL's clock, as is the sweep comparing with it.
+async fn transaction_time(
+    tx: &mut Transaction<'static, Postgres>,
+) -> Result<OffsetDateTime, InventoryError> {
+    Ok(sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut **tx)
+        .await?)
+}
+
+/// Holds still-unconfirmed reservations until at least the given times.
+async fn renew(
+    tx: &mut Transaction<'static, Postgres>,
+    holds: &[(Uuid, OffsetDateTime)],
+) -> Result<(), InventoryError> {
+    sqlx::query(
+        "UPDATE reservations SET expires_at = greatest(expires_at, h.until), updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS h(order_id, until) \
+         WHERE reservations.order_id = h.order_id \
+           AND state = 'reserved' AND confirmed_at IS NULL",
+    )
+    .bind(holds.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, until)| *until).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Those of `order_ids` that have a reservation: a primary-key lookup only.
 async fn recorded_ids(
     connection: &mut sqlx::PgConnection,
@@ -527,8 +630,10 @@ async fn load_reservations(
 ) -> Result<HashMap<Uuid, DurableReservation>, InventoryError> {
     // The filter is on both sides of the join so the planner uses both primary keys instead of
     // scanning every reservation's items.
-    let rows: Vec<(Uuid, String, OffsetDateTime, String, i64, i64)> = sqlx::query_as(
-        "SELECT r.order_id, r.state, r.expires_at, i.sku, i.quantity, i.unit_price_cents \
+    type Row = (Uuid, String, OffsetDateTime, bool, String, i64, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT r.order_id, r.state, r.expires_at, r.confirmed_at IS NOT NULL, \
+                i.sku, i.quantity, i.unit_price_cents \
          FROM reservations r JOIN reservation_items i USING (order_id) \
          WHERE r.order_id = ANY($1) AND i.order_id = ANY($1) ORDER BY r.order_id, i.sku",
     )
@@ -536,7 +641,7 @@ async fn load_reservations(
     .fetch_all(connection)
     .await?;
     let mut reservations: HashMap<Uuid, DurableReservation> = HashMap::new();
-    for (order_id, state, expires_at, sku, quantity, unit_price_cents) in rows {
+    for (order_id, state, expires_at, confirmed, sku, quantity, unit_price_cents) in rows {
         let state = ReservationState::parse(&state)
             .ok_or_else(|| InventoryError::Corrupt(format!("reservation state {state:?}")))?;
         reservations
@@ -545,6 +650,7 @@ async fn load_reservations(
                 state,
                 lines: Vec::new(),
                 expires_at,
+                confirmed,
             })
             .lines
             .push(ReservedLine {

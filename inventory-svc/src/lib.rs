@@ -4,8 +4,10 @@
 //! (`counters`); PostgreSQL holds the durable truth (`ledger`) and records every admitted
 //! reservation before it is acknowledged (`recorder`, in group commits), refusing any that
 //! Redis admitted beyond what exists. Changes that write absolute values to both stores run
-//! under a fenced distributed lock (`guarded`). A sweeper returns the stock of expired
-//! reservations and settles admissions a dead process never recorded (`sweeper`). The rules are
+//! under a fenced distributed lock (`guarded`). A reservation is held for its placement until an
+//! order that exists confirms it (ConfirmReservations); a sweeper returns the stock of those no
+//! order confirmed once the order log is known to hold none for them, and settles admissions a
+//! dead process never recorded (`sweeper`). The rules are
 //! plain Rust (`stock`, `admission`), and `service` is the gRPC edge that maps every error to a
 //! status in one place (`error`). docs/inventory.md has the design.
 
@@ -22,7 +24,7 @@ mod sweeper;
 use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use orderflow_runtime::config::{PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs};
+use orderflow_runtime::config::{KafkaArgs, PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs};
 use orderflow_runtime::lock::{LockSettings, Locks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -51,8 +53,10 @@ pub struct Config {
     #[command(flatten)]
     pub serving: ServingArgs,
 
-    /// How long a reservation may stay neither committed nor released before its stock
-    /// returns automatically. Keep it longer than order-api's payment deadline.
+    /// The longest a reservation is held for a placement that no order has confirmed; a
+    /// caller's shorter deadline (order-api sends what is left of its --create-timeout-ms) holds
+    /// it less. Keep it above order-api's --create-timeout-ms. A reservation an order confirmed
+    /// never expires: its order's payment or cancellation ends it.
     #[arg(
         long,
         env = "ORDERFLOW_RESERVATION_TTL_SECS",
@@ -61,13 +65,28 @@ pub struct Config {
     )]
     pub reservation_ttl_secs: u64,
 
-    /// How often expired reservations are looked for.
+    /// Added to a placement's deadline before its unconfirmed reservation may be returned: a
+    /// publish sent just before the deadline may still be on its way to the broker.
+    #[arg(long, env = "ORDERFLOW_ORPHAN_GRACE_MS", default_value_t = 2_000)]
+    pub orphan_grace_ms: u64,
+
+    /// How often reservations no order confirmed are looked for.
     #[arg(
         long,
         env = "ORDERFLOW_RESERVATION_SWEEP_INTERVAL_MS",
         default_value_t = 1000
     )]
     pub reservation_sweep_interval_ms: u64,
+
+    /// consumer-worker's Kafka consumer group (its --group-id): an unconfirmed reservation
+    /// returns its stock only once this group has applied every `order-created` event the log
+    /// held after the reservation's placement ended.
+    #[arg(
+        long,
+        env = "ORDERFLOW_ORDERS_CONSUMER_GROUP",
+        default_value = "orderflow-consumer-worker"
+    )]
+    pub orders_consumer_group: String,
 
     /// How long a reservation Redis admitted may stay unconfirmed by PostgreSQL before the
     /// sweeper settles it (its process died in between): confirmed if PostgreSQL has it, else
@@ -104,6 +123,9 @@ pub struct Config {
     pub redis: RedisArgs,
 
     #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
 
@@ -122,6 +144,7 @@ fn policy() -> orderflow_runtime::auth::Policy {
             ("GetStock", READERS),
             ("BatchGetStock", READERS),
             ("Reserve", RESERVERS),
+            ("ConfirmReservations", RESERVERS),
             ("Release", RESERVERS),
             ("Commit", RESERVERS),
         ],
@@ -167,12 +190,18 @@ pub async fn run(
         guarded::Guarded::new(locks, ledger.clone(), counters.clone()),
         service::Lifetimes {
             reservation: Duration::from_secs(config.reservation_ttl_secs),
+            grace: Duration::from_millis(config.orphan_grace_ms),
             retention: RESERVATION_RETENTION,
         },
     );
     let sweeper = sweeper::Sweeper {
         ledger,
         counters,
+        barrier: orderflow_runtime::log_barrier::LogBarrier::new(
+            &config.kafka,
+            &config.orders_consumer_group,
+            config.kafka.topic(orderflow_proto::topics::ORDER_CREATED),
+        )?,
         interval: Duration::from_millis(config.reservation_sweep_interval_ms.max(1)),
         unrecorded_grace: Duration::from_secs(config.unrecorded_grace_secs),
     };

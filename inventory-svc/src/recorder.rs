@@ -60,7 +60,7 @@ async fn record_batches(
                 let accepted: Vec<String> = admissions
                     .iter()
                     .zip(&outcomes)
-                    .filter(|(_, outcome)| **outcome == Recorded::Accepted)
+                    .filter(|(_, outcome)| matches!(outcome, Recorded::Accepted { .. }))
                     .map(|(admission, _)| admission.order_id.to_string())
                     .collect();
                 // Unconfirmed reservations are still valid: a retry finds them in PostgreSQL.

@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryService;
 use orderflow_proto::inventory::v1::{
-    BatchGetStockRequest, BatchGetStockResponse, CommitRequest, CommitResponse, GetStockRequest,
-    GetStockResponse, ReconcileStockRequest, ReconcileStockResponse, ReleaseRequest,
-    ReleaseResponse, Reservation, ReserveRequest, ReserveResponse, ReservedItem, SetStockRequest,
-    SetStockResponse, Stock,
+    BatchGetStockRequest, BatchGetStockResponse, CommitRequest, CommitResponse,
+    ConfirmReservationsRequest, ConfirmReservationsResponse, GetStockRequest, GetStockResponse,
+    ReconcileStockRequest, ReconcileStockResponse, ReleaseRequest, ReleaseResponse, Reservation,
+    ReserveRequest, ReserveResponse, ReservedItem, SetStockRequest, SetStockResponse, Stock,
 };
-use orderflow_proto::limits::{MAX_BATCH_SKUS, MAX_REASON_LEN};
+use orderflow_proto::limits::{MAX_BATCH_ORDERS, MAX_BATCH_SKUS, MAX_REASON_LEN};
 use orderflow_runtime::timestamp;
-use orderflow_runtime::validate::{self, FieldError};
-use time::OffsetDateTime;
+use orderflow_runtime::validate;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -26,12 +25,28 @@ use crate::ledger::{Admission, DurableReservation, Ledger, Recorded, Settled};
 use crate::recorder::Recorder;
 use crate::stock::{self, Line, ReservationState, ReservedLine, Settlement, StockLevel};
 
-/// How long a reservation may stay neither committed nor released.
+/// How long reservations are held and remembered.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetimes {
+    /// The longest a reservation is held for a placement that no order has confirmed (a
+    /// caller's shorter deadline holds it less).
     pub reservation: Duration,
-    /// How long Redis keeps a reservation hash after it expires, for idempotent retries.
+    /// Added to the placement's deadline: a publish the placement sent just before its
+    /// deadline may still be on its way to the broker.
+    pub grace: Duration,
+    /// How long Redis keeps a reservation hash after it could expire, for idempotent retries.
     pub retention: Duration,
+}
+
+impl Lifetimes {
+    /// How long a reservation is held for a placement whose caller allows it `caller_timeout`:
+    /// as long as that placement may still publish its order, plus the grace period.
+    pub fn hold(&self, caller_timeout: Option<Duration>) -> Duration {
+        caller_timeout
+            .unwrap_or(self.reservation)
+            .min(self.reservation)
+            + self.grace
+    }
 }
 
 pub struct Inventory {
@@ -60,16 +75,22 @@ impl Inventory {
     }
 
     /// Admits in Redis (rebuilding counters Redis lost), then records in PostgreSQL; answers
-    /// only once PostgreSQL has the reservation.
-    async fn reserve(&self, request: ReserveRequest) -> Result<Reservation, InventoryError> {
+    /// only once PostgreSQL has the reservation. It is held for `hold` unless an order confirms
+    /// it.
+    async fn reserve(
+        &self,
+        request: ReserveRequest,
+        hold: Duration,
+    ) -> Result<Reservation, InventoryError> {
         let order_uuid = validate::uuid("order_id", &request.order_id)?;
         let order_id = request.order_id;
         let lines = stock::reservation_lines(request.items)?;
-        let expires_at = OffsetDateTime::now_utc() + self.lifetimes.reservation;
-        let admitted = self.admit(&order_id, &lines, expires_at).await?;
+        let admitted = self.admit(&order_id, &lines).await?;
         let admitted = match admitted {
             Admitted::New(admitted) => admitted,
-            Admitted::Existing(cached) => return self.existing(order_id, order_uuid, cached).await,
+            Admitted::Existing(cached) => {
+                return self.existing(order_id, order_uuid, cached, hold).await
+            }
             Admitted::Missing(index) => {
                 return Err(InventoryError::CountersMissing {
                     sku: lines[index].sku.clone(),
@@ -88,19 +109,22 @@ impl Inventory {
             .record(Admission {
                 order_id: order_uuid,
                 lines: admitted.lines.clone(),
-                expires_at: admitted.expires_at,
+                hold,
             })
             .await;
         match recorded {
-            Ok(Recorded::Accepted) => Ok(reservation(
+            Ok(Recorded::Accepted { expires_at }) => Ok(reservation(
                 order_id,
-                ReservationState::Reserved,
-                admitted.lines,
-                admitted.expires_at,
+                DurableReservation {
+                    state: ReservationState::Reserved,
+                    lines: admitted.lines,
+                    expires_at,
+                    confirmed: false,
+                },
             )),
             Ok(Recorded::Existing(durable)) => {
                 self.undo(&order_id, &admitted.lines, Undo::GiveBack).await;
-                Ok(durable_reservation(order_id, durable))
+                Ok(reservation(order_id, durable))
             }
             Ok(Recorded::Refused { line, available }) => {
                 let ceilings: Vec<i64> = (0..admitted.lines.len())
@@ -123,19 +147,11 @@ impl Inventory {
 
     /// Runs the admission script; a SKU whose counters Redis lost is rebuilt from PostgreSQL
     /// (once per SKU) and the admission tried again.
-    async fn admit(
-        &self,
-        order_id: &str,
-        lines: &[Line],
-        expires_at: OffsetDateTime,
-    ) -> Result<Admitted, InventoryError> {
-        let keep = self.lifetimes.reservation + self.lifetimes.retention;
+    async fn admit(&self, order_id: &str, lines: &[Line]) -> Result<Admitted, InventoryError> {
+        let keep = self.lifetimes.reservation + self.lifetimes.grace + self.lifetimes.retention;
         let mut restored = HashSet::new();
         loop {
-            let admitted = self
-                .counters
-                .admit(order_id, lines, expires_at, keep)
-                .await?;
+            let admitted = self.counters.admit(order_id, lines, keep).await?;
             let Admitted::Missing(index) = admitted else {
                 return Ok(admitted);
             };
@@ -152,30 +168,49 @@ impl Inventory {
         }
     }
 
-    /// A retry of an order Redis already admitted: its first answer, once PostgreSQL has it.
+    /// A retry of an order Redis already admitted: the reservation as PostgreSQL has it now,
+    /// held for this placement too while no order confirmed it (a retried placement may go on
+    /// to publish its order). Released already: the caller learns it and must not go on.
     async fn existing(
         &self,
         order_id: String,
         order_uuid: Uuid,
         cached: CachedReservation,
+        hold: Duration,
     ) -> Result<Reservation, InventoryError> {
-        if let Some(state) = cached.state {
-            return Ok(reservation(
-                order_id,
-                state,
-                cached.lines,
-                cached.expires_at,
-            ));
-        }
-        match self.ledger.reservation(order_uuid).await? {
+        match self.ledger.renew(order_uuid, hold).await? {
             Some(durable) => {
-                if let Err(error) = self.counters.confirm(std::slice::from_ref(&order_id)).await {
-                    tracing::warn!(%order_id, %error, "could not mark the reservation recorded");
+                if cached.state.is_none() {
+                    if let Err(error) = self.counters.confirm(std::slice::from_ref(&order_id)).await
+                    {
+                        tracing::warn!(%order_id, %error, "could not mark the reservation recorded");
+                    }
                 }
-                Ok(durable_reservation(order_id, durable))
+                Ok(reservation(order_id, durable))
             }
             None => Err(InventoryError::Recording { order_id }),
         }
+    }
+
+    /// Confirms the reservations of orders that exist and answers each as it is now.
+    async fn confirm_orders(
+        &self,
+        order_ids: Vec<String>,
+    ) -> Result<ConfirmReservationsResponse, InventoryError> {
+        let ids = validate::uuids("order_ids", &order_ids, MAX_BATCH_ORDERS)?;
+        let mut found = self.ledger.confirm_orders(&ids).await?;
+        let mut answer = ConfirmReservationsResponse::default();
+        let mut seen = HashSet::new();
+        for (order_id, id) in order_ids.into_iter().zip(ids) {
+            if !seen.insert(id) {
+                continue;
+            }
+            match found.remove(&id) {
+                Some(durable) => answer.reservations.push(reservation(order_id, durable)),
+                None => answer.missing_order_ids.push(order_id),
+            }
+        }
+        Ok(answer)
     }
 
     async fn undo(&self, order_id: &str, lines: &[ReservedLine], undo: Undo<'_>) {
@@ -198,7 +233,7 @@ impl Inventory {
                 self.counters
                     .settle(&order_id, &durable.lines, settlement)
                     .await?;
-                Ok(durable_reservation(order_id, durable))
+                Ok(reservation(order_id, durable))
             }
             Settled::Refused(durable) => Err(InventoryError::WrongReservationState {
                 order_id,
@@ -242,20 +277,16 @@ impl Inventory {
     }
 }
 
-fn reservation(
-    order_id: String,
-    state: ReservationState,
-    lines: Vec<ReservedLine>,
-    expires_at: OffsetDateTime,
-) -> Reservation {
-    let state = match state {
+fn reservation(order_id: String, durable: DurableReservation) -> Reservation {
+    let state = match durable.state {
         ReservationState::Reserved => orderflow_proto::inventory::v1::ReservationState::Reserved,
         ReservationState::Committed => orderflow_proto::inventory::v1::ReservationState::Committed,
         ReservationState::Released => orderflow_proto::inventory::v1::ReservationState::Released,
     };
     Reservation {
         order_id,
-        items: lines
+        items: durable
+            .lines
             .into_iter()
             .map(|line| ReservedItem {
                 sku: line.sku,
@@ -264,12 +295,9 @@ fn reservation(
             })
             .collect(),
         state: state.into(),
-        expires_at: Some(timestamp::to_proto(expires_at)),
+        expires_at: Some(timestamp::to_proto(durable.expires_at)),
+        confirmed: durable.confirmed,
     }
-}
-
-fn durable_reservation(order_id: String, durable: DurableReservation) -> Reservation {
-    reservation(order_id, durable.state, durable.lines, durable.expires_at)
 }
 
 fn stock_message(level: StockLevel) -> Stock {
@@ -323,16 +351,8 @@ impl InventoryService for Inventory {
         request: Request<BatchGetStockRequest>,
     ) -> Result<Response<BatchGetStockResponse>, Status> {
         let skus = request.into_inner().skus;
-        if skus.is_empty() || skus.len() > MAX_BATCH_SKUS {
-            return Err(InventoryError::from(FieldError::new(
-                "skus",
-                format!(
-                    "must contain 1 to {MAX_BATCH_SKUS} SKUs, got {}",
-                    skus.len()
-                ),
-            ))
-            .into());
-        }
+        validate::count("skus", skus.len(), MAX_BATCH_SKUS, "SKUs")
+            .map_err(InventoryError::from)?;
         for (index, sku) in skus.iter().enumerate() {
             stock::sku(&format!("skus[{index}]"), sku).map_err(InventoryError::from)?;
         }
@@ -347,7 +367,12 @@ impl InventoryService for Inventory {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
-        let reserved = self.reserve(request.into_inner()).await;
+        let hold = self
+            .lifetimes
+            .hold(orderflow_runtime::grpc::deadline::caller_timeout(
+                request.metadata(),
+            ));
+        let reserved = self.reserve(request.into_inner(), hold).await;
         let outcome = match &reserved {
             Ok(_) => "reserved",
             Err(InventoryError::InsufficientStock { .. }) => "insufficient_stock",
@@ -408,6 +433,14 @@ impl InventoryService for Inventory {
             before: reconciled.before.map(stock_message),
             after: Some(stock_message(reconciled.after)),
         }))
+    }
+
+    async fn confirm_reservations(
+        &self,
+        request: Request<ConfirmReservationsRequest>,
+    ) -> Result<Response<ConfirmReservationsResponse>, Status> {
+        let order_ids = request.into_inner().order_ids;
+        Ok(Response::new(self.confirm_orders(order_ids).await?))
     }
 
     async fn commit(

@@ -170,15 +170,6 @@ impl OrderCache {
             _ => Ok(None),
         }
     }
-
-    pub async fn remove(&self, order_id: &str) -> Result<(), OrderError> {
-        let mut redis = self.redis.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.key(order_id))
-            .query_async(&mut redis)
-            .await?;
-        Ok(())
-    }
 }
 
 fn decode(order_id: &str, bytes: &[u8]) -> Result<Order, OrderError> {

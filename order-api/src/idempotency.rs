@@ -1,14 +1,20 @@
-//! Idempotency keys in Redis: the first CreateOrder with a key claims it for one order id; a
-//! retry with the same key finds that claim and returns the same order instead of a second one.
+//! Idempotency keys in Redis: the first CreateOrder with a key claims it for one order (its id,
+//! its event id and its placement time); a retry with the same key finds that claim and answers
+//! that order, or finishes placing it, but never places a second one.
 //!
-//! A claim is `placing` (with a lease of twice the placement's time budget, so it outlives the
-//! placement) while the order is being placed, and `placed` (kept for the idempotency TTL,
-//! 24 h by default) once the broker acknowledged it. A failed placement deletes its own claim so
-//! a retry can start afresh; a process that dies mid-placement leaves a claim that lapses with
-//! its lease.
+//! A claim is `placing` while its order is being placed and `placed` once the broker
+//! acknowledged it; either way it is kept for the idempotency TTL (24 h by default). Who is
+//! placing it right now is a separate **lease** (twice the placement's time budget, so it
+//! outlives the placement). A placement that failed before it sent its event deletes its claim,
+//! so a retry starts afresh. One that may have sent it (or whose process died) leaves the claim
+//! bound to its order: once the lease is gone, a retry **resumes** that same order (same order
+//! id and event id, so the worker and every consumer see one order whatever reached the log),
+//! and only if inventory-svc gave that order's stock back (no order for it exists) is the key
+//! bound to a new one.
 //!
-//! Key: `{prefix}:idempotency:<sha256(user_id, key)>`, so keys are per user and of fixed size.
-//! Value: `state|fingerprint|order_id|created_at_micros`.
+//! Keys: `{prefix}:idempotency:<sha256(user_id, key)>` (the claim) and
+//! `{prefix}:idempotency-lease:<same>` (the lease), per user and of fixed size.
+//! Claim value: `state|fingerprint|order_id|created_at_micros|event_id`.
 //!
 //! Redis may lose its data; PostgreSQL keeps every persisted order's key for good. The marker
 //! `{prefix}:idempotency-memory` says "Redis holds every claim of the retention period". Every
@@ -37,25 +43,41 @@ pub enum ClaimState {
     Placed,
 }
 
+/// The order a key is bound to: everything that makes a resumed placement publish the very
+/// same order as the first attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRecord {
     pub state: ClaimState,
     pub fingerprint: String,
     pub order_id: Uuid,
     pub created_at: OffsetDateTime,
+    /// The id of its `order-created` event: consumers deduplicate on it.
+    pub event_id: Uuid,
 }
 
 impl ClaimRecord {
+    /// A new order for a request with this fingerprint, placed from now.
+    pub fn new(fingerprint: String) -> Self {
+        Self {
+            state: ClaimState::Placing,
+            fingerprint,
+            order_id: Uuid::now_v7(),
+            created_at: orderflow_runtime::timestamp::now(),
+            event_id: Uuid::now_v7(),
+        }
+    }
+
     fn encode(&self) -> String {
         let state = match self.state {
             ClaimState::Placing => "placing",
             ClaimState::Placed => "placed",
         };
         format!(
-            "{state}|{}|{}|{}",
+            "{state}|{}|{}|{}|{}",
             self.fingerprint,
             self.order_id,
-            self.created_at.unix_timestamp_nanos() / 1_000
+            self.created_at.unix_timestamp_nanos() / 1_000,
+            self.event_id,
         )
     }
 
@@ -70,23 +92,44 @@ impl ClaimRecord {
         let order_id = Uuid::try_parse(parts.next()?).ok()?;
         let micros: i128 = parts.next()?.parse().ok()?;
         let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).ok()?;
+        // Claims written before they carried an event id are never resumed (their lease is the
+        // claim's own expiry, see the claim script), so they need none.
+        let event_id = match parts.next() {
+            Some(text) => Uuid::try_parse(text).ok()?,
+            None => Uuid::nil(),
+        };
         Some(Self {
             state,
             fingerprint,
             order_id,
             created_at,
+            event_id,
         })
+    }
+}
+
+/// One attempt at placing a claimed order: the token its lease holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease(String);
+
+impl Lease {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4().to_string())
     }
 }
 
 /// What claiming a key found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// The key was free in Redis: the caller now owns it and places the order. Unless
-    /// `memory_complete`, the key may have been used before Redis lost its data: the caller
-    /// asks PostgreSQL first.
+    /// The key was free in Redis: it is now bound to the new record, and the caller holds its
+    /// lease. Unless `memory_complete`, the key may have been used before Redis lost its data:
+    /// the caller asks PostgreSQL first.
     Claimed { memory_complete: bool },
-    /// The key was claimed before, by this record.
+    /// The key is bound to this order, whose last placement attempt ended without an answer
+    /// (failed after it may have sent its event, or its process died): the caller now holds
+    /// the lease and resumes placing that order.
+    Resumed(ClaimRecord),
+    /// The key was claimed before, by this record (being placed by someone else, or placed).
     Taken(ClaimRecord),
 }
 
@@ -96,7 +139,10 @@ pub struct Claims {
     keys: RedisArgs,
     retention: Duration,
     claim: Script,
-    delete_if_equal: Script,
+    abandon: Script,
+    rebind: Script,
+    release_lease: Script,
+    finish_rebuild: Script,
     rebuilding: Arc<AtomicBool>,
 }
 
@@ -106,65 +152,123 @@ impl Claims {
             redis,
             keys,
             retention,
-            // KEYS: the claim, the memory marker; ARGV: record, lease ms. Answers
-            // {claimed (1/0), memory complete (1/0), the claim held (when not claimed)}.
+            // KEYS: the claim, its lease, the memory marker; ARGV: record, lease token, lease
+            // ms, retention s, fingerprint. Answers {0 taken / 1 claimed / 2 resumed, memory
+            // complete (1/0), the claim held (when not claimed)}.
             claim: Script::new(
-                "local complete = redis.call('EXISTS', KEYS[2]) \
-                 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+                "local complete = redis.call('EXISTS', KEYS[3]) \
+                 local held = redis.call('GET', KEYS[1]) \
+                 if not held then \
+                   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4]) \
+                   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) \
                    return {1, complete, false} \
                  end \
-                 return {0, complete, redis.call('GET', KEYS[1])}",
+                 local fingerprint = string.match(held, '^placing|([^|]*)|[^|]*|[^|]*|[^|]+$') \
+                 if fingerprint == ARGV[5] and redis.call('EXISTS', KEYS[2]) == 0 then \
+                   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) \
+                   return {2, complete, held} \
+                 end \
+                 return {0, complete, held}",
             ),
-            rebuilding: Arc::new(AtomicBool::new(false)),
-            delete_if_equal: Script::new(
+            // KEYS: the claim, its lease; ARGV: record, lease token. Frees the key if this
+            // lease still holds it for this record.
+            abandon: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] \
+                    and redis.call('GET', KEYS[2]) == ARGV[2] then \
+                   return redis.call('DEL', KEYS[1], KEYS[2]) \
+                 end \
+                 return 0",
+            ),
+            // KEYS: the claim, its lease; ARGV: record, new record, lease token, retention s.
+            // Binds the key to the new record if this lease still holds it for the old one.
+            rebind: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] \
+                    and redis.call('GET', KEYS[2]) == ARGV[3] then \
+                   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[4]) \
+                   return 1 \
+                 end \
+                 return 0",
+            ),
+            // KEYS: the lease; ARGV: lease token.
+            release_lease: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                    return redis.call('DEL', KEYS[1]) \
                  end \
                  return 0",
             ),
+            // KEYS: the rebuild's token, the memory marker; ARGV: token. Sets the marker only
+            // if Redis kept the token the rebuild started with (it did not lose its data again
+            // meanwhile, which would have lost claims the rebuild already restored).
+            finish_rebuild: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                   redis.call('SET', KEYS[2], 1) \
+                   redis.call('DEL', KEYS[1]) \
+                   return 1 \
+                 end \
+                 return 0",
+            ),
+            rebuilding: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    fn key(&self, user_id: &str, idempotency_key: &str) -> String {
+    /// The claim's key and its lease's key.
+    fn keys(&self, user_id: &str, idempotency_key: &str) -> (String, String) {
         let mut hasher = Sha256::new();
         hasher.update(user_id.as_bytes());
         hasher.update([0]);
         hasher.update(idempotency_key.as_bytes());
-        self.keys
-            .key(&["idempotency", &hex::encode(hasher.finalize())])
+        let hash = hex::encode(hasher.finalize());
+        (
+            self.keys.key(&["idempotency", &hash]),
+            self.keys.key(&["idempotency-lease", &hash]),
+        )
     }
 
     fn memory_key(&self) -> String {
         self.keys.key(&["idempotency-memory"])
     }
 
-    /// Claims the key with `record` (state `Placing`) for `lease` unless someone claimed it
-    /// before.
+    fn retention_secs(&self) -> u64 {
+        self.retention.as_secs().max(1)
+    }
+
+    /// Binds the key to `record` (state `Placing`) with `lease` for this attempt, unless it is
+    /// bound already; resumes the bound order if its last attempt ended without an answer.
     pub async fn claim(
         &self,
         user_id: &str,
         idempotency_key: &str,
         record: &ClaimRecord,
-        lease: Duration,
+        lease: &Lease,
+        lease_for: Duration,
     ) -> Result<Claim, OrderError> {
         let mut redis = self.redis.clone();
-        let (claimed, complete, existing): (i64, i64, Option<String>) = self
+        let (claim_key, lease_key) = self.keys(user_id, idempotency_key);
+        let (outcome, complete, existing): (i64, i64, Option<String>) = self
             .claim
-            .key(self.key(user_id, idempotency_key))
+            .key(claim_key)
+            .key(lease_key)
             .key(self.memory_key())
             .arg(record.encode())
-            .arg(millis(lease))
+            .arg(&lease.0)
+            .arg(millis(lease_for))
+            .arg(self.retention_secs())
+            .arg(&record.fingerprint)
             .invoke_async(&mut redis)
             .await?;
-        if claimed == 1 {
+        if outcome == 1 {
             return Ok(Claim::Claimed {
                 memory_complete: complete == 1,
             });
         }
         let existing = existing.unwrap_or_default();
-        ClaimRecord::decode(&existing)
-            .map(Claim::Taken)
-            .ok_or_else(|| OrderError::Internal(format!("unreadable claim {existing:?}")))
+        let existing = ClaimRecord::decode(&existing)
+            .ok_or_else(|| OrderError::Internal(format!("unreadable claim {existing:?}")))?;
+        Ok(if outcome == 2 {
+            Claim::Resumed(existing)
+        } else {
+            Claim::Taken(existing)
+        })
     }
 
     /// Unless a rebuild runs already in this process, starts one in the background: every
@@ -196,13 +300,17 @@ impl Claims {
                       AS remaining_secs, \
                     array_agg(i.sku) AS skus, array_agg(i.quantity) AS quantities \
              FROM orders o JOIN order_items i USING (order_id) \
-             WHERE o.created_at > now() - $1 * interval '1 second' \
-               AND o.cancel_reason IS DISTINCT FROM 'stock_not_held' \
+             WHERE o.created_at > now() - $1 * interval '1 second' AND NOT o.voided \
              GROUP BY o.order_id",
         )
         .bind(retention_secs)
         .fetch(pool);
         let mut redis = self.redis.clone();
+        // Redis may lose its data again while the rebuild runs: then this token is gone too,
+        // and the marker must stay unset (the claims restored before the loss are gone).
+        let token = Uuid::new_v4().to_string();
+        let rebuild_key = self.keys.key(&["idempotency-rebuild"]);
+        let () = redis.set(&rebuild_key, &token).await?;
         let mut pipe = redis::pipe();
         let mut restored = 0;
         while let Some(row) = rows.try_next().await? {
@@ -218,10 +326,12 @@ impl Claims {
                 ),
                 order_id: row.try_get("order_id")?,
                 created_at: row.try_get("created_at")?,
+                // A placed claim is never resumed, so its event id is never published again.
+                event_id: Uuid::nil(),
             };
             let remaining: i64 = row.try_get("remaining_secs")?;
             pipe.cmd("SET")
-                .arg(self.key(&user_id, &key))
+                .arg(self.keys(&user_id, &key).0)
                 .arg(record.encode())
                 .arg("NX")
                 .arg("EX")
@@ -234,7 +344,18 @@ impl Claims {
             }
         }
         let () = pipe.query_async(&mut redis).await?;
-        let () = redis.set(self.memory_key(), 1).await?;
+        let finished: i64 = self
+            .finish_rebuild
+            .key(rebuild_key)
+            .key(self.memory_key())
+            .arg(token)
+            .invoke_async(&mut redis)
+            .await?;
+        if finished == 0 {
+            return Err(OrderError::Internal(
+                "Redis lost its data while idempotency keys were rebuilt; rebuilding again".into(),
+            ));
+        }
         Ok(restored)
     }
 
@@ -251,7 +372,7 @@ impl Claims {
         Ok(())
     }
 
-    /// Adds to `pipe` the command of [`Claims::mark_placed`].
+    /// Adds to `pipe` the commands of [`Claims::mark_placed`] (the lease is no longer needed).
     pub fn mark_placed_in(
         &self,
         pipe: &mut redis::Pipeline,
@@ -263,12 +384,11 @@ impl Claims {
             state: ClaimState::Placed,
             ..record.clone()
         };
-        pipe.set_ex(
-            self.key(user_id, idempotency_key),
-            placed.encode(),
-            self.retention.as_secs().max(1),
-        )
-        .ignore();
+        let (claim_key, lease_key) = self.keys(user_id, idempotency_key);
+        pipe.set_ex(claim_key, placed.encode(), self.retention_secs())
+            .ignore()
+            .del(lease_key)
+            .ignore();
     }
 
     /// The Redis connection the claims live on (the cache's as well).
@@ -276,19 +396,65 @@ impl Claims {
         self.redis.clone()
     }
 
-    /// Deletes the claim if it still is `record`, so a retry can place the order afresh.
+    /// Frees the key, if `lease` still holds it for `record`: its order was never sent to the
+    /// broker, so a retry may place a new one.
     pub async fn abandon(
         &self,
         user_id: &str,
         idempotency_key: &str,
         record: &ClaimRecord,
+        lease: &Lease,
     ) -> Result<(), OrderError> {
-        let mut redis = self.redis.clone();
+        let (claim_key, lease_key) = self.keys(user_id, idempotency_key);
         let _: i64 = self
-            .delete_if_equal
-            .key(self.key(user_id, idempotency_key))
+            .abandon
+            .key(claim_key)
+            .key(lease_key)
             .arg(record.encode())
-            .invoke_async(&mut redis)
+            .arg(&lease.0)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Binds the key to `fresh` instead of `record`, if `lease` still holds it: `record`'s
+    /// order is known not to exist (its stock was given back). `false`: someone else holds it.
+    pub async fn rebind(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+        record: &ClaimRecord,
+        fresh: &ClaimRecord,
+        lease: &Lease,
+    ) -> Result<bool, OrderError> {
+        let (claim_key, lease_key) = self.keys(user_id, idempotency_key);
+        let rebound: i64 = self
+            .rebind
+            .key(claim_key)
+            .key(lease_key)
+            .arg(record.encode())
+            .arg(fresh.encode())
+            .arg(&lease.0)
+            .arg(self.retention_secs())
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(rebound == 1)
+    }
+
+    /// Ends this attempt's lease early, keeping the key bound to its order (which may exist):
+    /// a retry resumes it at once instead of waiting for the lease to run out.
+    pub async fn release_lease(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+        lease: &Lease,
+    ) -> Result<(), OrderError> {
+        let (_, lease_key) = self.keys(user_id, idempotency_key);
+        let _: i64 = self
+            .release_lease
+            .key(lease_key)
+            .arg(&lease.0)
+            .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())
     }
@@ -306,13 +472,9 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let record = ClaimRecord {
-            state: ClaimState::Placing,
-            fingerprint: "00ff".into(),
-            order_id: Uuid::now_v7(),
-            created_at: orderflow_runtime::timestamp::now(),
-        };
+        let record = ClaimRecord::new("00ff".into());
         assert_eq!(ClaimRecord::decode(&record.encode()), Some(record.clone()));
+        assert!(record.encode().starts_with("placing|00ff|"));
         let placed = ClaimRecord {
             state: ClaimState::Placed,
             ..record
@@ -320,5 +482,8 @@ mod tests {
         assert_eq!(ClaimRecord::decode(&placed.encode()), Some(placed));
         assert_eq!(ClaimRecord::decode("placed|x|not-a-uuid|1"), None);
         assert_eq!(ClaimRecord::decode("other|x|y|1"), None);
+        // Written before claims carried their event id.
+        let legacy = ClaimRecord::decode(&format!("placed|x|{}|1", Uuid::nil())).unwrap();
+        assert_eq!(legacy.event_id, Uuid::nil());
     }
 }

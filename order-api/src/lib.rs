@@ -1,7 +1,7 @@
 //! order-api: the fast path of an order and its lifecycle. `CreateOrder` validates, claims the
-//! idempotency key, reserves stock through inventory-svc, caches the pending order in Redis,
-//! publishes `order-created` and answers once the broker acknowledged it; consumer-worker
-//! persists the order to PostgreSQL later. Status changes are decided in PostgreSQL
+//! idempotency key, reserves stock through inventory-svc, publishes `order-created`, answers once
+//! the broker acknowledged it (from then on the order exists) and caches it in Redis;
+//! consumer-worker persists it to PostgreSQL (`placement`). Status changes are decided in PostgreSQL
 //! (`transitions`), with their events and stock settlements as follow-ups (`followups`);
 //! unpaid orders expire (`expiry`); reads come from the Redis cache, else PostgreSQL (`reads`);
 //! WatchOrder streams changes announced by PostgreSQL (`watch`). See docs/orders.md.
@@ -11,6 +11,7 @@ mod deadline;
 mod error;
 mod events;
 mod expiry;
+mod fault;
 mod followups;
 mod idempotency;
 mod lifecycle;
@@ -28,7 +29,9 @@ use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::order::v1::order_service_server::OrderServiceServer;
-use orderflow_runtime::config::{KafkaArgs, PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs};
+use orderflow_runtime::config::{
+    InventoryClientArgs, KafkaArgs, PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -73,30 +76,8 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_MIGRATE_ONLY")]
     pub migrate_only: bool,
 
-    /// URL of inventory-svc.
-    #[arg(
-        long,
-        env = "ORDERFLOW_INVENTORY_URL",
-        default_value = "http://127.0.0.1:50052"
-    )]
-    pub inventory_url: String,
-
-    /// PEM CA that signed inventory-svc's certificate (with an `https://` --inventory-url).
-    #[arg(long, env = "ORDERFLOW_INVENTORY_CA_FILE")]
-    pub inventory_ca_file: Option<String>,
-
-    /// PEM certificate order-api presents to inventory-svc (mutual TLS); with the key below.
-    #[arg(long, env = "ORDERFLOW_INVENTORY_CLIENT_CERT_FILE")]
-    pub inventory_client_cert_file: Option<String>,
-
-    /// PEM private key of --inventory-client-cert-file.
-    #[arg(long, env = "ORDERFLOW_INVENTORY_CLIENT_KEY_FILE")]
-    pub inventory_client_key_file: Option<String>,
-
-    /// File holding the bearer token order-api presents to inventory-svc when inventory-svc
-    /// requires authentication (a token with scope `inventory`); never logged.
-    #[arg(long, env = "ORDERFLOW_INVENTORY_TOKEN_FILE")]
-    pub inventory_token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub inventory: InventoryClientArgs,
 
     /// ISO 4217 currency of every price and total.
     #[arg(long, env = "ORDERFLOW_CURRENCY", default_value = "CNY")]
@@ -110,8 +91,9 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u64,
 
-    /// Upper bound on placing one order (reserve, cache, publish); past it the order is undone
-    /// and the caller gets UNAVAILABLE. Must exceed the Kafka ack timeout.
+    /// Upper bound on placing one order (reserve, publish, cache); past it the caller gets
+    /// UNAVAILABLE and a retry with the same idempotency key finishes or answers the order.
+    /// Must exceed the Kafka ack timeout.
     #[arg(long, env = "ORDERFLOW_CREATE_TIMEOUT_MS", default_value_t = 10_000)]
     pub create_timeout_ms: u64,
 
@@ -121,8 +103,6 @@ pub struct Config {
     pub request_timeout_ms: u64,
 
     /// An order unpaid this long after it was placed expires and its stock goes back on sale.
-    /// Keep it below inventory-svc's --reservation-ttl-secs, so a reservation never lapses
-    /// before its order could still be paid.
     #[arg(long, env = "ORDERFLOW_PAYMENT_DEADLINE_SECS", default_value_t = 900)]
     pub payment_deadline_secs: u64,
 
@@ -146,6 +126,11 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    /// A fault injected into the first placement that reaches it (tests only; see `fault`).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    pub test_fault: Option<String>,
 }
 
 /// Who may call what once authentication is on: buyers (`orders`) place, read, pay, cancel and
@@ -195,29 +180,9 @@ pub async fn run(
         .map(|topic| config.kafka.topic(topic))
         .collect();
     orderflow_runtime::kafka::ensure_topics(&config.kafka, &topics).await?;
-    let mut inventory_endpoint =
-        tonic::transport::Endpoint::from_shared(config.inventory_url.clone())?
-            .connect_timeout(Duration::from_secs(2));
-    if let Some(tls) = orderflow_runtime::tls::client_config(
-        "inventory",
-        config.inventory_ca_file.as_deref(),
-        config.inventory_client_cert_file.as_deref(),
-        config.inventory_client_key_file.as_deref(),
-    )? {
-        inventory_endpoint = inventory_endpoint.tls_config(tls)?;
-    }
-    let mut inventory_channel =
-        orderflow_runtime::grpc::client::Outbound::new(inventory_endpoint.connect_lazy());
-    if let Some(path) = &config.inventory_token_file {
-        let token = std::fs::read_to_string(path).map_err(|error| {
-            orderflow_runtime::RuntimeError::Config(format!(
-                "--inventory-token-file {}: {error}",
-                path.display()
-            ))
-        })?;
-        inventory_channel = inventory_channel.with_bearer_token(&token)?;
-    }
-    let inventory = InventoryServiceClient::new(inventory_channel);
+    let inventory = InventoryServiceClient::new(
+        orderflow_runtime::grpc::client::Outbound::to_inventory(&config.inventory)?,
+    );
 
     let publisher = Arc::new(events::Publisher::new(&config.kafka)?);
     let store = store::OrderStore::new(pool.clone());
@@ -234,6 +199,7 @@ pub async fn run(
     let transitions = transitions::Transitions {
         store: store.clone(),
         cache: cache.clone(),
+        inventory: inventory.clone(),
         followups: followups.clone(),
     };
     let feed = watch::ChangeFeed::new(store);
@@ -255,7 +221,11 @@ pub async fn run(
         reads: reads.clone(),
         currency: config.currency,
         payment_window: Duration::from_secs(config.payment_deadline_secs),
-        late_release_after: Duration::from_millis(config.create_timeout_ms) * 2,
+        #[cfg(feature = "test-faults")]
+        faults: fault::Faults::parse(config.test_fault.as_deref())
+            .map_err(orderflow_runtime::RuntimeError::Config)?,
+        #[cfg(not(feature = "test-faults"))]
+        faults: fault::Faults::default(),
     });
 
     // Stops the background tasks when the server stops, for whatever reason.

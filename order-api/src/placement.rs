@@ -1,22 +1,25 @@
-//! The CreateOrder and GetOrder flows, composed from the adapters.
-//!
-//! Placing an order: claim the idempotency key → reserve stock (inventory-svc) → publish
+//! CreateOrder: claim the idempotency key → reserve stock (inventory-svc) → publish
 //! `order-created` and wait for the ack → cache the pending order and mark the key placed (one
 //! Redis round trip) → answer.
-//! If any step fails, the steps before it are undone (reservation released, cache entry and
-//! claim removed) and the caller gets an error: an order is either acknowledged and on its way
-//! to PostgreSQL, or it left nothing behind.
+//!
+//! The rule everything here keeps: **once the broker may have the order's event, that order
+//! may exist**, so nothing undoes it. A placement that failed before it sent its event frees the
+//! key (its reservation, if any, is an orphan that inventory-svc returns within seconds). One
+//! that failed after (no ack, Redis failing after the ack) or whose process died keeps the key
+//! bound to its order: the client's retry resumes that same order — it answers it if it was
+//! persisted, or publishes the same event again — and a second order is never placed for the
+//! key. Stock is never released from here: inventory-svc returns the stock of a reservation no
+//! order confirmed, once the order log is known to hold no order for it.
 //!
 //! The placement runs in its own task, bounded by the create timeout, so a caller that hangs up
-//! cannot interrupt it between two steps and leave half of it done.
+//! cannot interrupt it between two steps.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_proto::events::v1::OrderCreated;
-use orderflow_proto::inventory::v1::{ReleaseRequest, ReserveItem, ReserveRequest};
+use orderflow_proto::inventory::v1::{Reservation, ReservationState, ReserveItem, ReserveRequest};
 use orderflow_proto::order::v1::{CreateOrderRequest, Order};
-use orderflow_runtime::timestamp;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -24,7 +27,7 @@ use crate::cache::OrderCache;
 use crate::deadline::CallDeadline;
 use crate::error::OrderError;
 use crate::events::Publisher;
-use crate::idempotency::{Claim, ClaimRecord, ClaimState, Claims};
+use crate::idempotency::{Claim, ClaimRecord, ClaimState, Claims, Lease};
 use crate::order::{self, NewOrder};
 use crate::rate_limit::RateLimit;
 use crate::reads::Reads;
@@ -41,25 +44,25 @@ pub struct Parts {
     pub reads: Reads,
     pub currency: String,
     pub payment_window: Duration,
-    /// When a placement failed without knowing whether its Reserve took effect, its
-    /// reservation is released once more this long after the undo (see `place_or_undo`).
-    pub late_release_after: Duration,
+    /// Faults injected by the tests (see `fault`).
+    pub faults: crate::fault::Faults,
 }
 
-const RESERVE_STEP: &str = "reserving stock in inventory-svc";
-
-/// What a failed placement may hold in inventory-svc, so its undo knows whether to release.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reserved {
-    /// inventory-svc refused the reservation: all-or-nothing, so nothing is held.
-    Nothing,
-    /// It may hold the order's units (reserved, or the outcome is unknown).
-    Maybe,
-}
+/// How long the clean-up after a failed placement may take, after the caller was answered.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Placement {
     parts: Arc<Parts>,
+}
+
+/// One placement attempt: the order its key is bound to, the lease it holds, and whether that
+/// order's event may be in the log already.
+struct Attempt {
+    new_order: NewOrder,
+    record: ClaimRecord,
+    lease: Lease,
+    may_be_published: bool,
 }
 
 impl Placement {
@@ -69,10 +72,10 @@ impl Placement {
         }
     }
 
-    /// Places the order within `deadline`, which starts before the claim: the claim's lease,
-    /// twice what is left of the budget, then outlives every step this placement may still
-    /// take (so no retry can claim the key while it runs), and a caller with a short deadline
-    /// does not lock its key for longer than that.
+    /// Places the order within `deadline`, which starts before the claim: the lease, twice
+    /// what is left of the budget, then outlives every step this placement may still take (so
+    /// no retry resumes the order while it runs), and a caller with a short deadline does not
+    /// lock its key for longer than that.
     pub async fn create(
         &self,
         request: CreateOrderRequest,
@@ -87,12 +90,8 @@ impl Placement {
                 )
                 .await??;
         }
-        let record = ClaimRecord {
-            state: ClaimState::Placing,
-            fingerprint: new_order.fingerprint(),
-            order_id: Uuid::now_v7(),
-            created_at: timestamp::now(),
-        };
+        let record = ClaimRecord::new(new_order.fingerprint());
+        let lease = Lease::new();
         let claims = &self.parts.claims;
         let claim = deadline
             .run(
@@ -101,37 +100,65 @@ impl Placement {
                     &new_order.user_id,
                     &new_order.idempotency_key,
                     &record,
+                    &lease,
                     deadline.remaining() * 2,
                 ),
             )
             .await??;
-        match claim {
+        let attempt = match claim {
             Claim::Claimed { memory_complete } => {
                 if !memory_complete {
-                    if let Some(earlier) = self.placed_before(&new_order, &record).await? {
+                    if let Some(earlier) = self.placed_before(&new_order, &record, &lease).await? {
                         return Ok(earlier);
                     }
                 }
-                let parts = Arc::clone(&self.parts);
-                // In this call's span: the placement's steps belong to its trace.
-                tokio::spawn(place_or_undo(parts, new_order, record, deadline).in_current_span())
-                    .await
-                    .map_err(|error| OrderError::Internal(format!("placement task: {error}")))?
+                Attempt {
+                    new_order,
+                    record,
+                    lease,
+                    may_be_published: false,
+                }
+            }
+            Claim::Resumed(earlier) => {
+                orderflow_runtime::metrics::metrics()
+                    .placements_resumed
+                    .inc();
+                tracing::info!(order_id = %earlier.order_id, "resuming the placement of an order whose last attempt ended without an answer");
+                // The first attempt may have been acknowledged, and its order persisted.
+                if let Some(order) = self.parts.reads.find(earlier.order_id).await? {
+                    claims
+                        .mark_placed(&new_order.user_id, &new_order.idempotency_key, &earlier)
+                        .await?;
+                    return Ok(order);
+                }
+                Attempt {
+                    new_order,
+                    record: earlier,
+                    lease,
+                    may_be_published: true,
+                }
             }
             Claim::Taken(existing) if existing.fingerprint != record.fingerprint => {
-                Err(OrderError::IdempotencyKeyReused)
+                return Err(OrderError::IdempotencyKeyReused)
             }
-            Claim::Taken(existing) => match existing.state {
-                ClaimState::Placing => Err(OrderError::InProgress),
-                // Placed, so acknowledged: it is cached or, once persisted, in PostgreSQL.
-                ClaimState::Placed => self
-                    .parts
-                    .reads
-                    .find(existing.order_id)
-                    .await?
-                    .ok_or(OrderError::InProgress),
-            },
-        }
+            Claim::Taken(existing) => {
+                return match existing.state {
+                    ClaimState::Placing => Err(OrderError::InProgress),
+                    // Placed, so acknowledged: it is cached or, once persisted, in PostgreSQL.
+                    ClaimState::Placed => self
+                        .parts
+                        .reads
+                        .find(existing.order_id)
+                        .await?
+                        .ok_or(OrderError::InProgress),
+                };
+            }
+        };
+        let parts = Arc::clone(&self.parts);
+        // In this call's span: the placement's steps belong to its trace.
+        tokio::spawn(place_or_leave(parts, attempt, deadline).in_current_span())
+            .await
+            .map_err(|error| OrderError::Internal(format!("placement task: {error}")))?
     }
 
     /// While Redis may have forgotten keys: the order PostgreSQL has under this key, which the
@@ -140,6 +167,7 @@ impl Placement {
         &self,
         new_order: &NewOrder,
         record: &ClaimRecord,
+        lease: &Lease,
     ) -> Result<Option<Order>, OrderError> {
         let claims = &self.parts.claims;
         let store = &self.parts.reads.store;
@@ -152,7 +180,12 @@ impl Placement {
         };
         if order::order_fingerprint(&earlier) != record.fingerprint {
             claims
-                .abandon(&new_order.user_id, &new_order.idempotency_key, record)
+                .abandon(
+                    &new_order.user_id,
+                    &new_order.idempotency_key,
+                    record,
+                    lease,
+                )
                 .await?;
             return Err(OrderError::IdempotencyKeyReused);
         }
@@ -168,82 +201,72 @@ impl Placement {
     }
 }
 
-/// Places the order; if that fails, undoes what was done. The caller hears the outcome once the
-/// undo finished or its deadline passed, whichever comes first: a dependency slow to undo (a
-/// stalled inventory-svc) must not make the caller miss its deadline, and the undo goes on.
-async fn place_or_undo(
+/// Places the order; if that fails, leaves the key as the failure allows (see the module
+/// comment). The caller hears the outcome once that is done or its deadline passed, whichever
+/// comes first: a Redis slow to answer must not make the caller miss its deadline.
+async fn place_or_leave(
     parts: Arc<Parts>,
-    new_order: NewOrder,
-    record: ClaimRecord,
+    mut attempt: Attempt,
     deadline: CallDeadline,
 ) -> Result<Order, OrderError> {
-    let placed = parts.place(&new_order, &record, deadline).await;
-    if let Err(error) = &placed {
-        // A Reserve we stopped waiting for may still reach inventory-svc after the undo's
-        // release (a stalled network delivers it late) and hold its units until the
-        // reservation expires. Its order id is this placement's alone, so releasing it once
-        // more later cannot touch anyone else's stock.
-        let outcome_unknown = matches!(error, OrderError::InventoryUnavailable(_))
-            || matches!(error, OrderError::Timeout { step, .. } if *step == RESERVE_STEP);
-        // A Reserve inventory-svc refused (sold out, unknown SKU) holds nothing: no release, so
-        // a sold-out answer costs no PostgreSQL transaction.
-        let reserved = if matches!(error, OrderError::InventoryRefused(_)) {
-            Reserved::Nothing
-        } else {
-            Reserved::Maybe
-        };
-        let undo = tokio::spawn(async move {
-            parts.undo(&new_order, &record, reserved).await;
-            if outcome_unknown {
-                parts.release_late(record.order_id);
+    let placed = parts.place(&mut attempt, deadline).await;
+    if placed.is_err() {
+        let cleanup = tokio::spawn(async move {
+            let left = tokio::time::timeout(CLEANUP_TIMEOUT, parts.leave(&attempt)).await;
+            if !matches!(left, Ok(Ok(()))) {
+                let error = left.map_or_else(|_| "timed out".to_owned(), |e| format!("{e:?}"));
+                // The lease runs out by itself: a retry resumes the order (or, if its claim was
+                // to be freed, finds no order and places it anew) a little later.
+                tracing::warn!(order_id = %attempt.record.order_id, %error, "could not release the idempotency key of a failed placement");
             }
         });
-        // Elapsed: the undo goes on in its task.
-        let _ = tokio::time::timeout_at(deadline.at, undo).await;
+        // Elapsed: the clean-up goes on in its task.
+        let _ = tokio::time::timeout_at(deadline.at, cleanup).await;
     }
     placed
 }
 
 impl Parts {
-    fn release_late(&self, order_id: Uuid) {
-        let (inventory, delay) = (self.inventory.clone(), self.late_release_after);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if let Err(status) = release(inventory, &order_id.to_string()).await {
-                tracing::error!(%order_id, %status, "could not release the reservation of a failed order");
-            }
-        });
-    }
-
     async fn place(
         &self,
-        new_order: &NewOrder,
-        record: &ClaimRecord,
+        attempt: &mut Attempt,
         deadline: CallDeadline,
     ) -> Result<Order, OrderError> {
-        let order_id = record.order_id.to_string();
-        let mut inventory = self.inventory.clone();
-        let reserve = inventory.reserve(
-            deadline.request(ReserveRequest {
-                order_id: order_id.clone(),
-                items: new_order
-                    .lines
-                    .iter()
-                    .map(|line| ReserveItem {
-                        sku: line.sku.clone(),
-                        quantity: line.quantity,
-                    })
-                    .collect(),
-            }),
-        );
-        let reservation = deadline
-            .run(RESERVE_STEP, reserve)
-            .await?
-            .map_err(OrderError::from_inventory)?
-            .into_inner()
-            .reservation
-            .ok_or_else(|| OrderError::Internal("inventory answered no reservation".into()))?;
+        let mut reservation = self.reserve(attempt, deadline).await?;
+        if reservation.state() == ReservationState::Released {
+            // A resumed order whose stock inventory-svc already gave back: no order exists for
+            // it (it returns stock only once the order log holds none), so the key is bound to a
+            // new order and that one is placed instead.
+            let fresh = ClaimRecord::new(attempt.record.fingerprint.clone());
+            let new_order = &attempt.new_order;
+            let rebound = deadline
+                .run(
+                    "binding the idempotency key to a new order in Redis",
+                    self.claims.rebind(
+                        &new_order.user_id,
+                        &new_order.idempotency_key,
+                        &attempt.record,
+                        &fresh,
+                        &attempt.lease,
+                    ),
+                )
+                .await??;
+            if !rebound {
+                return Err(OrderError::InProgress);
+            }
+            tracing::info!(given_up = %attempt.record.order_id, order_id = %fresh.order_id, "the key's earlier order was never placed; placing a new one");
+            attempt.record = fresh;
+            attempt.may_be_published = false;
+            reservation = self.reserve(attempt, deadline).await?;
+        }
+        if reservation.state() != ReservationState::Reserved {
+            // Committed: the order exists and was paid, though it was not found a moment ago.
+            return Err(OrderError::InProgress);
+        }
 
+        let record = &attempt.record;
+        let new_order = &attempt.new_order;
+        let order_id = record.order_id.to_string();
         let order = order::pending_order(
             record.order_id,
             new_order,
@@ -255,17 +278,22 @@ impl Parts {
         .map_err(|error| OrderError::Internal(error.to_string()))?;
 
         let event = OrderCreated {
-            event_id: Uuid::now_v7().to_string(),
+            event_id: record.event_id.to_string(),
             order_id: order_id.clone(),
             occurred_at: order.created_at,
             order: Some(order.clone()),
             idempotency_key: new_order.idempotency_key.clone(),
         };
+        self.faults.before_publish().await;
+        // From here on the event may reach the log whatever we hear back.
+        attempt.may_be_published = true;
         // The publisher bounds its own wait by the deadline: it must purge what it gives up on.
         self.publisher.order_created(&event, deadline.at).await?;
-        // Acknowledged: cache the order and mark its key placed, atomically and in one round
-        // trip. Nobody can ask for the order before this answer names it, so caching it only now
-        // loses nothing, and a failure here is undone like any other step.
+        self.faults.after_ack().await;
+        // Acknowledged: the order exists. Cache it and mark its key placed, atomically and in
+        // one round trip. If Redis fails now, the order stands all the same: it is answered,
+        // reads find it in PostgreSQL once consumer-worker persisted it, and a retry of its key
+        // resumes it once the lease ran out and finds it there.
         let mut pipe = redis::pipe();
         pipe.atomic();
         self.cache
@@ -277,48 +305,81 @@ impl Parts {
             record,
         );
         let mut redis = self.claims.redis();
-        deadline
+        let cached = deadline
             .run(
                 "caching the order and marking its key placed in Redis",
                 pipe.query_async::<()>(&mut redis),
             )
-            .await?
-            .map_err(OrderError::from)?;
+            .await;
+        let failed = match cached {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(error) = failed {
+            orderflow_runtime::metrics::metrics()
+                .placed_not_cached
+                .inc();
+            tracing::warn!(%order_id, %error, "order placed, but not cached in Redis");
+        }
         tracing::info!(%order_id, user_id = %new_order.user_id, total_cents = order.total_cents, "order placed");
         Ok(order)
     }
 
-    /// Best effort: each step is idempotent, and what fails here is logged for an operator.
-    async fn undo(&self, new_order: &NewOrder, record: &ClaimRecord, reserved: Reserved) {
-        let order_id = record.order_id.to_string();
-        if reserved == Reserved::Maybe {
-            if let Err(status) = release(self.inventory.clone(), &order_id).await {
-                tracing::error!(%order_id, %status, "could not release the reservation of a failed order");
-            }
-        }
-        if let Err(error) = self.cache.remove(&order_id).await {
-            tracing::error!(%order_id, %error, "could not remove a failed order from the cache");
-        }
-        if let Err(error) = self
-            .claims
-            .abandon(&new_order.user_id, &new_order.idempotency_key, record)
-            .await
-        {
-            tracing::error!(%order_id, %error, "could not free the idempotency key of a failed order");
-        }
+    /// Reserves the attempt's order's stock (a resumed order's reservation is answered as it
+    /// is, and held for this attempt too).
+    async fn reserve(
+        &self,
+        attempt: &Attempt,
+        deadline: CallDeadline,
+    ) -> Result<Reservation, OrderError> {
+        let mut inventory = self.inventory.clone();
+        let reserve = inventory.reserve(
+            deadline.request(ReserveRequest {
+                order_id: attempt.record.order_id.to_string(),
+                items: attempt
+                    .new_order
+                    .lines
+                    .iter()
+                    .map(|line| ReserveItem {
+                        sku: line.sku.clone(),
+                        quantity: line.quantity,
+                    })
+                    .collect(),
+            }),
+        );
+        deadline
+            .run("reserving stock in inventory-svc", reserve)
+            .await?
+            .map_err(OrderError::from_inventory)?
+            .into_inner()
+            .reservation
+            .ok_or_else(|| OrderError::Internal("inventory answered no reservation".into()))
     }
-}
 
-/// Releases the reservation of a failed placement, if it has one.
-async fn release(mut inventory: InventoryClient, order_id: &str) -> Result<(), tonic::Status> {
-    let released = inventory
-        .release(ReleaseRequest {
-            order_id: order_id.to_owned(),
-            reason: "order placement failed".into(),
-        })
-        .await;
-    match released {
-        Err(status) if status.code() != tonic::Code::NotFound => Err(status),
-        _ => Ok(()),
+    /// After a failure: frees the key if the order's event was never sent (a retry places a new
+    /// order); otherwise keeps the key bound to the order, which may exist, and ends the lease
+    /// so a retry resumes it at once. The reservation stays: inventory-svc returns its stock if
+    /// no order confirms it.
+    async fn leave(&self, attempt: &Attempt) -> Result<(), OrderError> {
+        let new_order = &attempt.new_order;
+        if attempt.may_be_published {
+            self.claims
+                .release_lease(
+                    &new_order.user_id,
+                    &new_order.idempotency_key,
+                    &attempt.lease,
+                )
+                .await
+        } else {
+            self.claims
+                .abandon(
+                    &new_order.user_id,
+                    &new_order.idempotency_key,
+                    &attempt.record,
+                    &attempt.lease,
+                )
+                .await
+        }
     }
 }

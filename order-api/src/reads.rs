@@ -50,19 +50,8 @@ impl Reads {
 
     /// Up to [`MAX_BATCH_ORDERS`] ids; repeated ids are answered once.
     pub async fn batch(&self, order_ids: &[String]) -> Result<Batch, OrderError> {
-        if order_ids.is_empty() || order_ids.len() > MAX_BATCH_ORDERS {
-            return Err(FieldError::new(
-                "order_ids",
-                format!(
-                    "must hold 1 to {MAX_BATCH_ORDERS} ids, got {}",
-                    order_ids.len()
-                ),
-            )
-            .into());
-        }
         let mut ids = Vec::with_capacity(order_ids.len());
-        for (index, order_id) in order_ids.iter().enumerate() {
-            let id = validate::uuid(&format!("order_ids[{index}]"), order_id)?;
+        for id in validate::uuids("order_ids", order_ids, MAX_BATCH_ORDERS)? {
             if !ids.contains(&id) {
                 ids.push(id);
             }

@@ -49,7 +49,7 @@ impl OrderStore {
     }
 
     /// The order the user placed with `idempotency_key`, if it was persisted (an order recorded
-    /// `stock_not_held` does not hold its key).
+    /// voided does not hold its key).
     pub async fn by_idempotency_key(
         &self,
         user_id: &str,
@@ -57,7 +57,7 @@ impl OrderStore {
     ) -> Result<Option<Order>, OrderError> {
         let order_id: Option<Uuid> = sqlx::query_scalar(
             "SELECT order_id FROM orders WHERE user_id = $1 AND idempotency_key = $2 \
-               AND cancel_reason IS DISTINCT FROM 'stock_not_held'",
+               AND NOT voided",
         )
         .bind(user_id)
         .bind(idempotency_key)
@@ -124,20 +124,29 @@ pub async fn lock(
     conn: &mut PgConnection,
     order_id: Uuid,
     skip_locked: bool,
-) -> Result<Option<Order>, OrderError> {
+) -> Result<Option<Locked>, OrderError> {
     let sql = if skip_locked {
-        "SELECT 1 FROM orders WHERE order_id = $1 FOR UPDATE SKIP LOCKED"
+        "SELECT now() FROM orders WHERE order_id = $1 FOR UPDATE SKIP LOCKED"
     } else {
-        "SELECT 1 FROM orders WHERE order_id = $1 FOR UPDATE"
+        "SELECT now() FROM orders WHERE order_id = $1 FOR UPDATE"
     };
-    let locked: Option<i32> = sqlx::query_scalar(sql)
+    let locked: Option<OffsetDateTime> = sqlx::query_scalar(sql)
         .bind(order_id)
         .fetch_optional(&mut *conn)
         .await?;
-    if locked.is_none() {
+    let Some(now) = locked else {
         return Ok(None);
-    }
-    Ok(fetch(conn, &[order_id]).await?.pop())
+    };
+    Ok(fetch(conn, &[order_id])
+        .await?
+        .pop()
+        .map(|order| Locked { order, now }))
+}
+
+/// An order locked for a change, and PostgreSQL's time: the clock its deadlines are compared on.
+pub struct Locked {
+    pub order: Order,
+    pub now: OffsetDateTime,
 }
 
 async fn fetch(conn: &mut PgConnection, order_ids: &[Uuid]) -> Result<Vec<Order>, OrderError> {

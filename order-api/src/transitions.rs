@@ -6,7 +6,11 @@
 //! run at once; whatever they could not finish, the background follow-up task retries.
 //!
 //! An order consumer-worker has not persisted yet is persisted here first, from the cache,
-//! in the same transaction: every change works right after CreateOrder answered.
+//! in the same transaction: every change works right after CreateOrder answered. Like the
+//! worker, it first confirms the order's reservation with inventory-svc (`order_rows`).
+//!
+//! Deadlines are compared on PostgreSQL's clock (the transaction's `now()`), the one the expiry
+//! task selects due orders by, never on this process's.
 
 use orderflow_proto::order::v1::Order;
 use orderflow_proto::order_status;
@@ -39,6 +43,7 @@ pub enum Locking {
 pub struct Transitions {
     pub store: OrderStore,
     pub cache: OrderCache,
+    pub inventory: crate::InventoryClient,
     pub followups: Followups,
 }
 
@@ -77,22 +82,26 @@ impl Transitions {
             )
             .await??;
         let current = match locked {
-            Some(order) => order,
+            Some(locked) => locked,
             None if locking == Locking::Skip => return Ok(None),
             None => {
                 let persisted = deadline
                     .run(
                         "persisting the order from the cache",
-                        self.persist_placed(&mut tx, order_id),
+                        self.persist_placed(&mut tx, order_id, deadline),
                     )
                     .await??;
                 match persisted {
-                    Some(order) => order,
+                    Some(locked) => locked,
                     None => return Ok(None),
                 }
             }
         };
-        let change = match lifecycle::decide(&current, &action, timestamp::now())? {
+        let store::Locked {
+            order: current,
+            now,
+        } = current;
+        let change = match lifecycle::decide(&current, &action, now)? {
             Decision::Apply(change) => *change,
             // Nothing to write: the transaction rolls back as it is dropped.
             Decision::AlreadyDone | Decision::NotDue => return Ok(Some(current)),
@@ -131,12 +140,14 @@ impl Transitions {
     }
 
     /// Persists an order only the cache has (consumer-worker has not written it yet) and locks
-    /// it. `None` if the cache does not have it either.
+    /// it: voided if inventory-svc no longer holds its stock. `None` if the cache does not have
+    /// it either, or another live order holds its idempotency key.
     async fn persist_placed(
         &self,
         conn: &mut PgConnection,
         order_id: Uuid,
-    ) -> Result<Option<Order>, OrderError> {
+        deadline: CallDeadline,
+    ) -> Result<Option<store::Locked>, OrderError> {
         let Some((order, idempotency_key)) = self.cache.placed(order_id).await? else {
             return Ok(None);
         };
@@ -145,8 +156,30 @@ impl Transitions {
                 "cached order {order_id} cannot be persisted: {reason}"
             ))
         })?;
+        order_rows::lock_keys(
+            &mut *conn,
+            [(row.user_id.as_str(), idempotency_key.as_str())],
+        )
+        .await?;
+        // At most half the budget: without an answer the change goes on (below).
+        let held = order_rows::stock_held(
+            &mut self.inventory.clone(),
+            &[order_id],
+            deadline.remaining() / 2,
+        )
+        .await;
+        let voided = match held {
+            Ok(held) => !held.contains(&order_id),
+            // The order was acknowledged, so its event is in the log: its stock stays held
+            // until consumer-worker confirms it as it applies that event. Persisting it live
+            // without inventory-svc is safe, and the change need not wait for inventory-svc.
+            Err(status) => {
+                tracing::warn!(%order_id, %status, "persisting a cached order without confirming its reservation");
+                false
+            }
+        };
         // Not inserted: consumer-worker just did, and the lock below finds its row.
-        order_rows::insert(conn, &row, None).await?;
+        order_rows::insert(conn, &row, voided).await?;
         store::lock(conn, order_id, false).await
     }
 }

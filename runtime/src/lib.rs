@@ -9,6 +9,7 @@ pub mod consume;
 pub mod grpc;
 pub mod kafka;
 pub mod lock;
+pub mod log_barrier;
 pub mod metrics;
 pub mod order_rows;
 pub mod postgres;

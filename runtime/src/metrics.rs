@@ -98,6 +98,11 @@ pub struct Metrics {
     pub reservations: Family<Outcome, Counter>,
     pub cache_lookups: Family<Outcome, Counter>,
     pub rate_limited: Counter,
+    pub placements_resumed: Counter,
+    pub placed_not_cached: Counter,
+    pub orphans_released: Counter,
+    pub orders_voided: Counter,
+    pub order_key_conflicts: Counter,
     db_connections: Family<PoolState, Gauge>,
     db_max_connections: Family<PoolName, Gauge>,
     pools: Mutex<Vec<WatchedPoolEntry>>,
@@ -151,6 +156,11 @@ impl Metrics {
             reservations: Family::default(),
             cache_lookups: Family::default(),
             rate_limited: Counter::default(),
+            placements_resumed: Counter::default(),
+            placed_not_cached: Counter::default(),
+            orphans_released: Counter::default(),
+            orders_voided: Counter::default(),
+            order_key_conflicts: Counter::default(),
             db_connections: Family::default(),
             db_max_connections: Family::default(),
             pools: Mutex::new(Vec::new()),
@@ -227,6 +237,36 @@ impl Metrics {
             "create_order_rate_limited",
             "CreateOrder calls refused by the per-user rate limit",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "placements_resumed",
+            "CreateOrder retries that resumed the placement of their key's order after its first \
+             attempt ended without an answer (the same order id, never a second order)",
+            m.placements_resumed.clone(),
+        );
+        registry.register(
+            "placed_not_cached",
+            "Orders the broker acknowledged whose cache entry and key mark could not be written \
+             to Redis; the order stands",
+            m.placed_not_cached.clone(),
+        );
+        registry.register(
+            "orphaned_reservations_released",
+            "Reservations no order confirmed whose stock inventory-svc returned once the order \
+             log held no order for them",
+            m.orphans_released.clone(),
+        );
+        registry.register(
+            "orders_voided_on_arrival",
+            "Orders recorded CANCELLED on arrival because their stock had been given back before \
+             their event was applied (no client was told they exist); should stay 0",
+            m.orders_voided.clone(),
+        );
+        registry.register(
+            "order_key_conflicts",
+            "order-created events dead-lettered because another live order holds their \
+             idempotency key; should stay 0, alert on any",
+            m.order_key_conflicts.clone(),
         );
         registry.register(
             "db_pool_connections",

@@ -2,14 +2,60 @@
 //! consumer-worker (from `order-created`) or order-api (the first status change of an order the
 //! worker has not persisted yet). Both go through here, so the two writes cannot drift apart,
 //! and whichever comes second finds the order there and writes nothing.
+//!
+//! Both first confirm the order's reservation with inventory-svc ([`stock_held`]): from then on
+//! only the order settles its stock. If inventory-svc had already given the stock back (the
+//! order's event reached the log after its placement was given up), the order is written
+//! **voided**: `CANCELLED` with reason `stock_not_held`, holding neither stock nor its
+//! idempotency key.
 
+use std::collections::HashSet;
+
+use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use orderflow_proto::inventory::v1::{ConfirmReservationsRequest, ReservationState};
+use orderflow_proto::limits::MAX_BATCH_ORDERS;
 use orderflow_proto::order::v1::{Order, OrderStatus};
 use orderflow_proto::order_status;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::grpc::client::Outbound;
 use crate::timestamp;
+
+/// The cancel reason a voided order shows. Which orders are voided is the `voided` column,
+/// which no request can write (a client may send this text as its own cancel reason).
+pub const STOCK_NOT_HELD: &str = "stock_not_held";
+
+/// Confirms with inventory-svc the reservations of orders about to be persisted; answers those
+/// whose stock is held (reserved or sold). The others are written voided.
+pub async fn stock_held(
+    inventory: &mut InventoryServiceClient<Outbound>,
+    order_ids: &[Uuid],
+    timeout: std::time::Duration,
+) -> Result<HashSet<Uuid>, tonic::Status> {
+    let mut held = HashSet::new();
+    for chunk in order_ids.chunks(MAX_BATCH_ORDERS) {
+        let mut request = tonic::Request::new(ConfirmReservationsRequest {
+            order_ids: chunk.iter().map(Uuid::to_string).collect(),
+        });
+        request.set_timeout(timeout);
+        let answer = inventory.confirm_reservations(request).await?.into_inner();
+        held.extend(
+            answer
+                .reservations
+                .iter()
+                .filter(|reservation| {
+                    matches!(
+                        reservation.state(),
+                        ReservationState::Reserved | ReservationState::Committed
+                    )
+                })
+                .filter_map(|reservation| Uuid::try_parse(&reservation.order_id).ok()),
+        );
+    }
+    Ok(held)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRow {
@@ -74,26 +120,67 @@ impl OrderRow {
     }
 }
 
-/// Why an order was recorded `CANCELLED` on arrival, when it is not simply written as placed.
-pub struct ArrivalCancel {
-    pub reason: &'static str,
-}
-
-/// An order to insert, and whether it is recorded `CANCELLED` on arrival instead of as placed.
+/// An order to insert, and whether it is written voided (its stock was not held).
 pub struct NewOrder<'a> {
     pub row: &'a OrderRow,
-    pub cancelled: Option<ArrivalCancel>,
+    pub voided: bool,
+}
+
+impl NewOrder<'_> {
+    fn status_and_reason(&self) -> (&'static str, Option<&'static str>) {
+        if self.voided {
+            (
+                order_status::to_db(OrderStatus::Cancelled),
+                Some(STOCK_NOT_HELD),
+            )
+        } else {
+            (self.row.status, None)
+        }
+    }
+}
+
+/// Serializes, until the transaction ends, every writer of a new order under one of these
+/// (user, idempotency key) pairs: a check for another live order holding the key then sees
+/// every order committed before it, and none can be committed between the check and the insert.
+pub async fn lock_keys(
+    conn: &mut PgConnection,
+    keys: impl IntoIterator<Item = (&str, &str)>,
+) -> Result<(), sqlx::Error> {
+    use sha2::{Digest, Sha256};
+    // Taken in ascending order by every writer, so two of them never wait for each other.
+    let mut locks: Vec<i64> = keys
+        .into_iter()
+        .map(|(user_id, key)| {
+            let digest = Sha256::new()
+                .chain_update(user_id.as_bytes())
+                .chain_update([0])
+                .chain_update(key.as_bytes())
+                .finalize();
+            let mut first = [0; 8];
+            first.copy_from_slice(&digest[..8]);
+            i64::from_be_bytes(first)
+        })
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::bigint[]) WITH ORDINALITY AS t(k, n) \
+         ORDER BY n",
+    )
+    .bind(&locks)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts the order (version 1), its items and its first history row; `false` when another
 /// order with this id or idempotency key is already there, and then nothing was written.
-/// `cancelled` records it as `CANCELLED` with that reason instead of its own status.
 pub async fn insert(
     conn: &mut PgConnection,
     row: &OrderRow,
-    cancelled: Option<ArrivalCancel>,
+    voided: bool,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = insert_many(conn, &[NewOrder { row, cancelled }]).await?;
+    let inserted = insert_many(conn, &[NewOrder { row, voided }]).await?;
     Ok(!inserted.is_empty())
 }
 
@@ -103,24 +190,18 @@ pub async fn insert_many(
     conn: &mut PgConnection,
     orders: &[NewOrder<'_>],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let status_and_reason = |order: &NewOrder<'_>| match &order.cancelled {
-        Some(cancel) => (
-            order_status::to_db(OrderStatus::Cancelled),
-            Some(cancel.reason),
-        ),
-        None => (order.row.status, None),
-    };
     let mut columns = OrderColumns::default();
     for order in orders {
-        let (status, reason) = status_and_reason(order);
-        columns.push(order.row, status, reason);
+        let (status, reason) = order.status_and_reason();
+        columns.push(order.row, status, reason, order.voided);
     }
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO orders (order_id, user_id, idempotency_key, status, cancel_reason, \
-                             total_cents, currency, created_at, updated_at, expires_at, version) \
+                             total_cents, currency, created_at, updated_at, expires_at, \
+                             voided, version) \
          SELECT *, 1 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                                  $6::bigint[], $7::text[], $8::timestamptz[], \
-                                 $9::timestamptz[], $10::timestamptz[]) \
+                                 $9::timestamptz[], $10::timestamptz[], $11::bool[]) \
          ON CONFLICT DO NOTHING RETURNING order_id",
     )
     .bind(&columns.order_ids)
@@ -133,6 +214,7 @@ pub async fn insert_many(
     .bind(&columns.created)
     .bind(&columns.updated)
     .bind(&columns.expires)
+    .bind(&columns.voided)
     .fetch_all(&mut *conn)
     .await?;
     if inserted.is_empty() {
@@ -146,7 +228,7 @@ pub async fn insert_many(
         .filter(|order| inserted.contains(&order.row.order_id))
     {
         items.push(order.row);
-        let (status, reason) = status_and_reason(order);
+        let (status, reason) = order.status_and_reason();
         history.order_ids.push(order.row.order_id);
         history.statuses.push(status);
         history.reasons.push(reason);
@@ -191,10 +273,17 @@ struct OrderColumns<'a> {
     created: Vec<OffsetDateTime>,
     updated: Vec<OffsetDateTime>,
     expires: Vec<Option<OffsetDateTime>>,
+    voided: Vec<bool>,
 }
 
 impl<'a> OrderColumns<'a> {
-    fn push(&mut self, row: &'a OrderRow, status: &'static str, reason: Option<&'static str>) {
+    fn push(
+        &mut self,
+        row: &'a OrderRow,
+        status: &'static str,
+        reason: Option<&'static str>,
+        voided: bool,
+    ) {
         self.order_ids.push(row.order_id);
         self.user_ids.push(&row.user_id);
         self.idempotency_keys.push(&row.idempotency_key);
@@ -205,6 +294,7 @@ impl<'a> OrderColumns<'a> {
         self.created.push(row.created_at);
         self.updated.push(row.updated_at);
         self.expires.push(row.expires_at);
+        self.voided.push(voided);
     }
 }
 

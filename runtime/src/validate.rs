@@ -71,6 +71,28 @@ pub fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<i64, Fiel
     }
 }
 
+/// A list of 1 to `max` entries (`what` names one kind, for the message: "ids", "SKUs").
+pub fn count(field: &str, len: usize, max: usize, what: &str) -> Result<(), FieldError> {
+    if (1..=max).contains(&len) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("must hold 1 to {max} {what}, got {len}"),
+        ))
+    }
+}
+
+/// 1 to `max` UUIDs, in order; a malformed one is named `field[i]`.
+pub fn uuids(field: &str, values: &[String], max: usize) -> Result<Vec<uuid::Uuid>, FieldError> {
+    count(field, values.len(), max, "ids")?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(index, value)| uuid(&format!("{field}[{index}]"), value))
+        .collect()
+}
+
 /// A UUID in its canonical text form (order ids, event ids).
 pub fn uuid(field: &str, value: &str) -> Result<uuid::Uuid, FieldError> {
     if value.is_empty() {
@@ -119,7 +141,22 @@ mod tests {
     }
 
     #[test]
-    fn uuids() {
+    fn lists_of_uuids() {
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(uuids("ids", &[id.to_string()], 2), Ok(vec![id]));
+        assert_eq!(
+            uuids("ids", &[], 2).unwrap_err().to_string(),
+            "ids: must hold 1 to 2 ids, got 0"
+        );
+        assert!(uuids("ids", &vec![id.to_string(); 3], 2).is_err());
+        assert!(uuids("ids", &[id.to_string(), "x".into()], 2)
+            .unwrap_err()
+            .to_string()
+            .starts_with("ids[1]: "));
+    }
+
+    #[test]
+    fn single_uuids() {
         let id = uuid::Uuid::now_v7();
         assert_eq!(uuid("order_id", &id.to_string()), Ok(id));
         assert_eq!(

@@ -62,6 +62,10 @@ impl InventoryStack {
             format!("--redis-url={}", redis_args.redis_url),
             format!("--redis-cluster={}", redis_args.redis_cluster),
             format!("--redis-key-prefix={}", redis_args.redis_key_prefix),
+            // No order log of its own: its orphan sweep asks an empty one.
+            format!("--kafka-brokers={}", deps::kafka_brokers()),
+            format!("--kafka-topic-prefix=t{id}."),
+            format!("--orders-consumer-group=t{id}-worker"),
             // Several processes per test: each takes a free port for its /metrics.
             "--metrics-listen=127.0.0.1:0".into(),
         ]
@@ -172,16 +176,11 @@ pub async fn admit_in_redis(
     order_id: &str,
     (sku, quantity): (&str, i64),
 ) -> redis::RedisResult<Vec<String>> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis());
     script
         .key(keys.key(&["reservation", order_id]))
         .key(keys.key(&["unrecorded"]))
         .key(keys.key(&["stock", sku]))
         .arg(3_600_000)
-        .arg(now_ms + 3_600_000)
-        .arg(now_ms)
         .arg(order_id)
         .arg(sku)
         .arg(quantity)

@@ -250,10 +250,15 @@ impl Stack {
 
         let inventory_listener = listener().await;
         let inventory_address = inventory_listener.local_addr().expect("local address");
+        let worker_group = format!("t{id}-worker");
         let inventory_args = std::iter::once("inventory-svc".to_owned())
             .chain(shared.iter().cloned())
             .chain(redis_args.iter().cloned())
-            .chain([metrics_listen(|all| all.inventory)])
+            .chain(kafka_args.iter().cloned())
+            .chain([
+                metrics_listen(|all| all.inventory),
+                format!("--orders-consumer-group={worker_group}"),
+            ])
             .chain(options.inventory_args.iter().cloned())
             .collect();
         launcher
@@ -365,7 +370,8 @@ impl Stack {
             format!("--database-url={worker_database_url}"),
             "--database-max-connections=4".into(),
             "--log=warn".into(),
-            format!("--group-id=t{id}-worker"),
+            format!("--group-id={worker_group}"),
+            format!("--inventory-url={inventory_scheme}://{inventory_address}"),
             "--max-backoff-ms=1000".into(),
             "--lag-report-interval-ms=500".into(),
             "--session-timeout-ms=6000".into(),

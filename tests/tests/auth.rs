@@ -111,13 +111,18 @@ async fn static_tokens_scopes_and_ownership() {
          t-alice alice orders\n\
          t-bob bob orders\n\
          t-ops ops admin\n\
-         t-order-api order-api inventory\n",
+         t-order-api order-api inventory\n\
+         t-worker consumer-worker inventory\n",
     );
     let service_token = write(&dir, "order-api-token", "t-order-api\n");
+    let worker_token = write(&dir, "worker-token", "t-worker\n");
     let mut options = auth_args(&[format!("--auth-tokens-file={tokens}")]);
     options
         .order_args
         .push(format!("--inventory-token-file={service_token}"));
+    options
+        .worker_args
+        .push(format!("--inventory-token-file={worker_token}"));
     let stack = Stack::start_with(options).await;
 
     // No token, a malformed one, an unknown one: UNAUTHENTICATED, before anything is done.
@@ -321,6 +326,24 @@ async fn static_tokens_scopes_and_ownership() {
     );
     ship("t-ops").await.expect("an operator ships");
     assert!(get(&stack, "t-ops", &order.order_id).await.is_ok());
+    // consumer-worker confirms each order's reservation with its own token before it records
+    // the order's event as applied.
+    orderflow_tests::eventually(
+        "the worker to apply the order's event",
+        std::time::Duration::from_secs(30),
+        || async {
+            let applied: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM processed_events \
+                 WHERE topic = 'order-created' AND order_id = $1::uuid",
+            )
+            .bind(&order.order_id)
+            .fetch_one(&stack.db)
+            .await
+            .expect("counting applied events");
+            (applied == 1).then_some(())
+        },
+    )
+    .await;
     stack.stop().await;
 }
 
@@ -357,6 +380,11 @@ async fn jwts_are_verified_and_expire() {
         "order-api-token",
         &jwt(&key, "order-api", "inventory", issuer, 3600),
     );
+    let worker_token = write(
+        &dir,
+        "worker-token",
+        &jwt(&key, "consumer-worker", "inventory", issuer, 3600),
+    );
     let mut options = auth_args(&[
         format!("--auth-jwt-key-file={public_key}"),
         "--auth-jwt-algorithm=ES256".into(),
@@ -365,6 +393,9 @@ async fn jwts_are_verified_and_expire() {
     options
         .order_args
         .push(format!("--inventory-token-file={service_token}"));
+    options
+        .worker_args
+        .push(format!("--inventory-token-file={worker_token}"));
     let stack = Stack::start_with(options).await;
 
     let admin = jwt(&key, "ops", "admin", issuer, 600);

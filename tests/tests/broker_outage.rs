@@ -1,7 +1,7 @@
-//! With the broker down, CreateOrder answers UNAVAILABLE and leaves no reservation behind, while
-//! status changes go on (their events wait in the outbox); once it is back, the same request goes
-//! through and the waiting events are published. Uses a broker of its own: the shared one stays
-//! up.
+//! With the broker down, CreateOrder answers UNAVAILABLE, while status changes go on (their
+//! events wait in the outbox); once it is back, the same request (same idempotency key) places
+//! that very order, the waiting events are published, and the units of a refused placement nobody
+//! retried come back. Uses a broker of its own: the shared one stays up.
 
 use orderflow_proto::order::v1::{OrderStatus, PayOrderRequest};
 use orderflow_tests::private::PrivateBroker;
@@ -16,6 +16,10 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
         kafka_brokers: Some(broker.address.clone()),
         kafka_ack_timeout_ms: Some(2_000),
         create_timeout_ms: Some(6_000),
+        inventory_args: vec![
+            "--orphan-grace-ms=500".into(),
+            "--reservation-sweep-interval-ms=200".into(),
+        ],
         ..Options::default()
     })
     .await;
@@ -49,13 +53,15 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
     let during = order_request("during", "frank", &[("SKU-B", 2)]);
     let refused = stack.create_order(during.clone()).await.unwrap_err();
     assert_status("broker down", &refused, Code::Unavailable, "broker");
+    // A buyer who gives up after the error, and never retries.
+    let abandoned = order_request("abandoned", "frank", &[("SKU-B", 1)]);
+    let refused = stack.create_order(abandoned).await.unwrap_err();
+    assert_status("broker down", &refused, Code::Unavailable, "broker");
 
+    // Their units stay held for their placements: with the broker down, nothing can show that
+    // the log holds no order for them.
     let stock = stack.stock("SKU-B").await;
-    assert_eq!(
-        (stock.available, stock.reserved, stock.sold),
-        (4, 0, 1),
-        "the refused order's reservation was released"
-    );
+    assert_eq!((stock.available, stock.reserved, stock.sold), (1, 3, 1));
     assert_eq!(
         stack.redis_keys("order:*").await.len(),
         1,
@@ -63,18 +69,39 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
     );
 
     broker.restart().await;
-    stack
+    let placed = stack
         .create_order_eventually("CreateOrder to succeed once the broker is back", during)
         .await;
-    let stock = stack.stock("SKU-B").await;
-    assert_eq!((stock.available, stock.reserved), (2, 2));
+    let back = std::time::Instant::now();
+    // The retry placed the order its key was bound to (its reservation, not a second one);
+    // the abandoned placement's unit comes back once the log is known to hold no order for it.
+    orderflow_tests::eventually(
+        "the abandoned placement's unit to come back",
+        std::time::Duration::from_secs(60),
+        || async {
+            let stock = stack.stock("SKU-B").await;
+            ((stock.available, stock.reserved, stock.sold) == (2, 2, 1)).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "the abandoned unit came back {:?} after the broker did",
+        back.elapsed()
+    );
     stack.wait_for_outbox_drained().await;
     assert_eq!(
         stack.published(orderflow_proto::topics::ORDER_PAID).await,
         1
     );
     stack.wait_for_persisted_orders(2).await;
-    // The refused attempt's event was purged, never sent late: two orders, two events.
+    let during_orders: Vec<(String, String)> = sqlx::query_as(
+        "SELECT order_id::text, status FROM orders WHERE idempotency_key = 'during'",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .expect("the orders of the retried key");
+    assert_eq!(during_orders, [(placed.order_id, "PENDING".to_owned())]);
+    // The refused attempts' events were never sent late: two orders, two events.
     assert_eq!(
         stack
             .published(orderflow_proto::topics::ORDER_CREATED)

@@ -1,13 +1,14 @@
 //! Inventory under contention, against real inventory-svc processes, PostgreSQL and Redis:
 //! flash sales never oversell, multi-SKU reservations are all or nothing, retries and
-//! settlements are idempotent, expired reservations give their stock back, and Redis losing
+//! settlements are idempotent, reservations no order confirmed give their stock back, and Redis losing
 //! its data mid-sale still sells no unit twice.
 
 use std::time::Duration;
 
 use futures::future::join_all;
 use orderflow_proto::inventory::v1::{
-    CommitRequest, ReconcileStockRequest, ReleaseRequest, ReservationState, ReserveRequest,
+    CommitRequest, ConfirmReservationsRequest, ReconcileStockRequest, ReleaseRequest,
+    ReservationState, ReserveRequest,
 };
 use orderflow_tests::inventory::{reserve_request, InventoryOptions, InventoryStack};
 use orderflow_tests::private::{PrivatePostgres, PrivateRedis};
@@ -214,11 +215,12 @@ async fn retries_reserve_once_and_settlements_follow_the_state_machine() {
 }
 
 #[tokio::test]
-async fn an_expired_reservation_returns_its_stock() {
+async fn a_reservation_no_order_confirms_returns_its_stock_and_a_confirmed_one_never_expires() {
     let stack = InventoryStack::start(processes_with(
         2,
         &[
             "--reservation-ttl-secs=1",
+            "--orphan-grace-ms=200",
             "--reservation-sweep-interval-ms=100",
         ],
     ))
@@ -227,30 +229,59 @@ async fn an_expired_reservation_returns_its_stock() {
     let mut client = stack.client(0);
     let kept = reserve_request(&[("EXP", 1)]);
     let forgotten = reserve_request(&[("EXP", 3)]);
-    client.reserve(kept.clone()).await.expect("Reserve");
-    client.reserve(forgotten.clone()).await.expect("Reserve");
+    let confirmed = reserve_request(&[("EXP", 1)]);
+    for request in [&kept, &forgotten, &confirmed] {
+        let reservation = client
+            .reserve(request.clone())
+            .await
+            .expect("Reserve")
+            .into_inner()
+            .reservation
+            .expect("a reservation");
+        assert!(!reservation.confirmed);
+    }
     client
         .commit(CommitRequest {
             order_id: kept.order_id.clone(),
         })
         .await
         .expect("Commit");
-    assert_counters_agree(&stack, "EXP", [1, 3, 1]).await;
+    // An order that exists claims its reservation: from now on only the order settles it.
+    let answer = client
+        .confirm_reservations(ConfirmReservationsRequest {
+            order_ids: vec![confirmed.order_id.clone(), kept.order_id.clone()],
+        })
+        .await
+        .expect("ConfirmReservations")
+        .into_inner();
+    let states: Vec<(bool, ReservationState)> = answer
+        .reservations
+        .iter()
+        .map(|reservation| (reservation.confirmed, reservation.state()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (true, ReservationState::Reserved),
+            (false, ReservationState::Committed)
+        ]
+    );
+    assert_counters_agree(&stack, "EXP", [0, 4, 1]).await;
 
     eventually(
-        "the expired reservation to give its units back",
+        "the reservation no order confirmed to give its units back",
         Duration::from_secs(20),
-        || async { (stack.durable_counters("EXP").await == [4, 0, 1]).then_some(()) },
+        || async { (stack.durable_counters("EXP").await == [3, 1, 1]).then_some(()) },
     )
     .await;
-    assert_counters_agree(&stack, "EXP", [4, 0, 1]).await;
+    assert_counters_agree(&stack, "EXP", [3, 1, 1]).await;
     let reason: String =
         sqlx::query_scalar("SELECT release_reason FROM reservations WHERE order_id = $1::uuid")
             .bind(&forgotten.order_id)
             .fetch_one(&stack.db)
             .await
-            .expect("the expired reservation");
-    assert_eq!(reason, "expired");
+            .expect("the released reservation");
+    assert!(reason.starts_with("orphaned"), "{reason}");
     let late = client
         .commit(CommitRequest {
             order_id: forgotten.order_id,
@@ -258,11 +289,21 @@ async fn an_expired_reservation_returns_its_stock() {
         .await
         .unwrap_err();
     assert_status(
-        "pay after expiry",
+        "pay after release",
         &late,
         Code::FailedPrecondition,
         "released",
     );
+    // Long past its hold, the confirmed reservation is still held: its order decides.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_counters_agree(&stack, "EXP", [3, 1, 1]).await;
+    client
+        .commit(CommitRequest {
+            order_id: confirmed.order_id,
+        })
+        .await
+        .expect("Commit of the confirmed reservation");
+    assert_counters_agree(&stack, "EXP", [3, 0, 2]).await;
     assert_eq!(stack.refusals().await, 0);
 }
 

@@ -130,11 +130,14 @@ async fn with_authentication_on_it_sends_the_buyer_and_admin_tokens() {
     let tokens = dir.join("tokens");
     std::fs::write(
         &tokens,
-        "t-buyer buyer orders\nt-ops ops admin\nt-order-api order-api inventory\n",
+        "t-buyer buyer orders\nt-ops ops admin\nt-order-api order-api inventory\n\
+         t-worker consumer-worker inventory\n",
     )
     .expect("writing the tokens file");
     let service_token = dir.join("order-api-token");
     std::fs::write(&service_token, "t-order-api\n").expect("writing order-api's token");
+    let worker_token = dir.join("worker-token");
+    std::fs::write(&worker_token, "t-worker\n").expect("writing the worker's token");
     let auth = format!("--auth-tokens-file={}", tokens.display());
     let stack = Stack::start_with(Options {
         order_args: vec![
@@ -143,6 +146,7 @@ async fn with_authentication_on_it_sends_the_buyer_and_admin_tokens() {
         ],
         inventory_args: vec![auth.clone()],
         notify_args: vec![auth],
+        worker_args: vec![format!("--inventory-token-file={}", worker_token.display())],
         ..Options::default()
     })
     .await;

@@ -38,6 +38,7 @@ async fn tls_serves_only_clients_that_trust_the_server() {
         inventory_args: pki.server_args(false),
         inventory_client_tls: Some(pki.client(false)),
         order_args: vec![format!("--inventory-ca-file={}", pki.path("ca.pem"))],
+        worker_args: vec![format!("--inventory-ca-file={}", pki.path("ca.pem"))],
         ..Options::default()
     })
     .await;
@@ -65,6 +66,8 @@ async fn tls_serves_only_clients_that_trust_the_server() {
         .await
         .expect("CreateOrder over TLS to inventory-svc");
     assert_eq!(order.total_cents, 200);
+    // consumer-worker confirms the order's reservation over TLS too, then persists it.
+    stack.wait_for_persisted_orders(1).await;
     stack.stop().await;
 }
 
@@ -74,11 +77,8 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
     let stack = Stack::start_with(Options {
         inventory_args: pki.server_args(true),
         inventory_client_tls: Some(pki.client(true)),
-        order_args: vec![
-            format!("--inventory-ca-file={}", pki.path("ca.pem")),
-            format!("--inventory-client-cert-file={}", pki.path("client.pem")),
-            format!("--inventory-client-key-file={}", pki.path("client-key.pem")),
-        ],
+        order_args: client_certificate_args(&pki),
+        worker_args: client_certificate_args(&pki),
         ..Options::default()
     })
     .await;
@@ -117,5 +117,15 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
         .create_order(order_request("mtls-1", "buyer-mtls", &[("TLS-1", 1)]))
         .await
         .expect("CreateOrder with order-api's client certificate");
+    stack.wait_for_persisted_orders(1).await;
     stack.stop().await;
+}
+
+/// A client of inventory-svc that trusts its CA and presents a certificate from it.
+fn client_certificate_args(pki: &Pki) -> Vec<String> {
+    vec![
+        format!("--inventory-ca-file={}", pki.path("ca.pem")),
+        format!("--inventory-client-cert-file={}", pki.path("client.pem")),
+        format!("--inventory-client-key-file={}", pki.path("client-key.pem")),
+    ]
 }

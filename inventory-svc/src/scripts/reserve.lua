@@ -1,14 +1,13 @@
 -- Admits every item of one order, or none, in one atomic step: the fast gate of a flash sale.
 -- KEYS[1]     the order's reservation hash
--- KEYS[2]     the sorted set of admissions not yet recorded in PostgreSQL (score: unix ms)
+-- KEYS[2]     the sorted set of admissions not yet recorded in PostgreSQL (score: Redis's
+--             own clock, unix ms, so every process compares admission ages on one clock)
 -- KEYS[3..n]  the stock hash of each item, in request order
 -- ARGV[1]     how long to keep the reservation hash (ms)
--- ARGV[2]     when the reservation expires (unix ms)
--- ARGV[3]     now (unix ms)
--- ARGV[4]     the order id
--- ARGV[5..]   sku, quantity of each item, in the same order
+-- ARGV[2]     the order id
+-- ARGV[3..]   sku, quantity of each item, in the same order
 -- Replies (all strings):
---   {"admitted"|"existing", state, expires_at, sku, quantity, unit_price, ...}
+--   {"admitted"|"existing", state, sku, quantity, unit_price, ...}
 --   {"missing", item_index}                 no counters for that SKU
 --   {"short", item_index, available}        not enough stock for that SKU
 -- A new reservation starts "admitting" and is listed in KEYS[2]: PostgreSQL has not recorded it
@@ -17,8 +16,7 @@
 local reservation = KEYS[1]
 
 local function answer(kind)
-  local reply = {kind, redis.call('HGET', reservation, 'state'),
-                 redis.call('HGET', reservation, 'expires_at')}
+  local reply = {kind, redis.call('HGET', reservation, 'state')}
   local fields = redis.call('HGETALL', reservation)
   for i = 1, #fields, 2 do
     if string.sub(fields[i], 1, 5) == 'item:' then
@@ -43,19 +41,20 @@ for i = 3, #KEYS do
   if not stock[1] or not stock[2] then
     return {'missing', tostring(i - 3)}
   end
-  if tonumber(stock[1]) < tonumber(ARGV[2 * i]) then
+  if tonumber(stock[1]) < tonumber(ARGV[2 * i - 2]) then
     return {'short', tostring(i - 3), stock[1]}
   end
   prices[i] = stock[2]
 end
 
-redis.call('HSET', reservation, 'state', 'admitting', 'expires_at', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+local now = redis.call('TIME')
+redis.call('HSET', reservation, 'state', 'admitting')
+redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[2])
 for i = 3, #KEYS do
-  local quantity = tonumber(ARGV[2 * i])
+  local quantity = tonumber(ARGV[2 * i - 2])
   redis.call('HINCRBY', KEYS[i], 'available', -quantity)
   redis.call('HINCRBY', KEYS[i], 'reserved', quantity)
-  redis.call('HSET', reservation, 'item:' .. ARGV[2 * i - 1], ARGV[2 * i] .. ':' .. prices[i])
+  redis.call('HSET', reservation, 'item:' .. ARGV[2 * i - 3], ARGV[2 * i - 2] .. ':' .. prices[i])
 end
 redis.call('PEXPIRE', reservation, ARGV[1])
 return answer('admitted')

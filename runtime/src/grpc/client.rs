@@ -19,7 +19,48 @@ pub struct Outbound {
     authorization: Option<http::HeaderValue>,
 }
 
+/// HTTP/2 pings on an idle connection to another service: a peer that died or a link that was
+/// cut is noticed within interval + timeout, not at the next call's deadline.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Outbound {
+    /// A lazily connected channel to inventory-svc as `args` describe it: TLS, the bearer
+    /// token, a bound on every call, keepalive pings.
+    pub fn to_inventory(
+        args: &crate::config::InventoryClientArgs,
+    ) -> Result<Self, crate::RuntimeError> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(args.inventory_url.clone())?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_millis(
+                args.inventory_timeout_ms.max(1),
+            ))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        if let Some(tls) = crate::tls::client_config(
+            "inventory",
+            args.inventory_ca_file.as_deref(),
+            args.inventory_client_cert_file.as_deref(),
+            args.inventory_client_key_file.as_deref(),
+        )? {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = Self::new(endpoint.connect_lazy());
+        match &args.inventory_token_file {
+            None => Ok(channel),
+            Some(path) => {
+                let token = std::fs::read_to_string(path).map_err(|error| {
+                    crate::RuntimeError::Config(format!(
+                        "--inventory-token-file {}: {error}",
+                        path.display()
+                    ))
+                })?;
+                channel.with_bearer_token(&token)
+            }
+        }
+    }
+
     pub fn new(inner: Channel) -> Self {
         Self {
             inner,

@@ -4,6 +4,7 @@
 
 mod authorize;
 pub mod client;
+pub mod deadline;
 mod gate;
 mod observe;
 mod shed;

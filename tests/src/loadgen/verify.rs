@@ -72,7 +72,8 @@ pub struct OrderRow {
     pub status: OrderStatus,
     pub version: i64,
     pub total_cents: i64,
-    pub cancel_reason: Option<String>,
+    /// Recorded without stock: its reservation was given back before its event was applied.
+    pub voided: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -127,8 +128,6 @@ fn status_of(name: &str) -> OrderStatus {
     order_status::from_db(name).unwrap_or(OrderStatus::Unspecified)
 }
 
-const STOCK_NOT_HELD: &str = "stock_not_held";
-
 /// Polls until every acknowledged order is persisted, none of their events or stock
 /// settlements is pending, and every status they had has its notification; how long it took.
 pub async fn drain(
@@ -181,9 +180,9 @@ pub async fn load(
     acknowledged: &[Uuid],
     skus: &[String],
 ) -> anyhow::Result<Facts> {
-    type Row = (Uuid, String, String, String, i64, i64, Option<String>);
+    type Row = (Uuid, String, String, String, i64, i64, bool);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT order_id, user_id, idempotency_key, status, version, total_cents, cancel_reason \
+        "SELECT order_id, user_id, idempotency_key, status, version, total_cents, voided \
          FROM orders WHERE idempotency_key LIKE $1 OR order_id = ANY($2)",
     )
     .bind(format!("{run}-%"))
@@ -193,16 +192,14 @@ pub async fn load(
     let orders: Vec<OrderRow> = rows
         .into_iter()
         .map(
-            |(order_id, user_id, idempotency_key, status, version, total_cents, cancel_reason)| {
-                OrderRow {
-                    order_id,
-                    user_id,
-                    idempotency_key,
-                    status: status_of(&status),
-                    version,
-                    total_cents,
-                    cancel_reason,
-                }
+            |(order_id, user_id, idempotency_key, status, version, total_cents, voided)| OrderRow {
+                order_id,
+                user_id,
+                idempotency_key,
+                status: status_of(&status),
+                version,
+                total_cents,
+                voided,
             },
         )
         .collect();
@@ -405,8 +402,7 @@ fn one_per_key(ledger: &LedgerInner, facts: &Facts) -> Check {
     let unsure: HashSet<&str> = ledger.unsure_keys.iter().map(String::as_str).collect();
     let mut unacknowledged = 0;
     for row in &facts.orders {
-        let not_held = row.cancel_reason.as_deref() == Some(STOCK_NOT_HELD);
-        if !not_held {
+        if !row.voided {
             *per_key
                 .entry((&row.user_id, &row.idempotency_key))
                 .or_default() += 1;
@@ -416,10 +412,9 @@ fn one_per_key(ledger: &LedgerInner, facts: &Facts) -> Check {
         }
         unacknowledged += 1;
         // The one documented way an order nobody acknowledged reaches PostgreSQL: the broker
-        // kept an event whose ack was lost; the client heard an error and the order is void.
-        let explained = not_held
-            && row.status == OrderStatus::Cancelled
-            && unsure.contains(row.idempotency_key.as_str());
+        // kept an event whose ack was lost, and its client heard an error and never retried
+        // the key (a retry would have answered that order).
+        let explained = unsure.contains(row.idempotency_key.as_str());
         if !explained {
             check.fail(format!(
                 "order {} ({}) is in PostgreSQL as {:?} but was never acknowledged",
@@ -433,8 +428,8 @@ fn one_per_key(ledger: &LedgerInner, facts: &Facts) -> Check {
         }
     }
     check.done(format!(
-        "{} keys, one order each; {unacknowledged} unacknowledged orders (all void: \
-         stock_not_held)",
+        "{} keys, one order each; {unacknowledged} unacknowledged orders (all of keys whose \
+         client heard an error and did not retry)",
         ledger.by_key.len()
     ))
 }
@@ -459,11 +454,7 @@ fn no_oversell(ledger: &LedgerInner, facts: &Facts, expected: &Expected) -> Chec
     );
     if let Some(sale) = &expected.flash_sale {
         let acknowledged = ledger.placed.len() as i64;
-        let persisted = facts
-            .orders
-            .iter()
-            .filter(|row| row.cancel_reason.as_deref() != Some(STOCK_NOT_HELD))
-            .count() as i64;
+        let persisted = facts.orders.iter().filter(|row| !row.voided).count() as i64;
         if acknowledged > sale.units || persisted > sale.units {
             check.fail(format!(
                 "{acknowledged} orders acknowledged, {persisted} in PostgreSQL, for {} units",
@@ -659,8 +650,7 @@ fn history_forward(ledger: &LedgerInner, facts: &Facts, expected: &Expected) -> 
         let first_ok = match history.first() {
             Some(first) => {
                 first.status == OrderStatus::Pending
-                    || (first.status == OrderStatus::Cancelled
-                        && row.cancel_reason.as_deref() == Some(STOCK_NOT_HELD))
+                    || (first.status == OrderStatus::Cancelled && row.voided)
             }
             None => false,
         };
@@ -904,7 +894,7 @@ mod tests {
                 status: OrderStatus::Paid,
                 version: 2,
                 total_cents: 200,
-                cancel_reason: None,
+                voided: false,
             }],
             items: HashMap::from([(order_id, vec![("S".into(), 2, 100)])]),
             history: HashMap::from([(
@@ -1018,7 +1008,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unacknowledged_order_is_allowed_only_void() {
+    fn an_unacknowledged_order_is_allowed_only_for_a_key_whose_client_heard_an_error() {
         let (mut ledger, mut facts, expected) = paid_order();
         let ghost = Uuid::now_v7();
         facts.orders.push(OrderRow {
@@ -1028,7 +1018,7 @@ mod tests {
             status: OrderStatus::Cancelled,
             version: 1,
             total_cents: 100,
-            cancel_reason: Some(STOCK_NOT_HELD.into()),
+            voided: true,
         });
         facts.history.insert(
             ghost,

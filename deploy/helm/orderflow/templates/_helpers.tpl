@@ -109,7 +109,7 @@ inventory-svc:
   grpcService: orderflow.inventory.v1.InventoryService
   service: true
   redis: true
-  kafka: false
+  kafka: true
 notify-svc:
   values: notifySvc
   binary: notify-svc
@@ -230,7 +230,7 @@ migration Job passes "job" true and its "databaseSecret": it gets the PostgreSQL
 {{- if $v.auth.tokens.existingSecret }}
 {{- $auth = append $auth (dict "env" "ORDERFLOW_AUTH_TOKENS_FILE" "path" "tokens" "secret" $v.auth.tokens.existingSecret "key" $v.auth.tokens.existingSecretKey) }}
 {{- end }}
-{{- if and (eq .component "order-api") $v.auth.inventoryToken.existingSecret }}
+{{- if and (has .component (list "order-api" "consumer-worker")) $v.auth.inventoryToken.existingSecret }}
 {{- $auth = append $auth (dict "env" "ORDERFLOW_INVENTORY_TOKEN_FILE" "path" "inventory-token" "secret" $v.auth.inventoryToken.existingSecret "key" $v.auth.inventoryToken.existingSecretKey) }}
 {{- end }}
 {{- $_ := set $groups "auth" $auth }}
@@ -311,7 +311,7 @@ reads them; 0400 would leave them to root alone.
 {{- fail "auth.enabled: set auth.jwt.existingSecret (a JWT verification key) and/or auth.tokens.existingSecret (static tokens)" }}
 {{- end }}
 {{- if and $a.enabled (not $a.inventoryToken.existingSecret) }}
-{{- fail "auth.enabled: set auth.inventoryToken.existingSecret, the token (scope inventory) order-api presents to inventory-svc, which otherwise refuses its calls" }}
+{{- fail "auth.enabled: set auth.inventoryToken.existingSecret, the token (scope inventory) order-api and consumer-worker present to inventory-svc, which otherwise refuses their calls" }}
 {{- end }}
 {{- $t := .Values.tracing }}
 {{- if and $t.enabled (not $t.otlpEndpoint) }}
