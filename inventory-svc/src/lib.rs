@@ -53,10 +53,10 @@ pub struct Config {
     #[command(flatten)]
     pub serving: ServingArgs,
 
-    /// The longest a reservation is held for a placement that no order has confirmed; a
-    /// caller's shorter deadline (order-api sends what is left of its --create-timeout-ms) holds
-    /// it less. Keep it above order-api's --create-timeout-ms. A reservation an order confirmed
-    /// never expires: its order's payment or cancellation ends it.
+    /// How long a reservation is held for a caller that sent no deadline, unless an order
+    /// confirms it. A caller's deadline (order-api sends what is left of its
+    /// --create-timeout-ms) holds it that long instead. Either way plus --orphan-grace-ms; a
+    /// reservation an order confirmed never expires: its order's payment or cancellation ends it.
     #[arg(
         long,
         env = "ORDERFLOW_RESERVATION_TTL_SECS",

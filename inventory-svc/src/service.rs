@@ -28,8 +28,8 @@ use crate::stock::{self, Line, ReservationState, ReservedLine, Settlement, Stock
 /// How long reservations are held and remembered.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetimes {
-    /// The longest a reservation is held for a placement that no order has confirmed (a
-    /// caller's shorter deadline holds it less).
+    /// How long a reservation is held for a placement that sent no deadline, unless an order
+    /// confirms it.
     pub reservation: Duration,
     /// Added to the placement's deadline: a publish the placement sent just before its
     /// deadline may still be on its way to the broker.
@@ -40,12 +40,11 @@ pub struct Lifetimes {
 
 impl Lifetimes {
     /// How long a reservation is held for a placement whose caller allows it `caller_timeout`:
-    /// as long as that placement may still publish its order, plus the grace period.
+    /// as long as that placement may still publish its order, plus the grace period. Never
+    /// less: a placement acknowledged after its stock was given back would be an order without
+    /// stock.
     pub fn hold(&self, caller_timeout: Option<Duration>) -> Duration {
-        caller_timeout
-            .unwrap_or(self.reservation)
-            .min(self.reservation)
-            + self.grace
+        caller_timeout.unwrap_or(self.reservation) + self.grace
     }
 }
 

@@ -170,6 +170,16 @@ impl OrderCache {
             _ => Ok(None),
         }
     }
+
+    /// Drops the cached copy of an order whose cached state is no longer true (an order
+    /// persisted voided): readers then go to PostgreSQL.
+    pub async fn remove(&self, order_id: Uuid) -> Result<(), OrderError> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.key(&order_id.to_string()))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
 }
 
 fn decode(order_id: &str, bytes: &[u8]) -> Result<Order, OrderError> {

@@ -88,10 +88,19 @@ impl Transitions {
                 let persisted = deadline
                     .run(
                         "persisting the order from the cache",
-                        self.persist_placed(&mut tx, order_id, deadline),
+                        self.persist_placed(order_id, deadline),
                     )
                     .await??;
-                match persisted {
+                if !persisted {
+                    return Ok(None);
+                }
+                let locked = deadline
+                    .run(
+                        "locking the order in PostgreSQL",
+                        store::lock(&mut tx, order_id, false),
+                    )
+                    .await??;
+                match locked {
                     Some(locked) => locked,
                     None => return Ok(None),
                 }
@@ -139,28 +148,26 @@ impl Transitions {
         Ok(Some(change.order))
     }
 
-    /// Persists an order only the cache has (consumer-worker has not written it yet) and locks
-    /// it: voided if inventory-svc no longer holds its stock. `None` if the cache does not have
-    /// it either, or another live order holds its idempotency key.
+    /// Persists an order only the cache has (consumer-worker has not written it yet), in a
+    /// transaction of its own: it stands whatever the change then decides. Voided if
+    /// inventory-svc no longer holds its stock (and then dropped from the cache, whose pending
+    /// copy is no longer true). `false` if the cache does not have it either, or another live
+    /// order holds its idempotency key.
     async fn persist_placed(
         &self,
-        conn: &mut PgConnection,
         order_id: Uuid,
         deadline: CallDeadline,
-    ) -> Result<Option<store::Locked>, OrderError> {
+    ) -> Result<bool, OrderError> {
         let Some((order, idempotency_key)) = self.cache.placed(order_id).await? else {
-            return Ok(None);
+            return Ok(false);
         };
         let row = OrderRow::from_order(&order, &idempotency_key).map_err(|reason| {
             OrderError::Internal(format!(
                 "cached order {order_id} cannot be persisted: {reason}"
             ))
         })?;
-        order_rows::lock_keys(
-            &mut *conn,
-            [(row.user_id.as_str(), idempotency_key.as_str())],
-        )
-        .await?;
+        let mut tx = self.store.pool().begin().await?;
+        order_rows::lock_keys(&mut tx, [(row.user_id.as_str(), idempotency_key.as_str())]).await?;
         // At most half the budget: without an answer the change goes on (below).
         let held = order_rows::stock_held(
             &mut self.inventory.clone(),
@@ -178,9 +185,14 @@ impl Transitions {
                 false
             }
         };
-        // Not inserted: consumer-worker just did, and the lock below finds its row.
-        order_rows::insert(conn, &row, voided).await?;
-        store::lock(conn, order_id, false).await
+        // Not inserted: consumer-worker just did, or another order holds the key.
+        let inserted = order_rows::insert(&mut tx, &row, voided).await?;
+        tx.commit().await?;
+        if inserted && voided {
+            tracing::warn!(%order_id, "cached order persisted voided: its stock was given back");
+            self.cache.remove(order_id).await?;
+        }
+        Ok(true)
     }
 }
 

@@ -48,12 +48,19 @@ pub fn identifier(field: &str, value: &str, max_len: usize) -> Result<(), FieldE
     Ok(())
 }
 
-/// Free text (a reason) of at most `max_len` bytes; empty is allowed.
+/// Free text (a reason) of at most `max_len` bytes; empty is allowed. No NUL character:
+/// PostgreSQL refuses it in text, so it could never be stored.
 pub fn text(field: &str, value: &str, max_len: usize) -> Result<(), FieldError> {
     if value.len() > max_len {
         return Err(FieldError::new(
             field,
             format!("must be at most {max_len} bytes, got {}", value.len()),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(FieldError::new(
+            field,
+            "must not contain the NUL character (U+0000)",
         ));
     }
     Ok(())
@@ -126,6 +133,17 @@ mod tests {
         );
         assert!(identifier("sku", "a b", 8).is_err());
         assert!(identifier("sku", "a\u{0}", 8).is_err());
+    }
+
+    #[test]
+    fn texts() {
+        assert!(text("reason", "", 8).is_ok());
+        assert!(text("reason", "line\nbreak", 16).is_ok());
+        assert_eq!(
+            text("reason", "a\u{0}b", 8).unwrap_err().to_string(),
+            "reason: must not contain the NUL character (U+0000)"
+        );
+        assert!(text("reason", "123456789", 8).is_err());
     }
 
     #[test]

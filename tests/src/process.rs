@@ -73,6 +73,15 @@ impl ServiceProcess {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// Waits for the process to end by itself (a crash it was made to have), failing the test
+    /// after `timeout`.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} still runs after {timeout:?}", self.name))
+            .unwrap_or_else(|error| panic!("waiting for {}: {error}", self.name));
+    }
+
     /// SIGKILL, like a crash: nothing is committed or closed cleanly.
     pub async fn kill(&mut self) {
         self.child

@@ -11,7 +11,7 @@ use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceCl
 use orderflow_proto::inventory::v1::{GetStockRequest, Stock};
 use orderflow_proto::notify::v1::notification_service_client::NotificationServiceClient;
 use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
-use orderflow_proto::order::v1::{CreateOrderRequest, Order};
+use orderflow_proto::order::v1::{CreateOrderRequest, Order, PayOrderRequest};
 use orderflow_runtime::RuntimeError;
 use redis::AsyncCommands;
 use sqlx::PgPool;
@@ -47,6 +47,9 @@ pub struct Options {
     pub extra_order_apis: usize,
     /// order-api reaches inventory-svc through a [`Link`] the test can cut.
     pub inventory_link: bool,
+    /// order-api reaches Redis through a [`Link`] the test can cut or stall
+    /// (`Stack::order_redis_link`); not with a Redis Cluster.
+    pub order_redis_link: bool,
     /// More inventory-svc flags, e.g. `--tls-cert-file=…`.
     pub inventory_args: Vec<String>,
     /// inventory-svc speaks TLS: order-api and the test reach it over `https://`, the test's own
@@ -112,6 +115,10 @@ pub struct Stack {
     pub replicas: Vec<OrderServiceClient<Channel>>,
     /// The link between order-api and inventory-svc (`Options::inventory_link`).
     pub inventory_link: Option<Link>,
+    /// The link between order-api and Redis (`Options::order_redis_link`).
+    pub order_redis_link: Option<Link>,
+    /// The flags of this stack's order-api, except `--listen` (for [`Stack::start_order_api`]).
+    pub order_args: Vec<String>,
     /// The link between consumer-worker and PostgreSQL (`Options::worker_database_link`).
     pub worker_database_link: Option<Link>,
     /// The flags of this stack's consumer-worker, except `--listen`.
@@ -274,9 +281,29 @@ impl Stack {
 
         let order_listener = listener().await;
         let order_address = order_listener.local_addr().expect("local address");
+        let order_redis_link = if options.order_redis_link {
+            let address = redis_url
+                .trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .parse()
+                .unwrap_or_else(|error| panic!("Redis URL {redis_url:?}: {error}"));
+            Some(Link::start(address).await)
+        } else {
+            None
+        };
+        let order_redis_args: Vec<String> = match &order_redis_link {
+            Some(link) => redis_args
+                .iter()
+                .map(|arg| match arg.strip_prefix("--redis-url=") {
+                    Some(_) => format!("--redis-url=redis://{}", link.address),
+                    None => arg.clone(),
+                })
+                .collect(),
+            None => redis_args.to_vec(),
+        };
         let mut order_args: Vec<String> = std::iter::once("order-api".to_owned())
             .chain(shared.iter().cloned())
-            .chain(redis_args.iter().cloned())
+            .chain(order_redis_args)
             .chain(kafka_args.iter().cloned())
             .chain([metrics_listen(|all| all.order_api)])
             .chain(options.order_args.iter().cloned())
@@ -412,6 +439,13 @@ impl Stack {
         let mut stack = Self {
             order: OrderServiceClient::new(channel(order_address)),
             inventory_link,
+            order_redis_link,
+            order_args: order_args
+                .iter()
+                .skip(1)
+                .filter(|arg| !arg.starts_with("--metrics-listen="))
+                .cloned()
+                .collect(),
             worker_database_link,
             worker_args,
             workers: worker_addresses.clone(),
@@ -506,6 +540,22 @@ impl Stack {
             .await;
     }
 
+    /// Another order-api of this stack (same database, Redis prefix, topics) as its own process
+    /// with `extra` flags added, e.g. a fault to inject (`--test-fault=…`); returns once it
+    /// serves.
+    pub async fn start_order_api(&self, extra: &[&str]) -> ServiceProcess {
+        let free = || SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
+        let (address, metrics) = (free(), free());
+        let args: Vec<String> = self
+            .order_args
+            .iter()
+            .cloned()
+            .chain([format!("--metrics-listen={metrics}")])
+            .chain(extra.iter().map(|arg| (*arg).to_owned()))
+            .collect();
+        ServiceProcess::start("order-api", &args, &[], address, ORDER_SERVICE).await
+    }
+
     /// Shuts every service down as SIGTERM would and waits until each returned cleanly.
     pub async fn stop(mut self) {
         for process in std::mem::take(&mut self.processes) {
@@ -588,6 +638,50 @@ impl Stack {
             .into_inner()
             .stock
             .expect("GetStock answered no stock")
+    }
+
+    /// `available`, `reserved`, `sold` of `sku` in PostgreSQL (the truth; `stock` reads Redis).
+    pub async fn durable_stock(&self, sku: &str) -> (i64, i64, i64) {
+        sqlx::query_as("SELECT available, reserved, sold FROM skus WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&self.db)
+            .await
+            .unwrap_or_else(|error| panic!("the row of SKU {sku}: {error}"))
+    }
+
+    /// PayOrder for the whole total of `order`.
+    pub async fn pay_order(&self, order: &Order, payment_id: &str) -> Result<Order, Status> {
+        self.order
+            .clone()
+            .pay_order(PayOrderRequest {
+                order_id: order.order_id.clone(),
+                payment_id: payment_id.into(),
+                amount_cents: order.total_cents,
+            })
+            .await
+            .map(|answer| {
+                answer
+                    .into_inner()
+                    .order
+                    .expect("PayOrder answered no order")
+            })
+    }
+
+    /// The persisted orders of `user_id` under `idempotency_key`: (order id, status, voided).
+    pub async fn orders_of_key(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Vec<(String, String, bool)> {
+        sqlx::query_as(
+            "SELECT order_id::text, status, voided FROM orders \
+             WHERE user_id = $1 AND idempotency_key = $2 ORDER BY created_at",
+        )
+        .bind(user_id)
+        .bind(idempotency_key)
+        .fetch_all(&self.db)
+        .await
+        .expect("the orders of a key")
     }
 
     /// Number of orders persisted in this test's database.

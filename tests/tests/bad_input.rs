@@ -1,7 +1,8 @@
 //! Bad input gets INVALID_ARGUMENT or NOT_FOUND naming the field, and writes nothing anywhere.
 
 use orderflow_proto::inventory::v1::{
-    BatchGetStockRequest, CommitRequest, ReleaseRequest, SetStockRequest,
+    BatchGetStockRequest, CommitRequest, ConfirmReservationsRequest, ReleaseRequest,
+    SetStockRequest,
 };
 use orderflow_proto::order::v1::{CreateOrderRequest, GetOrderRequest};
 use orderflow_tests::inventory::reserve_request_for;
@@ -273,6 +274,25 @@ async fn bad_inventory_requests_are_refused_naming_the_field() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    for (order_ids, message) in [
+        (vec![], "order_ids: must hold 1 to 500 ids, got 0"),
+        (
+            vec![order_id.clone(), "nope".into()],
+            "order_ids[1]: \"nope\" is not a valid id",
+        ),
+    ] {
+        let status = inventory
+            .confirm_reservations(ConfirmReservationsRequest { order_ids })
+            .await
+            .unwrap_err();
+        assert_status(
+            "ConfirmReservations",
+            &status,
+            Code::InvalidArgument,
+            message,
+        );
+    }
 
     let stock = stack.stock("GOOD-2").await;
     assert_eq!((stock.available, stock.reserved), (10, 0));
