@@ -55,6 +55,16 @@ pub struct Config {
     #[command(flatten)]
     pub inventory: InventoryClientArgs,
 
+    /// Longest wait for inventory-svc to confirm a batch's new orders' reservations; past it
+    /// the batch is tried again later (it holds the orders' key locks meanwhile, which an
+    /// order-api persisting one of them waits for).
+    #[arg(
+        long,
+        env = "ORDERFLOW_WORKER_CONFIRM_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub confirm_timeout_ms: u64,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

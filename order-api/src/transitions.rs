@@ -27,6 +27,9 @@ use crate::followups::{Followups, SETTLE_GRACE_MS};
 use crate::lifecycle::{self, Action, Change, Decision};
 use crate::store::{self, OrderStore};
 
+/// Longest wait for inventory-svc to confirm the reservation of a cached order being persisted.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// PostgreSQL `NOTIFY` channel announcing `order_id` after each committed status change.
 pub const CHANGES_CHANNEL: &str = "orderflow_order_changes";
 
@@ -69,22 +72,14 @@ impl Transitions {
         deadline: CallDeadline,
         locking: Locking,
     ) -> Result<Option<Order>, OrderError> {
-        let mut tx = deadline
-            .run(
-                "starting a PostgreSQL transaction",
-                self.store.pool().begin(),
-            )
-            .await??;
-        let locked = deadline
-            .run(
-                "locking the order in PostgreSQL",
-                store::lock(&mut tx, order_id, locking == Locking::Skip),
-            )
-            .await??;
+        let (mut tx, locked) = self.begin_locked(order_id, deadline, locking).await?;
         let current = match locked {
             Some(locked) => locked,
             None if locking == Locking::Skip => return Ok(None),
             None => {
+                // One connection at a time per change: holding this transaction open while
+                // persisting in another could exhaust the pool with changes waiting on each other.
+                drop(tx);
                 let persisted = deadline
                     .run(
                         "persisting the order from the cache",
@@ -94,12 +89,8 @@ impl Transitions {
                 if !persisted {
                     return Ok(None);
                 }
-                let locked = deadline
-                    .run(
-                        "locking the order in PostgreSQL",
-                        store::lock(&mut tx, order_id, false),
-                    )
-                    .await??;
+                let (again, locked) = self.begin_locked(order_id, deadline, locking).await?;
+                tx = again;
                 match locked {
                     Some(locked) => locked,
                     None => return Ok(None),
@@ -148,6 +139,34 @@ impl Transitions {
         Ok(Some(change.order))
     }
 
+    /// A transaction with the order's row locked (`None`: no such row, or skipped).
+    async fn begin_locked(
+        &self,
+        order_id: Uuid,
+        deadline: CallDeadline,
+        locking: Locking,
+    ) -> Result<
+        (
+            sqlx::Transaction<'static, sqlx::Postgres>,
+            Option<store::Locked>,
+        ),
+        OrderError,
+    > {
+        let mut tx = deadline
+            .run(
+                "starting a PostgreSQL transaction",
+                self.store.pool().begin(),
+            )
+            .await??;
+        let locked = deadline
+            .run(
+                "locking the order in PostgreSQL",
+                store::lock(&mut tx, order_id, locking == Locking::Skip),
+            )
+            .await??;
+        Ok((tx, locked))
+    }
+
     /// Persists an order only the cache has (consumer-worker has not written it yet), in a
     /// transaction of its own: it stands whatever the change then decides. Voided if
     /// inventory-svc no longer holds its stock (and then dropped from the cache, whose pending
@@ -168,11 +187,11 @@ impl Transitions {
         })?;
         let mut tx = self.store.pool().begin().await?;
         order_rows::lock_keys(&mut tx, [(row.user_id.as_str(), idempotency_key.as_str())]).await?;
-        // At most half the budget: without an answer the change goes on (below).
+        // Briefly: without an answer the change goes on (below).
         let held = order_rows::stock_held(
             &mut self.inventory.clone(),
             &[order_id],
-            deadline.remaining() / 2,
+            (deadline.remaining() / 4).min(CONFIRM_WAIT),
         )
         .await;
         let voided = match held {

@@ -40,7 +40,15 @@ pub async fn stock_held(
             order_ids: chunk.iter().map(Uuid::to_string).collect(),
         });
         request.set_timeout(timeout);
-        let answer = inventory.confirm_reservations(request).await?.into_inner();
+        // The header tells inventory-svc; the client does not enforce it by itself.
+        let answer = tokio::time::timeout(timeout, inventory.confirm_reservations(request))
+            .await
+            .map_err(|_| {
+                tonic::Status::deadline_exceeded(format!(
+                    "inventory-svc did not confirm reservations within {timeout:?}"
+                ))
+            })??
+            .into_inner();
         held.extend(
             answer
                 .reservations

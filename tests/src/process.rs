@@ -8,13 +8,18 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// The built binary `name` next to the running test binary (`target/<profile>/<name>`).
+/// The built binary `name` next to the running test binary (`target/<profile>/deps/…`) or tool
+/// (`target/<profile>/loadgen`): `target/<profile>/<name>`.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let test = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = test
+    let running = std::env::current_exe().expect("the running binary's path");
+    let parent = running
         .parent()
-        .and_then(std::path::Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
+        .expect("the running binary lives in target/<profile>");
+    let profile_dir = if parent.ends_with("deps") {
+        parent.parent().unwrap_or(parent)
+    } else {
+        parent
+    };
     let binary = profile_dir.join(name);
     assert!(
         binary.exists(),
@@ -28,6 +33,10 @@ pub struct ServiceProcess {
     child: Child,
     name: String,
     pub address: SocketAddr,
+    /// How it was started, to start it again.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    service: String,
 }
 
 impl ServiceProcess {
@@ -41,31 +50,30 @@ impl ServiceProcess {
         address: SocketAddr,
         service: &str,
     ) -> Self {
-        let binary = workspace_binary(name);
-        let log = std::env::var("ORDERFLOW_TEST_LOG").unwrap_or_else(|_| "error".into());
-        let mut child = Command::new(&binary)
-            .args(args.iter().filter(|arg| !arg.starts_with("--log=")))
-            .arg(format!("--listen={address}"))
-            .arg(format!("--log={log}"))
-            .envs(env.iter().map(|(key, value)| (key, value)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
-        let serving_address = address.to_string();
-        tokio::select! {
-            _ = crate::stack::wait_serving(&serving_address, service) => {}
-            status = child.wait() => panic!(
-                "{name} exited during start-up ({status:?}); run with ORDERFLOW_TEST_LOG=warn \
-                 to see why"
-            ),
-        }
         Self {
-            child,
+            child: spawn(name, args, env, address, service).await,
             name: name.to_owned(),
             address,
+            args: args.to_vec(),
+            env: env.to_vec(),
+            service: service.to_owned(),
         }
+    }
+
+    /// Starts it again as it was started (same flags, same address), after it ended or was
+    /// killed; returns once it serves.
+    pub async fn restart(&mut self) {
+        if !self.has_exited() {
+            self.kill().await;
+        }
+        self.child = spawn(
+            &self.name,
+            &self.args,
+            &self.env,
+            self.address,
+            &self.service,
+        )
+        .await;
     }
 
     /// Whether the process has exited (crashed) by now.
@@ -116,4 +124,35 @@ impl ServiceProcess {
             .unwrap_or_else(|error| panic!("waiting for {}: {error}", self.name));
         exit.success()
     }
+}
+
+/// Starts binary `name` (see [`ServiceProcess::start`]) and waits until it serves.
+async fn spawn(
+    name: &str,
+    args: &[String],
+    env: &[(String, String)],
+    address: SocketAddr,
+    service: &str,
+) -> Child {
+    let binary = workspace_binary(name);
+    let log = std::env::var("ORDERFLOW_TEST_LOG").unwrap_or_else(|_| "error".into());
+    let mut child = Command::new(&binary)
+        .args(args.iter().filter(|arg| !arg.starts_with("--log=")))
+        .arg(format!("--listen={address}"))
+        .arg(format!("--log={log}"))
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
+    let serving_address = address.to_string();
+    tokio::select! {
+        _ = crate::stack::wait_serving(&serving_address, service) => {}
+        status = child.wait() => panic!(
+            "{name} exited during start-up ({status:?}); run with ORDERFLOW_TEST_LOG=warn \
+             to see why"
+        ),
+    }
+    child
 }

@@ -64,6 +64,8 @@ pub struct Options {
     pub external_worker: bool,
     /// More in-process consumer-workers in the same group (`Stack::workers`).
     pub extra_workers: usize,
+    /// More notify-svc processes or tasks in the same group (for rebalances).
+    pub extra_notifies: usize,
     /// More consumer-worker flags, e.g. `--batch-max-messages=1`.
     pub worker_args: Vec<String>,
     /// consumer-worker reaches PostgreSQL through a [`Link`] the test can cut
@@ -113,6 +115,8 @@ pub struct Stack {
     pub order: OrderServiceClient<Channel>,
     /// Clients of the extra order-api replicas (`Options::extra_order_apis`).
     pub replicas: Vec<OrderServiceClient<Channel>>,
+    /// Where every order-api of the stack serves, the first one's first.
+    pub order_api_addresses: Vec<SocketAddr>,
     /// The link between order-api and inventory-svc (`Options::inventory_link`).
     pub inventory_link: Option<Link>,
     /// The link between order-api and Redis (`Options::order_redis_link`).
@@ -356,9 +360,7 @@ impl Stack {
                 .await;
         }
 
-        let notify_listener = listener().await;
-        let notify_address = notify_listener.local_addr().expect("local address");
-        let notify_args = std::iter::once("notify-svc".to_owned())
+        let notify_args: Vec<String> = std::iter::once("notify-svc".to_owned())
             .chain(shared.iter().cloned())
             .chain(kafka_args.iter().cloned())
             .chain([
@@ -367,16 +369,22 @@ impl Stack {
             ])
             .chain(options.notify_args.iter().cloned())
             .collect();
-        launcher
-            .launch(
-                notify_args,
-                notify_listener,
-                NOTIFY_SERVICE,
-                |args, listener, stop| {
-                    notify_svc::run(notify_svc::Config::parse_from(args), listener, stop)
-                },
-            )
-            .await;
+        let mut notify_addresses = Vec::new();
+        for _ in 0..=options.extra_notifies {
+            let notify_listener = listener().await;
+            notify_addresses.push(notify_listener.local_addr().expect("local address"));
+            launcher
+                .launch(
+                    notify_args.clone(),
+                    notify_listener,
+                    NOTIFY_SERVICE,
+                    |args, listener, stop| {
+                        notify_svc::run(notify_svc::Config::parse_from(args), listener, stop)
+                    },
+                )
+                .await;
+        }
+        let notify_address = notify_addresses[0];
 
         let worker_database_link = if options.worker_database_link {
             Some(Link::start(postgres_address(&database_url)).await)
@@ -453,6 +461,9 @@ impl Stack {
                 .iter()
                 .map(|address| OrderServiceClient::new(channel(*address)))
                 .collect(),
+            order_api_addresses: std::iter::once(order_address)
+                .chain(replica_addresses.iter().copied())
+                .collect(),
             inventory: InventoryServiceClient::new(channel_with(
                 inventory_address,
                 options.inventory_client_tls.as_ref(),
@@ -478,13 +489,17 @@ impl Stack {
         let servers = [
             (inventory_address, INVENTORY_SERVICE),
             (order_address, ORDER_SERVICE),
-            (notify_address, NOTIFY_SERVICE),
         ]
         .into_iter()
         .chain(
             replica_addresses
                 .iter()
                 .map(|address| (*address, ORDER_SERVICE)),
+        )
+        .chain(
+            notify_addresses
+                .iter()
+                .map(|address| (*address, NOTIFY_SERVICE)),
         )
         .chain(
             worker_addresses
@@ -538,6 +553,23 @@ impl Stack {
             .unwrap_or_else(|| panic!("no {binary} process in this stack"))
             .send_terminate()
             .await;
+    }
+
+    /// How many processes of `binary` the stack runs (`Options::processes`).
+    pub fn process_count(&self, binary: &str) -> usize {
+        self.processes
+            .iter()
+            .filter(|process| process.name() == binary)
+            .count()
+    }
+
+    /// The `index`th process of `binary` (`Options::processes`).
+    pub fn process(&mut self, binary: &str, index: usize) -> &mut ServiceProcess {
+        self.processes
+            .iter_mut()
+            .filter(|process| process.name() == binary)
+            .nth(index)
+            .unwrap_or_else(|| panic!("no {binary} process #{index} in this stack"))
     }
 
     /// Another order-api of this stack (same database, Redis prefix, topics) as its own process

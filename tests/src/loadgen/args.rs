@@ -28,6 +28,9 @@ pub enum Scenario {
     Mixed(MixedArgs),
     /// The mixed workload at a steady rate (open loop) for a duration, with per-window figures.
     Soak(SoakArgs),
+    /// The mixed workload against a stack of its own while processes of one kind are killed
+    /// (SIGKILL) at random instants and started again; clients retry a key until answered.
+    Chaos(ChaosArgs),
     /// grpc.health.v1.Health/Check as fast as a server answers: the no-op RPC ceiling.
     Noop(NoopArgs),
     /// Serve only the health service (bare tonic, nothing else), for `noop` to hammer.
@@ -37,7 +40,7 @@ pub enum Scenario {
 /// Where orderflow is and how to authenticate.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// order-api (plaintext HTTP/2).
+    /// order-api (plaintext HTTP/2); several, comma-separated, share the connections.
     #[arg(
         long,
         env = "LOADGEN_ORDER_API",
@@ -90,6 +93,20 @@ pub struct Load {
     /// Deadline of each request.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Send a CreateOrder that failed with an error that leaves its outcome unknown
+    /// (UNAVAILABLE, DEADLINE_EXCEEDED, …) again with the same idempotency key, until it is
+    /// answered (as the API asks clients to); the retries are counted. Then every key ends with
+    /// an answer, and the checks hold the run to exactly one order per answered key.
+    #[arg(long)]
+    pub retry_same_key: bool,
+    /// With --retry-same-key: give a key up after this long since its first attempt.
+    #[arg(long, default_value_t = 120)]
+    pub retry_for_secs: u64,
+    /// After the drain, the longest wait for the units of placements that answered an error
+    /// before sending their event to come back (inventory-svc returns them once the order log
+    /// holds no order for them).
+    #[arg(long, default_value_t = 60)]
+    pub orphan_window_secs: u64,
     /// Longest wait for the pipeline to drain (everything persisted, outbox empty,
     /// notifications stored) before verifying.
     #[arg(long, default_value_t = 120)]
@@ -122,6 +139,11 @@ pub struct Load {
 impl Load {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn retry_for(&self) -> Option<Duration> {
+        self.retry_same_key
+            .then(|| Duration::from_secs(self.retry_for_secs))
     }
 }
 
@@ -211,6 +233,44 @@ pub struct SoakArgs {
     /// Length of each window the report shows throughput and p99 for.
     #[arg(long, default_value_t = 10.0)]
     pub window_secs: f64,
+}
+
+/// Which processes `chaos` kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Victims {
+    /// The two order-api processes.
+    OrderApi,
+    /// The inventory-svc process.
+    InventorySvc,
+    /// The two consumer-worker and two notify-svc members of their groups (rebalances).
+    Consumers,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    #[command(flatten)]
+    pub load: Load,
+    #[command(flatten)]
+    pub workload: Workload,
+    /// Which processes to kill.
+    #[arg(long, value_enum, default_value = "order-api")]
+    pub kill: Victims,
+    /// How many kills, spread over the load (one at a random instant of each equal slice).
+    #[arg(long, default_value_t = 30)]
+    pub kills: u32,
+    /// How long the load runs.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration_secs: f64,
+    /// How long a killed process stays down before it is started again.
+    #[arg(long, default_value_t = 200)]
+    pub down_ms: u64,
+    /// order-api's --create-timeout-ms (the lease a crashed placement leaves on its key is
+    /// twice what was left of it).
+    #[arg(long, default_value_t = 4_000)]
+    pub create_timeout_ms: u64,
+    /// The broker the stack uses (default: a tansu of its own, started and removed by loadgen).
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

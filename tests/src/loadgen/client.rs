@@ -72,9 +72,11 @@ impl Pool {
         let buyer_token = target.token.as_deref().or(target.admin_token.as_deref());
         let admin_token = target.admin_token.as_deref().or(target.token.as_deref());
         let (buyer_auth, admin_auth) = (Bearer::new(buyer_token)?, Bearer::new(admin_token)?);
+        // Several order-apis (comma-separated) share the connections in turn.
+        let order_apis: Vec<&str> = target.order_api.split(',').map(str::trim).collect();
         let mut channels = Vec::new();
-        for _ in 0..connections.max(1) {
-            channels.push(connect(&target.order_api).await?);
+        for index in 0..connections.max(order_apis.len()) {
+            channels.push(connect(order_apis[index % order_apis.len()]).await?);
         }
         let inventory = connect(&target.inventory).await?;
         Ok(Self {

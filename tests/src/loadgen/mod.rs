@@ -4,6 +4,7 @@
 //! not be made. Usage and output: docs/loadgen.md.
 
 pub mod args;
+pub mod chaos;
 pub mod client;
 pub mod cpu;
 pub mod drive;
@@ -67,6 +68,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<bool> {
             let window = Duration::from_secs_f64(args.window_secs.max(0.1));
             mixed("soak", args.orders, args.duration_secs, Some(window)).await
         }
+        Scenario::Chaos(args) => chaos::run(args).await,
         Scenario::Noop(args) => noop(args).await,
         Scenario::NoopServer(args) => noop_server(&args.listen).await,
     }
@@ -176,6 +178,7 @@ async fn flash_sale(args: FlashSaleArgs) -> anyhow::Result<bool> {
         run: run.clone(),
         user: target.user.clone(),
         timeout: load.timeout(),
+        retry_for: load.retry_for(),
     };
     let sale = Arc::new(Workload::FlashSale(FlashSale {
         orders: orders(),
@@ -277,6 +280,13 @@ async fn flash_sale(args: FlashSaleArgs) -> anyhow::Result<bool> {
             .map(|_| took),
         Err(why) => Err(why),
     };
+    let orphans_returned = verify::orphans_returned(
+        &db,
+        &pool.inventory,
+        std::slice::from_ref(&sku),
+        orphan_window(&load),
+    )
+    .await;
     let expected = Expected {
         skus: vec![(sku.clone(), units)],
         flash_sale: Some(FlashSaleExpected {
@@ -288,6 +298,7 @@ async fn flash_sale(args: FlashSaleArgs) -> anyhow::Result<bool> {
         }),
         clock_skew: Duration::from_millis(load.clock_skew_ms),
         drained,
+        orphans_returned,
     };
     let checks = verified(&db, &pool, &ledger, &run, &[sku], &expected).await?;
     let summary = Summary {
@@ -310,6 +321,10 @@ async fn flash_sale(args: FlashSaleArgs) -> anyhow::Result<bool> {
 
 fn drain_timeout(load: &Load) -> Duration {
     Duration::from_secs(load.drain_timeout_secs)
+}
+
+fn orphan_window(load: &Load) -> Duration {
+    Duration::from_secs(load.orphan_window_secs)
 }
 
 /// What the late buyers of a sold-out sale cost PostgreSQL.
@@ -441,6 +456,34 @@ async fn mixed(
     duration_secs: f64,
     window: Option<Duration>,
 ) -> anyhow::Result<bool> {
+    run_mixed(
+        scenario,
+        orders,
+        duration_secs,
+        window,
+        std::future::ready(Disrupted::default()),
+    )
+    .await
+}
+
+/// What ran next to a load to disrupt it, for the report.
+#[derive(Debug, Default)]
+pub struct Disrupted {
+    pub notes: Vec<String>,
+    /// Added to the JSON report under the scenario's name.
+    pub report: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The mixed workload for `duration_secs`, with `disruption` running next to the load (chaos
+/// kills processes meanwhile; it must be done by the end of the load), then the drain and the
+/// checks.
+async fn run_mixed(
+    scenario: &'static str,
+    orders: args::Orders,
+    duration_secs: f64,
+    window: Option<Duration>,
+    disruption: impl std::future::Future<Output = Disrupted>,
+) -> anyhow::Result<bool> {
     let args::Orders {
         target,
         load,
@@ -468,6 +511,7 @@ async fn mixed(
             run: run.clone(),
             user: target.user.clone(),
             timeout: load.timeout(),
+            retry_for: load.retry_for(),
         },
         sku_names.clone(),
         weights,
@@ -502,17 +546,22 @@ async fn mixed(
     let preloaded = ledger.acknowledged() as u64;
     let recorder = Arc::new(Recorder::new(window));
     let (watch, own) = cpu_watch(&load)?;
-    let elapsed = drive::drive(
-        mixed,
-        recorder.clone(),
-        mode(&load),
-        Some(Duration::from_secs_f64(duration_secs)),
-        seed(&load),
-        progress(&load, scenario),
-    )
-    .await;
+    let (elapsed, disrupted) = tokio::join!(
+        drive::drive(
+            mixed,
+            recorder.clone(),
+            mode(&load),
+            Some(Duration::from_secs_f64(duration_secs)),
+            seed(&load),
+            progress(&load, scenario),
+        ),
+        disruption
+    );
+    notes.extend(disrupted.notes);
     let orders_placed = ledger.acknowledged() as u64 - preloaded;
     let drained = verify::drain(&db, &ledger.acknowledged_ids(), drain_timeout(&load)).await;
+    let orphans_returned =
+        verify::orphans_returned(&db, &pool.inventory, &sku_names, orphan_window(&load)).await;
     let cpu = watch.usage();
     let stats = recorder.take();
     let expected = Expected {
@@ -523,6 +572,7 @@ async fn mixed(
         flash_sale: None,
         clock_skew: Duration::from_millis(load.clock_skew_ms),
         drained,
+        orphans_returned,
     };
     let checks = verified(&db, &pool, &ledger, &run, &sku_names, &expected).await?;
     notes.push(format!(
@@ -530,6 +580,9 @@ async fn mixed(
         skus.len()
     ));
     let mut extra = serde_json::Map::new();
+    if !disrupted.report.is_empty() {
+        extra.insert(scenario.into(), disrupted.report.into());
+    }
     extra.insert(
         "mix".into(),
         json!({

@@ -94,6 +94,9 @@ pub struct Stats {
     pub samples: BTreeMap<&'static str, String>,
     /// Per window of the run (soak): latencies of the answers and the number of errors.
     pub windows: Vec<(Vec<u32>, u64)>,
+    /// CreateOrder attempts sent again with the same key (`--retry-same-key`), by the code the
+    /// failed attempt got.
+    pub retries: BTreeMap<&'static str, u64>,
 }
 
 /// The report side of a run: every answer's latency and outcome, and live counters for the
@@ -173,6 +176,14 @@ impl Recorder {
                     .or_insert_with(|| status.message().to_owned());
             }
         }
+    }
+
+    /// Counts an attempt that failed with `status` and is sent again with the same key.
+    pub fn retried(&self, status: &tonic::Status) {
+        *lock(&self.stats)
+            .retries
+            .entry(code_name(status.code()))
+            .or_default() += 1;
     }
 
     pub fn take(&self) -> Stats {

@@ -188,6 +188,20 @@ pub fn print(mut summary: Summary, json: bool) -> bool {
             let _ = writeln!(out, "errors: {code} × {count} (e.g. {sample:?})");
         }
     }
+    let retries: u64 = summary.stats.retries.values().sum();
+    if retries > 0 {
+        let by_code: Vec<String> = summary
+            .stats
+            .retries
+            .iter()
+            .map(|(code, count)| format!("{code} × {count}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "CreateOrder sent again with the same key: {retries} ({})",
+            by_code.join(", ")
+        );
+    }
     for note in &summary.notes {
         let _ = writeln!(out, "{note}");
     }
@@ -291,6 +305,8 @@ pub fn print(mut summary: Summary, json: bool) -> bool {
             "errors": errors,
             "errors_by_rpc": errors_by_rpc,
             "error_samples": summary.stats.samples,
+            "retries": summary.stats.retries,
+            "retries_total": retries,
             "cpu": cpu_json,
             "invariants": summary.checks.iter().map(|check| json!({
                 "name": check.name, "ok": check.ok, "detail": check.detail,

@@ -110,6 +110,8 @@ pub struct Expected {
     pub clock_skew: Duration,
     /// When the pipeline was drained, or why not.
     pub drained: Result<Duration, String>,
+    /// When, after the drain, every unit held belonged to a live order, or why not.
+    pub orphans_returned: Result<Duration, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +169,65 @@ pub async fn drain(
         };
         if started.elapsed() >= timeout {
             return Err(format!("not drained after {timeout:?}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Polls until every SKU of the run holds exactly the units of the run's live orders (reserved:
+/// PENDING ones, sold: paid ones) in PostgreSQL and in Redis alike: the units of placements
+/// that answered an error before they sent their event (a crash, a timeout) have come back.
+/// inventory-svc returns them once their placement's deadline and grace passed and
+/// consumer-worker applied the order log past them (and an admission its process never
+/// recorded, after `--unrecorded-grace-secs`). How long it took.
+pub async fn orphans_returned(
+    db: &PgPool,
+    inventory: &InventoryClient,
+    skus: &[String],
+    window: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        let live = live_counters(inventory, skus).await;
+        type Row = (String, i64, i64, i64, i64, i64);
+        let counts: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(
+            "SELECT s.sku, s.available, s.reserved, s.sold, \
+                    coalesce(sum(i.quantity) FILTER (WHERE o.status = 'PENDING'), 0)::bigint, \
+                    coalesce(sum(i.quantity) FILTER \
+                      (WHERE o.status IN ('PAID', 'SHIPPED', 'COMPLETED')), 0)::bigint \
+             FROM skus s LEFT JOIN order_items i ON i.sku = s.sku \
+                  LEFT JOIN orders o ON o.order_id = i.order_id \
+             WHERE s.sku = ANY($1) GROUP BY s.sku, s.available, s.reserved, s.sold",
+        )
+        .bind(skus)
+        .fetch_all(db)
+        .await;
+        let last = match (counts, live) {
+            (Ok(rows), Ok(live)) => {
+                let off: Vec<String> =
+                    rows.iter()
+                        .filter_map(|(sku, available, reserved, sold, pending, paid)| {
+                            let durable = [*available, *reserved, *sold];
+                            let redis = live.get(sku).copied();
+                            ((*reserved, *sold) != (*pending, *paid) || redis != Some(durable))
+                                .then(|| {
+                                    format!(
+                                        "{sku}: {reserved} reserved for {pending} pending, {sold} \
+                                     sold for {paid} paid; Redis {redis:?}"
+                                    )
+                                })
+                        })
+                        .collect();
+                if off.is_empty() {
+                    return Ok(started.elapsed());
+                }
+                off.join("; ")
+            }
+            (Err(error), _) => format!("reading PostgreSQL: {error}"),
+            (_, Err(status)) => format!("GetStock: {status}"),
+        };
+        if started.elapsed() >= window {
+            return Err(format!("units still held after {window:?}: {last}"));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -260,6 +321,16 @@ pub async fn load(
         .bind(skus)
         .fetch_one(db)
         .await?;
+    facts.live = live_counters(inventory, skus).await?;
+    Ok(facts)
+}
+
+/// What GetStock answers for `skus` (inventory-svc's live counters in Redis).
+async fn live_counters(
+    inventory: &InventoryClient,
+    skus: &[String],
+) -> Result<HashMap<String, [i64; 3]>, tonic::Status> {
+    let mut live = HashMap::new();
     for chunk in skus.chunks(orderflow_proto::limits::MAX_BATCH_SKUS) {
         let mut request = tonic::Request::new(BatchGetStockRequest {
             skus: chunk.to_vec(),
@@ -271,12 +342,10 @@ pub async fn load(
             .await?
             .into_inner();
         for stock in answer.stocks {
-            facts
-                .live
-                .insert(stock.sku, [stock.available, stock.reserved, stock.sold]);
+            live.insert(stock.sku, [stock.available, stock.reserved, stock.sold]);
         }
     }
-    Ok(facts)
+    Ok(live)
 }
 
 /// Rows grouped by the order each belongs to, in their order.
@@ -300,7 +369,9 @@ pub fn check(ledger: &LedgerInner, facts: &Facts, expected: &Expected) -> Vec<Ch
         drained(expected),
         answers(ledger),
         persisted_once(ledger, facts, &by_id),
+        acknowledged_live(ledger, &by_id),
         one_per_key(ledger, facts),
+        orphans_returned_check(expected),
         no_oversell(ledger, facts, expected),
         counters_match(facts, expected),
         bank(facts, expected),
@@ -394,6 +465,39 @@ fn persisted_once(ledger: &LedgerInner, facts: &Facts, by_id: &HashMap<Uuid, &Or
         "all {} acknowledged orders in PostgreSQL with their items and totals",
         ledger.placed.len()
     ))
+}
+
+/// An acknowledged order is the order: never persisted voided (without its stock).
+fn acknowledged_live(ledger: &LedgerInner, by_id: &HashMap<Uuid, &OrderRow>) -> Check {
+    let mut check = Check::new("acknowledged_orders_live");
+    for placed in ledger.placed.values() {
+        if by_id.get(&placed.order_id).is_some_and(|row| row.voided) {
+            check.fail(format!(
+                "order {} ({}) was acknowledged but is persisted voided",
+                placed.order_id, placed.idempotency_key
+            ));
+        }
+    }
+    check.done(format!(
+        "every acknowledged order persisted as acknowledged, none voided; {} keys never \
+         answered",
+        ledger.unsure_keys.len()
+    ))
+}
+
+fn orphans_returned_check(expected: &Expected) -> Check {
+    let mut check = Check::new("orphans_returned");
+    match &expected.orphans_returned {
+        Ok(took) => check.done(format!(
+            "every unit held belongs to a live order {:.1} s after the drain (units of \
+             placements that never sent their order came back)",
+            took.as_secs_f64()
+        )),
+        Err(why) => {
+            check.fail(why.clone());
+            check.done(String::new())
+        }
+    }
 }
 
 fn one_per_key(ledger: &LedgerInner, facts: &Facts) -> Check {
@@ -925,6 +1029,7 @@ mod tests {
             flash_sale: None,
             clock_skew: Duration::from_millis(200),
             drained: Ok(Duration::from_millis(10)),
+            orphans_returned: Ok(Duration::ZERO),
         };
         (ledger, facts, expected)
     }

@@ -30,7 +30,14 @@ pub struct Orders {
     /// Every order placed as this user, else one user per buyer.
     pub user: Option<String>,
     pub timeout: Duration,
+    /// Send a CreateOrder that failed ambiguously again, with the same key, until it is
+    /// answered or this long passed since the first attempt (`--retry-same-key`).
+    pub retry_for: Option<Duration>,
 }
+
+/// The pause before the first retry of a key; it doubles up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(20);
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -72,12 +79,27 @@ impl Orders {
             items: lines(&items),
         };
         let sent = Instant::now();
-        let result = self
-            .pool
-            .buyer()
-            .create_order(request(message, self.timeout))
-            .await
-            .map(|answer| answer.into_inner().order);
+        let mut pause = FIRST_RETRY_PAUSE;
+        let result = loop {
+            // The next connection each time: a retry goes to another order-api if there are
+            // several, as a load balancer would send it.
+            let result = self
+                .pool
+                .buyer()
+                .create_order(request(message.clone(), self.timeout))
+                .await
+                .map(|answer| answer.into_inner().order);
+            match (&result, self.retry_for) {
+                (Err(status), Some(budget))
+                    if is_ambiguous(status.code()) && sent.elapsed() < budget =>
+                {
+                    recorder.retried(status);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
+                _ => break result,
+            }
+        };
         recorder.record(Rpc::CreateOrder, scheduled, &result);
         let order = match result {
             Ok(Some(order)) => order,
