@@ -158,6 +158,9 @@ pub async fn run(
         store,
         feed,
         shutdown: stop.clone(),
+        streams: orderflow_runtime::grpc::streams::OpenStreams::new(
+            config.serving.max_open_streams,
+        ),
     };
     let serving = async {
         let served = orderflow_runtime::grpc::serve(

@@ -9,6 +9,7 @@ use orderflow_proto::notify::v1::{
     SubscribeNotificationsResponse,
 };
 use orderflow_runtime::auth::Caller;
+use orderflow_runtime::grpc::streams::{self, OpenStreams};
 use orderflow_runtime::validate::{self, FieldError};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,8 @@ pub struct NotificationApi {
     pub feed: Feed,
     /// Ends the live streams (with UNAVAILABLE) so the server can drain.
     pub shutdown: CancellationToken,
+    /// The cap on SubscribeNotifications streams open at once.
+    pub streams: OpenStreams,
 }
 
 impl NotificationApi {
@@ -100,6 +103,7 @@ impl NotificationService for NotificationApi {
         if self.shutdown.is_cancelled() {
             return Err(NotifyError::ShuttingDown.into());
         }
+        let slot = self.streams.open()?;
         // Subscribed first, then the start read on the database's clock: whatever is stored
         // from then on reaches this stream.
         let subscription = self.feed.subscribe(&user_id);
@@ -113,7 +117,7 @@ impl NotificationService for NotificationApi {
             self.store.clone(),
             self.shutdown.clone(),
         );
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(streams::holding(stream, slot))))
     }
 }
 

@@ -253,6 +253,9 @@ pub async fn run(
         create_timeout: Duration::from_millis(config.create_timeout_ms),
         request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
         shutdown: shutdown.clone(),
+        streams: orderflow_runtime::grpc::streams::OpenStreams::new(
+            config.serving.max_open_streams,
+        ),
     };
     let served = orderflow_runtime::grpc::serve(
         orderflow_runtime::grpc::Services::new(OrderServiceServer::new(api)).policy(policy()),

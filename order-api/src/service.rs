@@ -13,6 +13,7 @@ use orderflow_proto::order::v1::{
     WatchOrderResponse,
 };
 use orderflow_runtime::auth::Caller;
+use orderflow_runtime::grpc::streams::{self, OpenStreams};
 use orderflow_runtime::validate;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
@@ -38,6 +39,8 @@ pub struct OrderApi {
     pub request_timeout: Duration,
     /// Ends open WatchOrder streams, so a graceful shutdown is not held up by them.
     pub shutdown: CancellationToken,
+    /// The cap on WatchOrder streams open at once.
+    pub streams: OpenStreams,
 }
 
 impl OrderApi {
@@ -211,6 +214,7 @@ impl OrderService for OrderApi {
         let caller = Caller::of(&request);
         let order_id = request.into_inner().order_id;
         let id = validate::uuid("order_id", &order_id).map_err(OrderError::from)?;
+        let slot = self.streams.open()?;
         // Subscribed before reading, so no change between the read and the first wait is missed.
         let subscription = self.feed.subscribe(id);
         let current = deadline
@@ -224,6 +228,6 @@ impl OrderService for OrderApi {
             self.reads.clone(),
             self.shutdown.clone(),
         );
-        Ok(Response::new(Box::pin(changes)))
+        Ok(Response::new(Box::pin(streams::holding(changes, slot))))
     }
 }

@@ -301,6 +301,11 @@ pub struct ServingArgs {
     )]
     pub max_concurrent_requests: usize,
 
+    /// Server streams (WatchOrder, SubscribeNotifications) open at once; past it a new one is
+    /// refused at once with RESOURCE_EXHAUSTED. Each holds its slot until it ends.
+    #[arg(long, env = "ORDERFLOW_MAX_OPEN_STREAMS", default_value_t = 10_000)]
+    pub max_open_streams: usize,
+
     /// Largest request message accepted, in bytes; a larger one is refused with
     /// RESOURCE_EXHAUSTED before it is decoded.
     #[arg(long, env = "ORDERFLOW_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]

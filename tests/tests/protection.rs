@@ -1,5 +1,6 @@
 //! The tower layers every server runs behind: load shedding past the concurrency limit (health
-//! checks exempt), the request size limit, the per-user rate limit, and the drain on SIGTERM.
+//! checks exempt), the cap on open server streams, the request size limit, the per-user rate
+//! limit, and the drain on SIGTERM.
 
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, order_request};
@@ -239,6 +240,70 @@ async fn sigterm_drains_the_calls_in_flight_and_refuses_new_ones() {
     assert_eq!(
         paid.into_inner().order.expect("an order").payment_id,
         "pay-drain"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn open_streams_count_against_a_per_server_limit() {
+    use futures::StreamExt;
+    use orderflow_proto::notify::v1::SubscribeNotificationsRequest;
+    use orderflow_proto::order::v1::WatchOrderRequest;
+
+    let stack = Stack::start_with(Options {
+        order_args: vec!["--max-open-streams=2".into()],
+        notify_args: vec!["--max-open-streams=1".into()],
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("STREAM-1", 10, 100).await;
+    let order = stack
+        .create_order(order_request("stream-1", "wes", &[("STREAM-1", 1)]))
+        .await
+        .expect("CreateOrder");
+    let watch = || {
+        let mut client = stack.order.clone();
+        let order_id = order.order_id.clone();
+        async move { client.watch_order(WatchOrderRequest { order_id }).await }
+    };
+    let mut first = watch().await.expect("a first watcher").into_inner();
+    let second = watch().await.expect("a second watcher").into_inner();
+    // Both streams are open (each got the current state); a third is refused at once.
+    assert!(first.next().await.is_some());
+    let refused = watch().await.expect_err("a third watcher");
+    assert_status(
+        "a stream past the limit",
+        &refused,
+        Code::ResourceExhausted,
+        "--max-open-streams",
+    );
+    // A client that goes away gives its slot back.
+    drop(second);
+    orderflow_tests::eventually(
+        "a slot to be free again",
+        std::time::Duration::from_secs(10),
+        || async { watch().await.ok() },
+    )
+    .await;
+    drop(first);
+
+    let subscribe = || {
+        let mut client = stack.notify.clone();
+        async move {
+            client
+                .subscribe_notifications(SubscribeNotificationsRequest {
+                    user_id: "wes".into(),
+                })
+                .await
+        }
+    };
+    let _open = subscribe().await.expect("a subscriber");
+    let refused = subscribe().await.expect_err("a second subscriber");
+    assert_status(
+        "a subscription past the limit",
+        &refused,
+        Code::ResourceExhausted,
+        "--max-open-streams",
     );
     stack.stop().await;
 }

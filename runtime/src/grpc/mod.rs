@@ -9,6 +9,7 @@ mod gate;
 mod observe;
 mod shed;
 mod size_limit;
+pub mod streams;
 
 use std::convert::Infallible;
 use std::future::Future;
