@@ -24,7 +24,9 @@ mod sweeper;
 use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use orderflow_runtime::config::{KafkaArgs, PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs};
+use orderflow_runtime::config::{
+    KafkaArgs, OrderLogArgs, PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs,
+};
 use orderflow_runtime::lock::{LockSettings, Locks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -78,15 +80,10 @@ pub struct Config {
     )]
     pub reservation_sweep_interval_ms: u64,
 
-    /// consumer-worker's Kafka consumer group (its --group-id): an unconfirmed reservation
-    /// returns its stock only once this group has applied every `order-created` event the log
-    /// held after the reservation's placement ended.
-    #[arg(
-        long,
-        env = "ORDERFLOW_ORDERS_CONSUMER_GROUP",
-        default_value = "orderflow-consumer-worker"
-    )]
-    pub orders_consumer_group: String,
+    /// An unconfirmed reservation returns its stock only once consumer-worker's group has
+    /// applied every `order-created` event the log held after the reservation's placement ended.
+    #[command(flatten)]
+    pub order_log: OrderLogArgs,
 
     /// How long a reservation Redis admitted may stay unconfirmed by PostgreSQL before the
     /// sweeper settles it (its process died in between): confirmed if PostgreSQL has it, else
@@ -197,11 +194,7 @@ pub async fn run(
     let sweeper = sweeper::Sweeper {
         ledger,
         counters,
-        barrier: orderflow_runtime::log_barrier::LogBarrier::new(
-            &config.kafka,
-            &config.orders_consumer_group,
-            config.kafka.topic(orderflow_proto::topics::ORDER_CREATED),
-        )?,
+        barrier: config.order_log.barrier(&config.kafka)?,
         interval: Duration::from_millis(config.reservation_sweep_interval_ms.max(1)),
         unrecorded_grace: Duration::from_secs(config.unrecorded_grace_secs),
     };

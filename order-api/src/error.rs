@@ -22,6 +22,9 @@ pub enum OrderError {
     )]
     InProgress,
 
+    #[error("idempotency keys are being restored after Redis lost its data; retry shortly")]
+    KeysRestoring,
+
     /// inventory-svc refused the reservation; its status (code and message) passes through.
     #[error("{}", .0.message())]
     InventoryRefused(Status),
@@ -94,6 +97,7 @@ impl From<OrderError> for Status {
             OrderError::RateLimited { .. } => Status::resource_exhausted(message),
             OrderError::InventoryRefused(status) => Status::new(status.code(), message),
             OrderError::InProgress
+            | OrderError::KeysRestoring
             | OrderError::InventoryUnavailable(_)
             | OrderError::BrokerUnavailable(_)
             | OrderError::Timeout { .. }

@@ -20,7 +20,11 @@
 //! `{prefix}:idempotency-memory` says "Redis holds every claim of the retention period". Every
 //! claim checks it in the same script; while it is missing (a new deployment, or Redis lost its
 //! data), a new claim also looks the key up in PostgreSQL, and one task rebuilds the placed
-//! claims of the retention period from PostgreSQL and then sets the marker.
+//! claims of the retention period from PostgreSQL and then sets the marker. An order may be
+//! acknowledged and still only in the order log, not yet in PostgreSQL: so the rebuild first
+//! waits until consumer-worker has applied everything the log held when it started
+//! (`log_barrier`), and until then a key PostgreSQL does not know is refused (UNAVAILABLE,
+//! retry) rather than placed a second time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::log_barrier::LogBarrier;
 use orderflow_runtime::redis::RedisConnection;
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
@@ -144,10 +149,19 @@ pub struct Claims {
     release_lease: Script,
     finish_rebuild: Script,
     rebuilding: Arc<AtomicBool>,
+    /// The order log, for the rebuild's wait.
+    barrier: LogBarrier,
+    /// Every order the log held when the running rebuild started is in PostgreSQL.
+    log_applied: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Claims {
-    pub fn new(redis: RedisConnection, keys: RedisArgs, retention: Duration) -> Self {
+    pub fn new(
+        redis: RedisConnection,
+        keys: RedisArgs,
+        retention: Duration,
+        barrier: LogBarrier,
+    ) -> Self {
         Self {
             redis,
             keys,
@@ -208,6 +222,8 @@ impl Claims {
                  return 0",
             ),
             rebuilding: Arc::new(AtomicBool::new(false)),
+            barrier,
+            log_applied: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
@@ -292,7 +308,23 @@ impl Claims {
         });
     }
 
+    /// While the memory is incomplete: waits up to `patience` until every order the log held
+    /// when the rebuild began is in PostgreSQL (then a key PostgreSQL does not know was never
+    /// used); whether it is. On an idle log that takes one round of requests to the broker.
+    pub async fn log_applied(&self, patience: Duration) -> bool {
+        let mut applied = self.log_applied.subscribe();
+        tokio::time::timeout(patience, applied.wait_for(|applied| *applied))
+            .await
+            .is_ok_and(|changed| changed.is_ok())
+    }
+
     async fn rebuild(&self, pool: &PgPool) -> Result<u64, OrderError> {
+        self.log_applied.send_replace(false);
+        let mark = self.barrier.mark().await.map_err(barrier_error)?;
+        while !self.barrier.reached(&mark).await.map_err(barrier_error)? {
+            tokio::time::sleep(LOG_POLL).await;
+        }
+        self.log_applied.send_replace(true);
         let retention_secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
         let mut rows = sqlx::query(
             "SELECT o.user_id, o.idempotency_key, o.order_id, o.created_at, \
@@ -458,6 +490,13 @@ impl Claims {
             .await?;
         Ok(())
     }
+}
+
+/// How often the rebuild asks whether consumer-worker applied the log.
+const LOG_POLL: Duration = Duration::from_millis(200);
+
+fn barrier_error(error: orderflow_runtime::log_barrier::BarrierError) -> OrderError {
+    OrderError::BrokerUnavailable(error.to_string())
 }
 
 fn millis(duration: Duration) -> u64 {

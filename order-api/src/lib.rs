@@ -30,7 +30,8 @@ use std::time::Duration;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::order::v1::order_service_server::OrderServiceServer;
 use orderflow_runtime::config::{
-    InventoryClientArgs, KafkaArgs, PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs,
+    InventoryClientArgs, KafkaArgs, OrderLogArgs, PostgresArgs, RedisArgs, ServingArgs,
+    TelemetryArgs,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -124,6 +125,11 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
+    /// While Redis restores the idempotency keys it lost, a key PostgreSQL does not know is
+    /// placed only once consumer-worker's group has applied what the order log held.
+    #[command(flatten)]
+    pub order_log: OrderLogArgs,
+
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 
@@ -210,6 +216,7 @@ pub async fn run(
             redis.clone(),
             config.redis.clone(),
             Duration::from_secs(config.idempotency_ttl_secs),
+            config.order_log.barrier(&config.kafka)?,
         ),
         publisher,
         rate_limit: rate_limit::RateLimit::new(

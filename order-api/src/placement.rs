@@ -108,7 +108,8 @@ impl Placement {
         let attempt = match claim {
             Claim::Claimed { memory_complete } => {
                 if !memory_complete {
-                    if let Some(earlier) = self.placed_before(&new_order, &record, &lease).await? {
+                    let placed_before = self.placed_before(&new_order, &record, &lease, deadline);
+                    if let Some(earlier) = placed_before.await? {
                         return Ok(earlier);
                     }
                 }
@@ -168,6 +169,7 @@ impl Placement {
         new_order: &NewOrder,
         record: &ClaimRecord,
         lease: &Lease,
+        deadline: CallDeadline,
     ) -> Result<Option<Order>, OrderError> {
         let claims = &self.parts.claims;
         let store = &self.parts.reads.store;
@@ -176,7 +178,19 @@ impl Placement {
             .by_idempotency_key(&new_order.user_id, &new_order.idempotency_key)
             .await?
         else {
-            return Ok(None);
+            if claims.log_applied(deadline.remaining() / 4).await {
+                return Ok(None);
+            }
+            // The key's order may be acknowledged and still only in the log: wait for it.
+            claims
+                .abandon(
+                    &new_order.user_id,
+                    &new_order.idempotency_key,
+                    record,
+                    lease,
+                )
+                .await?;
+            return Err(OrderError::KeysRestoring);
         };
         if order::order_fingerprint(&earlier) != record.fingerprint {
             claims

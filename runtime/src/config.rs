@@ -538,3 +538,32 @@ pub struct InventoryClientArgs {
     #[arg(long, env = "ORDERFLOW_INVENTORY_TIMEOUT_MS", default_value_t = 30_000)]
     pub inventory_timeout_ms: u64,
 }
+
+/// The order log's applier: consumer-worker's consumer group, whose progress tells a service
+/// that every `order-created` event the log held at some instant is applied (see
+/// `log_barrier`). inventory-svc waits for it before returning an unconfirmed reservation's
+/// stock; order-api before placing new keys while Redis restores the ones it lost.
+#[derive(Clone, Debug, clap::Args)]
+pub struct OrderLogArgs {
+    /// consumer-worker's Kafka consumer group (its --group-id).
+    #[arg(
+        long,
+        env = "ORDERFLOW_ORDERS_CONSUMER_GROUP",
+        default_value = "orderflow-consumer-worker"
+    )]
+    pub orders_consumer_group: String,
+}
+
+impl OrderLogArgs {
+    /// A barrier on this deployment's `order-created` topic for consumer-worker's group.
+    pub fn barrier(
+        &self,
+        kafka: &KafkaArgs,
+    ) -> Result<crate::log_barrier::LogBarrier, RuntimeError> {
+        crate::log_barrier::LogBarrier::new(
+            kafka,
+            &self.orders_consumer_group,
+            kafka.topic(orderflow_proto::topics::ORDER_CREATED),
+        )
+    }
+}

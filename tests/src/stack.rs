@@ -309,7 +309,10 @@ impl Stack {
             .chain(shared.iter().cloned())
             .chain(order_redis_args)
             .chain(kafka_args.iter().cloned())
-            .chain([metrics_listen(|all| all.order_api)])
+            .chain([
+                metrics_listen(|all| all.order_api),
+                format!("--orders-consumer-group={worker_group}"),
+            ])
             .chain(options.order_args.iter().cloned())
             .collect();
         let inventory_link = if options.inventory_link {

@@ -400,3 +400,49 @@ async fn a_nul_in_a_cancel_reason_is_invalid_not_unavailable() {
     assert_eq!(stack.durable_stock("NUL-1").await, (9, 1, 0));
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn redis_losing_its_keys_while_an_order_is_only_in_the_log_never_yields_a_second_order() {
+    let stack = Stack::start_with(Options {
+        external_worker: true,
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("LOSS-1", 10, 100).await;
+    let request = order_request("k-loss", "ida", &[("LOSS-1", 1)]);
+    // Acknowledged, while no consumer-worker runs: only the log has it.
+    let order = stack
+        .create_order(request.clone())
+        .await
+        .expect("CreateOrder");
+    // Redis loses order-api's keys (the claims, the memory marker, the cache).
+    let mut redis = stack.redis.clone();
+    let mut lost = stack.redis_keys("idempotency*").await;
+    lost.extend(stack.redis_keys("order:*").await);
+    let _: () = redis::AsyncCommands::del(&mut redis, lost)
+        .await
+        .expect("losing the keys");
+    // The retry cannot be answered yet, and places nothing: PostgreSQL does not have the
+    // order, and the log may.
+    let refused = stack.create_order(request.clone()).await.unwrap_err();
+    assert_status(
+        "a retry while the keys are restored",
+        &refused,
+        Code::Unavailable,
+        "restored",
+    );
+    assert_eq!(stack.published(topics::ORDER_CREATED).await, 1);
+    // Once consumer-worker applied the log, the retry answers the order it was.
+    let worker = WorkerProcess::start(&stack).await;
+    let again = stack
+        .create_order_eventually("the retry to be answered", request)
+        .await;
+    assert_eq!(again.order_id, order.order_id);
+    assert_eq!(
+        stack.orders_of_key("ida", "k-loss").await,
+        [(order.order_id.clone(), "PENDING".to_owned(), false)]
+    );
+    assert_eq!(stack.published(topics::ORDER_CREATED).await, 1);
+    assert!(worker.terminate().await);
+    stack.stop().await;
+}
