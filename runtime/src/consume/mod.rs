@@ -570,10 +570,8 @@ impl<H: BatchHandler> Consuming<H> {
         let Self {
             consumer,
             dead_letters,
-            watch,
             ..
         } = self;
-        watch.close();
         let closing = blocking::until(
             "committing and leaving the group",
             deadline.max(Instant::now() + CLOSE_AT_LEAST),

@@ -192,7 +192,8 @@ type Snapshot = Result<(u64, Vec<PartitionOffsets>), KafkaError>;
 /// member's consumer, they would make librdkafka track every partition as one it wants, and its
 /// statistics (the lag the member reports) would list partitions it does not hold.
 pub(super) struct Watch {
-    reader: Arc<BaseConsumer>,
+    /// `None` only once dropped.
+    reader: Option<Arc<BaseConsumer>>,
     stalls: Stalls,
     topics: Vec<String>,
     interval: Duration,
@@ -223,7 +224,7 @@ impl Watch {
             })?;
         let interval = (session_timeout / 2).max(Duration::from_secs(1));
         Ok(Self {
-            reader: Arc::new(reader),
+            reader: Some(Arc::new(reader)),
             stalls: Stalls::new(session_timeout),
             topics,
             interval,
@@ -233,14 +234,6 @@ impl Watch {
             answer: None,
             failing: false,
         })
-    }
-
-    /// Closes the offsets reader off the caller's thread, without waiting: closing a client
-    /// whose broker is gone can block (see [`super::blocking`]).
-    pub(super) fn close(self) {
-        let reader = self.reader;
-        // Nobody waits for it: the process may exit first.
-        let _ = super::blocking::spawn("closing the group offsets reader", move || drop(reader));
     }
 
     pub(super) fn window(&self) -> Duration {
@@ -278,9 +271,10 @@ impl Watch {
             }
         }
         let verdict = self.answer.take().and_then(|answer| self.judge(answer));
-        if self.pending.is_none() && now >= self.next_check {
+        let reader = self.reader.as_ref().map(Arc::clone);
+        if let Some(reader) = reader.filter(|_| self.pending.is_none() && now >= self.next_check) {
             self.next_check = now + self.interval;
-            let (consumer, reader) = (Arc::clone(consumer), Arc::clone(&self.reader));
+            let consumer = Arc::clone(consumer);
             let topics = self.topics.clone();
             let timeout = self.request_timeout;
             self.pending = super::blocking::spawn("checking the group's offsets", move || {
@@ -311,6 +305,17 @@ impl Watch {
                 self.failing = true;
                 None
             }
+        }
+    }
+}
+
+/// Closing the offsets reader can block like any client whose broker is gone (see
+/// [`super::blocking`]): it closes on a thread of its own, which nobody waits for.
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ =
+                super::blocking::spawn("closing the group offsets reader", move || drop(reader));
         }
     }
 }
