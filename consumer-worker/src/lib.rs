@@ -91,6 +91,7 @@ pub async fn run(
         group_id: config.group_id,
         topics: topics::ALL,
         consumer: config.consumer,
+        drain_timeout: std::time::Duration::from_millis(config.serving.drain_timeout_ms),
     };
     let status = subscription.status();
     // Whichever stops first stops the other (a worker that cannot consume must not look

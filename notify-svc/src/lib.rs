@@ -140,6 +140,7 @@ pub async fn run(
         group_id: config.group_id.clone(),
         topics: orderflow_proto::topics::ALL,
         consumer: config.consumer.clone(),
+        drain_timeout: std::time::Duration::from_millis(config.serving.drain_timeout_ms),
     };
     let status = subscription.status();
     let ingest = ingest::Ingest {

@@ -54,6 +54,11 @@ pub struct GroupTopic {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Group {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupPartition {
     pub group: String,
     pub topic: String,
@@ -93,6 +98,7 @@ pub struct Metrics {
     pub kafka_dead_lettered: Family<GroupTopic, Counter>,
     pub kafka_batch_duration: Histograms<Outcome>,
     pub kafka_consumer_lag: Family<GroupPartition, Gauge>,
+    pub kafka_consumer_rejoins: Family<Group, Counter>,
     pub lock_acquisitions: Family<Outcome, Counter>,
     pub lock_wait: Histogram,
     pub reservations: Family<Outcome, Counter>,
@@ -151,6 +157,7 @@ impl Metrics {
             kafka_dead_lettered: Family::default(),
             kafka_batch_duration: Family::new_with_constructor(latency_histogram),
             kafka_consumer_lag: Family::default(),
+            kafka_consumer_rejoins: Family::default(),
             lock_acquisitions: Family::default(),
             lock_wait: latency_histogram(),
             reservations: Family::default(),
@@ -212,6 +219,11 @@ impl Metrics {
             "kafka_consumer_lag_messages",
             "Messages on an assigned partition not yet committed by the group (-1: not known yet)",
             m.kafka_consumer_lag.clone(),
+        );
+        registry.register(
+            "kafka_consumer_rejoins",
+            "Times a member left and rejoined its group with a new member id because partitions it did not hold stood still while behind",
+            m.kafka_consumer_rejoins.clone(),
         );
         registry.register(
             "lock_acquisitions",

@@ -72,6 +72,22 @@ impl PrivateBroker {
             child.kill().await.expect("killing the private broker");
         }
     }
+
+    /// Freezes the broker (SIGSTOP): its connections stay open and nothing answers, as with a
+    /// broker host that hangs or a network that drops packets. Dropping it kills it anyway.
+    pub async fn freeze(&mut self) {
+        let pid = self
+            .process
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the private broker is running");
+        let stopped = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .await
+            .expect("running kill");
+        assert!(stopped.success(), "kill -STOP {pid} failed");
+    }
 }
 
 impl Drop for PrivateBroker {

@@ -115,6 +115,18 @@ impl ServiceProcess {
         assert!(sent.success(), "kill -TERM {pid} failed");
     }
 
+    /// SIGTERM, then waits at most `limit` for the exit, failing the test past it; returns how
+    /// long the exit took and whether it was clean.
+    pub async fn terminate_within(mut self, limit: Duration) -> (Duration, bool) {
+        let sent = tokio::time::Instant::now();
+        self.send_terminate().await;
+        let exit = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} still runs {limit:?} after SIGTERM", self.name))
+            .unwrap_or_else(|error| panic!("waiting for {}: {error}", self.name));
+        (sent.elapsed(), exit.success())
+    }
+
     /// SIGTERM, as Kubernetes stops a pod; waits for the exit and returns whether it was clean.
     pub async fn terminate(mut self) -> bool {
         self.send_terminate().await;

@@ -591,6 +591,17 @@ impl Stack {
         ServiceProcess::start("order-api", &args, &[], address, ORDER_SERVICE).await
     }
 
+    /// The process of `binary` (`Options::processes`), taken out of the stack: the test stops it
+    /// itself.
+    pub fn take_process(&mut self, binary: &str) -> ServiceProcess {
+        let index = self
+            .processes
+            .iter()
+            .position(|process| process.name() == binary)
+            .unwrap_or_else(|| panic!("no {binary} process in this stack"));
+        self.processes.remove(index)
+    }
+
     /// Shuts every service down as SIGTERM would and waits until each returned cleanly.
     pub async fn stop(mut self) {
         for process in std::mem::take(&mut self.processes) {

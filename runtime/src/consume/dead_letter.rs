@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Received;
@@ -106,14 +107,19 @@ impl DeadLetters {
         }
     }
 
-    /// Waits (briefly) for copies still in flight, off the async workers.
-    pub async fn close(self) {
+    /// Waits for copies still in flight until `deadline` at most, then closes the producer; a
+    /// producer still waiting for the broker then is abandoned ([`super::blocking`]).
+    pub async fn close(self, deadline: Instant) {
         let producer = self.producer;
-        let flushing = tokio::task::spawn_blocking(move || {
-            if let Err(error) = producer.flush(Duration::from_secs(5)) {
-                tracing::warn!(%error, "flushing the dead-letter producer failed");
-            }
-        });
-        let _ = flushing.await;
+        let flush_for = deadline.saturating_duration_since(Instant::now());
+        let flushing =
+            super::blocking::until("flushing the dead-letter producer", deadline, move || {
+                let flushed = producer.flush(flush_for);
+                drop(producer);
+                flushed
+            });
+        if let Some(Err(error)) = flushing.await {
+            tracing::warn!(%error, "flushing the dead-letter producer failed");
+        }
     }
 }

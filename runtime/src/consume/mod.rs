@@ -13,14 +13,22 @@
 //! - **Poison**: a message that can never be applied goes to `<topic>.dlq` with headers saying
 //!   why ([`dead_letter`]), then the loop goes on. A batch the database refuses as a whole is
 //!   applied message by message to find the one to dead-letter.
-//! - **Shutdown**: stop fetching, finish the batch in flight, commit, leave the group.
+//! - **Shutdown, bounded**: stop fetching, finish the batch in flight, commit, leave the group,
+//!   all within the drain timeout (a small fixed margin more for the commit); whatever still
+//!   waits for the broker then is abandoned ([`blocking`]), so a dead broker cannot hold the
+//!   process.
+//! - **Stalled groups**: a member that sees partitions it does not hold stand still while behind
+//!   leaves and rejoins the group with a fresh member id ([`stall`]).
 //! - **Lag**: reported by the Kafka client per partition, logged and served ([`status`]).
 
+mod blocking;
 pub mod dead_letter;
+mod stall;
 pub mod status;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -33,10 +41,15 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::backoff::Backoff;
 use crate::config::{ConsumerArgs, KafkaArgs};
-use crate::metrics::{metrics, Outcome};
+use crate::metrics::{metrics, Group, Outcome};
 use crate::RuntimeError;
 use dead_letter::DeadLetters;
+use stall::{Stalled, Watch};
 use status::{ConsumerStatus, LagContext};
+
+/// The final commit and leaving the group get at least this long, even when the batch in hand
+/// used up the whole drain timeout.
+const CLOSE_AT_LEAST: Duration = Duration::from_secs(2);
 
 /// One consumed message, detached from the Kafka client.
 #[derive(Debug, Clone)]
@@ -104,6 +117,11 @@ pub struct Subscription {
     /// Unprefixed topic names (`orderflow_proto::topics`).
     pub topics: &'static [&'static str],
     pub consumer: ConsumerArgs,
+    /// After shutdown, how long finishing the batch in hand, the final commit, leaving the group
+    /// and flushing the dead letters may take in all (the server's `--drain-timeout-ms`): what
+    /// still waits then is abandoned (uncommitted messages are replayed by the next owner, to
+    /// no effect).
+    pub drain_timeout: Duration,
 }
 
 impl Subscription {
@@ -118,7 +136,8 @@ impl Subscription {
 struct Stopped;
 
 /// Creates the topics and their dead-letter topics if missing, joins the group and applies
-/// batches with `handler` until `shutdown` is cancelled; then commits and leaves the group.
+/// batches with `handler` until `shutdown` is cancelled; then commits and leaves the group,
+/// within `subscription.drain_timeout` (plus [`CLOSE_AT_LEAST`] for the commit).
 pub async fn run(
     subscription: Subscription,
     handler: impl BatchHandler,
@@ -135,49 +154,86 @@ pub async fn run(
     to_create.extend(full_names.keys().map(|name| dead_letter::topic(name)));
     crate::kafka::ensure_topics(kafka, &to_create).await?;
 
-    let consumer: StreamConsumer<LagContext> =
-        crate::kafka::consumer_config(kafka, &subscription.group_id)?
-            .set(
-                "statistics.interval.ms",
-                subscription.consumer.lag_report_interval_ms.to_string(),
-            )
-            .set(
-                "session.timeout.ms",
-                subscription.consumer.session_timeout_ms.to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (subscription.consumer.session_timeout_ms / 3)
-                    .max(1)
-                    .to_string(),
-            )
-            .create_with_context(LagContext::new(status.clone()))
-            .map_err(|source| RuntimeError::Kafka {
-                brokers: kafka.kafka_brokers.clone(),
-                source,
-            })?;
-    let names: Vec<&str> = full_names.keys().map(String::as_str).collect();
-    consumer
-        .subscribe(&names)
-        .map_err(|source| RuntimeError::Kafka {
-            brokers: kafka.kafka_brokers.clone(),
-            source,
-        })?;
+    let consumer = Arc::new(create_consumer(&subscription, &status)?);
+    let names: Vec<String> = full_names.keys().cloned().collect();
+    subscribe(&consumer, &subscription, &names)?;
     tracing::info!(topics = ?names, group = %subscription.group_id, "consuming");
 
     let mut consuming = Consuming {
         consumer,
+        watch: Watch::new(
+            kafka,
+            &subscription.group_id,
+            Duration::from_millis(subscription.consumer.session_timeout_ms),
+            names.clone(),
+        )?,
+        names,
         full_names,
         handler,
         dead_letters: DeadLetters::new(kafka, &subscription.group_id)?,
-        group_id: subscription.group_id.clone(),
         status,
-        settings: subscription.consumer.clone(),
+        subscription,
         shutdown,
     };
-    consuming.run().await;
-    consuming.leave().await;
-    Ok(())
+    let (consumed, deadline) = consuming.run().await;
+    consuming.leave(deadline).await;
+    consumed
+}
+
+/// A consumer of the subscription's group reporting into `status`, not subscribed yet.
+fn create_consumer(
+    subscription: &Subscription,
+    status: &ConsumerStatus,
+) -> Result<StreamConsumer<LagContext>, RuntimeError> {
+    let settings = &subscription.consumer;
+    crate::kafka::consumer_config(&subscription.kafka, &subscription.group_id)?
+        .set(
+            "statistics.interval.ms",
+            settings.lag_report_interval_ms.to_string(),
+        )
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.session_timeout_ms / 3).max(1).to_string(),
+        )
+        .create_with_context(LagContext::new(status.clone()))
+        .map_err(|source| RuntimeError::Kafka {
+            brokers: subscription.kafka.kafka_brokers.clone(),
+            source,
+        })
+}
+
+fn subscribe(
+    consumer: &StreamConsumer<LagContext>,
+    subscription: &Subscription,
+    names: &[String],
+) -> Result<(), RuntimeError> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .map_err(|source| RuntimeError::Kafka {
+            brokers: subscription.kafka.kafka_brokers.clone(),
+            source,
+        })
+}
+
+/// Commits what was stored, leaves the group and closes the consumer: blocking, for as long as
+/// the broker takes (for good when it is gone), so only ever run through [`blocking`].
+fn close(consumer: Arc<StreamConsumer<LagContext>>) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last automatic commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(error) => tracing::warn!(%error, "final offset commit failed"),
+    }
+    consumer.unsubscribe();
+    // The last reference closes it (a check of the group's offsets may still hold one).
+    drop(consumer);
 }
 
 /// The consumer span of one batch: a child of the trace its first message was published in,
@@ -209,38 +265,126 @@ fn batch_span(group: &str, batch: &[Received]) -> tracing::Span {
 }
 
 struct Consuming<H> {
-    consumer: StreamConsumer<LagContext>,
+    /// Shared with the checks of the group's offsets ([`Watch`]), which run on threads.
+    consumer: Arc<StreamConsumer<LagContext>>,
+    watch: Watch,
+    /// Full names of the subscribed topics.
+    names: Vec<String>,
     full_names: HashMap<String, &'static str>,
     handler: H,
     dead_letters: DeadLetters,
-    group_id: String,
     status: ConsumerStatus,
-    settings: ConsumerArgs,
+    subscription: Subscription,
     shutdown: CancellationToken,
 }
 
+/// What the loop does next.
+enum Next {
+    Batch(Vec<Received>),
+    /// Nothing to apply: look at the group's offsets.
+    Idle,
+    Stop,
+}
+
 impl<H: BatchHandler> Consuming<H> {
-    async fn run(&mut self) {
-        while let Some(batch) = self.next_batch().await {
-            if batch.is_empty() {
-                continue;
+    /// Consumes until shut down; the batch in hand then gets until the drain timeout. Answers
+    /// when the close must be done by.
+    async fn run(&mut self) -> (Result<(), RuntimeError>, Instant) {
+        let shutdown = self.shutdown.clone();
+        let drain = self.subscription.drain_timeout;
+        let mut stopping_since = None;
+        let consumed = {
+            let overrun = async {
+                shutdown.cancelled().await;
+                stopping_since = Some(Instant::now());
+                tokio::time::sleep(drain).await;
+            };
+            tokio::select! {
+                consumed = self.consume() => Some(consumed),
+                () = overrun => None,
             }
-            let span = batch_span(&self.group_id, &batch);
-            match self.apply(&batch).instrument(span).await {
-                Ok(()) => self.store_offsets(&batch),
-                Err(Stopped) => return,
+        };
+        let deadline = stopping_since.unwrap_or_else(Instant::now) + drain;
+        let consumed = consumed.unwrap_or_else(|| {
+            tracing::warn!(
+                ?drain,
+                "the batch in hand is still not applied at the drain timeout; abandoning it \
+                 uncommitted (the next owner of its partitions replays it)"
+            );
+            Ok(())
+        });
+        (consumed, deadline)
+    }
+
+    async fn consume(&mut self) -> Result<(), RuntimeError> {
+        loop {
+            match self.next_batch().await {
+                Next::Stop => return Ok(()),
+                Next::Idle => {}
+                Next::Batch(batch) => {
+                    let span = batch_span(&self.subscription.group_id, &batch);
+                    match self.apply(&batch).instrument(span).await {
+                        Ok(()) => self.store_offsets(&batch),
+                        Err(Stopped) => return Ok(()),
+                    }
+                }
             }
             if self.shutdown.is_cancelled() {
-                return;
+                return Ok(());
+            }
+            if let Some(stalled) = self.watch.poll(&self.consumer) {
+                self.rejoin(&stalled).await?;
             }
         }
     }
 
+    /// Leaves the group and joins it again as a new member, so the coordinator rebalances.
+    async fn rejoin(&mut self, stalled: &Stalled) -> Result<(), RuntimeError> {
+        let group = &self.subscription.group_id;
+        let partitions: Vec<String> = stalled
+            .partitions
+            .iter()
+            .take(10)
+            .map(|(partition, lag, still)| {
+                format!("{partition} lag {lag} unmoved for {}s", still.as_secs())
+            })
+            .collect();
+        tracing::warn!(
+            %group,
+            held_nothing_for = ?stalled.held_nothing_for,
+            partitions_held = stalled.held,
+            stalled_partitions = stalled.partitions.len(),
+            stalled_lag = stalled.total_lag(),
+            stalled = ?partitions,
+            next_window = ?self.watch.window(),
+            "partitions with messages waiting have not moved for a whole stall window and no \
+             rebalance came; leaving and rejoining the group with a new member id"
+        );
+        metrics()
+            .kafka_consumer_rejoins
+            .get_or_create(&Group {
+                group: group.clone(),
+            })
+            .inc();
+        let fresh = Arc::new(create_consumer(&self.subscription, &self.status)?);
+        let stale = std::mem::replace(&mut self.consumer, fresh);
+        self.watch.rejoined();
+        let deadline =
+            Instant::now() + Duration::from_millis(self.subscription.consumer.session_timeout_ms);
+        tokio::select! {
+            // Shutting down: the old member closes on its own thread meanwhile.
+            () = self.shutdown.cancelled() => return Ok(()),
+            _ = blocking::until("leaving the group to rejoin it", deadline, move || close(stale)) => {}
+        }
+        subscribe(&self.consumer, &self.subscription, &self.names)
+    }
+
     /// The next batch: waits for a first message, then takes what else arrives within the
-    /// batch window, up to the batch size. `None` once shut down with nothing in hand.
-    async fn next_batch(&self) -> Option<Vec<Received>> {
+    /// batch window, up to the batch size.
+    async fn next_batch(&mut self) -> Next {
         let first = tokio::select! {
-            () = self.shutdown.cancelled() => return None,
+            () = self.shutdown.cancelled() => return Next::Stop,
+            () = self.watch.wake() => return Next::Idle,
             received = self.consumer.recv() => received,
         };
         let mut batch = Vec::new();
@@ -249,14 +393,15 @@ impl<H: BatchHandler> Consuming<H> {
             Err(error) => {
                 tracing::warn!(%error, "Kafka receive failed; retrying");
                 tokio::select! {
-                    () = self.shutdown.cancelled() => return None,
+                    () = self.shutdown.cancelled() => return Next::Stop,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
-                return Some(batch);
+                return Next::Idle;
             }
         }
-        let window_closes = Instant::now() + Duration::from_millis(self.settings.batch_max_wait_ms);
-        while batch.len() < self.settings.batch_max_messages.max(1) {
+        let settings = &self.subscription.consumer;
+        let window_closes = Instant::now() + Duration::from_millis(settings.batch_max_wait_ms);
+        while batch.len() < settings.batch_max_messages.max(1) {
             tokio::select! {
                 () = tokio::time::sleep_until(window_closes) => break,
                 // Shutting down: apply what is in hand and fetch nothing more.
@@ -267,7 +412,10 @@ impl<H: BatchHandler> Consuming<H> {
                 },
             }
         }
-        Some(batch)
+        if batch.is_empty() {
+            return Next::Idle;
+        }
+        Next::Batch(batch)
     }
 
     fn detach(&self, message: &BorrowedMessage<'_>) -> Option<Received> {
@@ -358,7 +506,7 @@ impl<H: BatchHandler> Consuming<H> {
     ) -> Result<Result<Vec<Rejected>, String>, Stopped> {
         let mut backoff = Backoff::new(
             Duration::from_millis(100),
-            Duration::from_millis(self.settings.max_backoff_ms.max(1)),
+            Duration::from_millis(self.subscription.consumer.max_backoff_ms.max(1)),
         );
         loop {
             let started = Instant::now();
@@ -416,24 +564,28 @@ impl<H: BatchHandler> Consuming<H> {
     }
 
     /// Commits what was applied, then leaves the group (closing the consumer), so the next
-    /// owner of each partition starts right after it.
-    async fn leave(self) {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            // Nothing stored since the last automatic commit.
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(error) => tracing::warn!(%error, "final offset commit failed"),
+    /// owner of each partition starts right after it; flushes the dead letters meanwhile. Both
+    /// wait for the broker until `deadline` at most (the commit at least [`CLOSE_AT_LEAST`]).
+    async fn leave(self, deadline: Instant) {
+        let Self {
+            consumer,
+            dead_letters,
+            ..
+        } = self;
+        let closing = blocking::until(
+            "committing and leaving the group",
+            deadline.max(Instant::now() + CLOSE_AT_LEAST),
+            move || close(consumer),
+        );
+        let (closed, ()) = tokio::join!(closing, dead_letters.close(deadline));
+        if closed.is_some() {
+            tracing::info!("consumer stopped and left its group");
+        } else {
+            tracing::warn!(
+                "consumer stopped without confirming its final commit or leaving the group: \
+                 its partitions move after the session timeout and the next owner replays what \
+                 was not committed (to no effect)"
+            );
         }
-        self.consumer.unsubscribe();
-        let consumer = self.consumer;
-        // Closing blocks while it leaves the group: keep it off the async workers.
-        let closing = tokio::task::spawn_blocking(move || drop(consumer));
-        if let Err(error) = closing.await {
-            tracing::warn!(%error, "closing the Kafka consumer failed");
-        }
-        self.dead_letters.close().await;
-        tracing::info!("consumer stopped and left its group");
     }
 }

@@ -2,7 +2,7 @@
 //! statistics, so asking costs no broker round trip) and counts of what it applied. Logged at
 //! each report while behind, and served as `orderflow.consumer.v1.ConsumerStatusService`.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use orderflow_proto::consumer::v1::consumer_status_service_server::{
@@ -32,6 +32,8 @@ struct Inner {
     messages_applied: AtomicI64,
     batches_applied: AtomicI64,
     messages_dead_lettered: AtomicI64,
+    /// Rebalances this process's member went through, whichever consumer it was.
+    rebalances: AtomicU64,
 }
 
 #[derive(Default)]
@@ -49,6 +51,7 @@ impl ConsumerStatus {
                 messages_applied: AtomicI64::new(0),
                 batches_applied: AtomicI64::new(0),
                 messages_dead_lettered: AtomicI64::new(0),
+                rebalances: AtomicU64::new(0),
             }),
         }
     }
@@ -159,7 +162,7 @@ impl ConsumerStatus {
 /// Messages of a partition not yet committed. Without a committed offset the group starts at
 /// the earliest message, so everything still on the partition counts. `-1`: not known yet
 /// (librdkafka reports negative offsets until it has fetched them).
-fn lag(committed: i64, low_watermark: i64, high_watermark: i64) -> i64 {
+pub(super) fn lag(committed: i64, low_watermark: i64, high_watermark: i64) -> i64 {
     match (committed >= 0, low_watermark >= 0, high_watermark >= 0) {
         (true, _, true) => (high_watermark - committed).max(0),
         (false, true, true) => high_watermark - low_watermark,
@@ -208,6 +211,11 @@ impl LagContext {
     pub fn new(status: ConsumerStatus) -> Self {
         Self { status }
     }
+
+    /// How many rebalances the member has gone through: a change means partitions moved.
+    pub(super) fn rebalances(&self) -> u64 {
+        self.status.inner.rebalances.load(Ordering::Relaxed)
+    }
 }
 
 impl ClientContext for LagContext {
@@ -220,6 +228,7 @@ impl ClientContext for LagContext {
 /// noticed and who took the partitions over.
 impl ConsumerContext for LagContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.status.inner.rebalances.fetch_add(1, Ordering::Relaxed);
         let group = &self.status.inner.group_id;
         match rebalance {
             Rebalance::Assign(partitions) => {
