@@ -4,8 +4,10 @@
 
 pub mod auth;
 pub mod backoff;
+mod blocking;
 pub mod config;
 pub mod consume;
+pub mod group_offsets;
 pub mod grpc;
 pub mod kafka;
 pub mod lock;

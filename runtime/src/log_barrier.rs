@@ -9,25 +9,26 @@
 //! offsets at or past those marks, every such message has been applied. A decision taken after
 //! that, about events that could only have been appended before the mark, sees all of them.
 //!
-//! Plain Apache Kafka requests (metadata, list offsets, offset fetch): the same on any broker.
-//! The client never joins the group, so it never takes a partition from its members.
+//! The offsets come from a [`GroupReader`], which never joins the group, each read on a thread
+//! of its own and abandoned after a bound ([`crate::blocking`]), so a dead broker never holds a
+//! caller or the process's exit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
+use tokio::time::Instant;
 
 use crate::config::KafkaArgs;
+use crate::group_offsets::{self, GroupReader};
 use crate::RuntimeError;
 
-/// How long one round of requests to the broker may take.
+/// How long each of a read's few requests to the broker may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole read may take before it is abandoned ([`crate::blocking`]).
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 pub struct LogBarrier {
-    consumer: Arc<BaseConsumer>,
+    reader: GroupReader,
     topic: String,
 }
 
@@ -43,34 +44,24 @@ impl Mark {
     /// one) covers every message below the mark.
     pub fn covered_by(&self, committed: impl Fn(i32) -> Option<i64>) -> bool {
         self.partitions.iter().all(|&(partition, low, high)| {
-            // A partition that holds nothing below the mark needs no commit.
-            high <= low || committed(partition).is_some_and(|next| next >= high)
+            group_offsets::lag(committed(partition).unwrap_or(-1), low, high) == 0
         })
     }
 }
 
-/// A barrier request failed (broker unreachable, topic metadata unavailable).
+/// A barrier read failed (broker unreachable, no answer in time).
 #[derive(Debug, thiserror::Error)]
-#[error("order log barrier on {topic}: {source}")]
+#[error("order log barrier on {topic}: {reason}")]
 pub struct BarrierError {
     topic: String,
-    #[source]
-    source: KafkaError,
+    reason: String,
 }
 
 impl LogBarrier {
     /// A barrier on `topic` (full name) for the consumer group `group_id`.
     pub fn new(kafka: &KafkaArgs, group_id: &str, topic: String) -> Result<Self, RuntimeError> {
-        let consumer: BaseConsumer = crate::kafka::consumer_config(kafka, group_id)?
-            // It reads the group's offsets and must never commit any.
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|source| RuntimeError::Kafka {
-                brokers: kafka.kafka_brokers.clone(),
-                source,
-            })?;
         Ok(Self {
-            consumer: Arc::new(consumer),
+            reader: GroupReader::new(kafka, group_id)?,
             topic,
         })
     }
@@ -78,26 +69,19 @@ impl LogBarrier {
     /// Marks the log as it is now. A topic that does not exist yet has no partitions: nothing
     /// is below its mark.
     pub async fn mark(&self) -> Result<Mark, BarrierError> {
-        let (consumer, topic) = (Arc::clone(&self.consumer), self.topic.clone());
-        self.blocking(move || {
-            let metadata = consumer.fetch_metadata(Some(&topic), REQUEST_TIMEOUT)?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|found| found.name() == topic && found.error().is_none())
-                .flat_map(|found| found.partitions().iter().map(|p| p.id()))
-                .collect();
-            partitions
-                .into_iter()
-                .map(|partition| {
-                    let (low, high) =
-                        consumer.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?;
-                    Ok((partition, low, high))
-                })
-                .collect::<Result<Vec<_>, KafkaError>>()
-                .map(|partitions| Mark { partitions })
-        })
-        .await
+        let partitions = self
+            .read()
+            .await?
+            .into_iter()
+            .map(|offsets| {
+                (
+                    offsets.partition,
+                    offsets.low_watermark,
+                    offsets.high_watermark,
+                )
+            })
+            .collect();
+        Ok(Mark { partitions })
     }
 
     /// Whether the group has committed offsets at or past `mark` on every partition.
@@ -105,40 +89,34 @@ impl LogBarrier {
         if mark.covered_by(|_| None) {
             return Ok(true);
         }
-        let (consumer, topic, wanted) =
-            (Arc::clone(&self.consumer), self.topic.clone(), mark.clone());
-        self.blocking(move || {
-            let mut partitions = TopicPartitionList::new();
-            for &(partition, ..) in &wanted.partitions {
-                partitions.add_partition(&topic, partition);
-            }
-            let committed = consumer.committed_offsets(partitions, REQUEST_TIMEOUT)?;
-            Ok(wanted.covered_by(|partition| {
-                match committed
-                    .find_partition(&topic, partition)
-                    .map(|entry| entry.offset())
-                {
-                    Some(Offset::Offset(next)) => Some(next),
-                    _ => None,
-                }
-            }))
-        })
-        .await
+        let committed: Vec<(i32, i64)> = self
+            .read()
+            .await?
+            .into_iter()
+            .map(|offsets| (offsets.partition, offsets.committed))
+            .collect();
+        Ok(mark.covered_by(|partition| {
+            committed
+                .iter()
+                .find(|(found, _)| *found == partition)
+                .map(|(_, next)| *next)
+        }))
     }
 
-    /// librdkafka's synchronous requests, off the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        request: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
-    ) -> Result<T, BarrierError> {
-        let error = |source| BarrierError {
+    async fn read(&self) -> Result<Vec<group_offsets::PartitionOffsets>, BarrierError> {
+        let (reader, topics) = (self.reader.clone(), vec![self.topic.clone()]);
+        let error = |reason: String| BarrierError {
             topic: self.topic.clone(),
-            source,
+            reason,
         };
-        match tokio::task::spawn_blocking(request).await {
-            Ok(result) => result.map_err(error),
-            Err(_) => Err(error(KafkaError::Canceled)),
-        }
+        crate::blocking::until(
+            "reading the order log's offsets",
+            Instant::now() + READ_TIMEOUT,
+            move || reader.read(&topics, REQUEST_TIMEOUT),
+        )
+        .await
+        .ok_or_else(|| error("no answer in time".into()))?
+        .map_err(|kafka| error(kafka.to_string()))
     }
 }
 

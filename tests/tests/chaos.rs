@@ -83,3 +83,9 @@ async fn killing_inventory_svc_at_random_oversells_nothing_and_loses_nothing() {
     let report = chaos(&["--kill=inventory-svc", "--kills=30", "--duration-secs=30"]).await;
     assert!(kills(&report) >= 30, "{report:#}");
 }
+
+#[tokio::test]
+async fn killing_consumer_group_members_at_random_drains_the_pipeline_completely() {
+    let report = chaos(&["--kill=consumers", "--kills=20", "--duration-secs=30"]).await;
+    assert!(kills(&report) >= 20, "{report:#}");
+}

@@ -108,12 +108,12 @@ impl DeadLetters {
     }
 
     /// Waits for copies still in flight until `deadline` at most, then closes the producer; a
-    /// producer still waiting for the broker then is abandoned ([`super::blocking`]).
+    /// producer still waiting for the broker then is abandoned ([`crate::blocking`]).
     pub async fn close(self, deadline: Instant) {
         let producer = self.producer;
         let flush_for = deadline.saturating_duration_since(Instant::now());
         let flushing =
-            super::blocking::until("flushing the dead-letter producer", deadline, move || {
+            crate::blocking::until("flushing the dead-letter producer", deadline, move || {
                 let flushed = producer.flush(flush_for);
                 drop(producer);
                 flushed

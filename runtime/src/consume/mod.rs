@@ -15,13 +15,12 @@
 //!   applied message by message to find the one to dead-letter.
 //! - **Shutdown, bounded**: stop fetching, finish the batch in flight, commit, leave the group,
 //!   all within the drain timeout (a small fixed margin more for the commit); whatever still
-//!   waits for the broker then is abandoned ([`blocking`]), so a dead broker cannot hold the
+//!   waits for the broker then is abandoned ([`crate::blocking`]), so a dead broker cannot hold the
 //!   process.
 //! - **Stalled groups**: a member that sees partitions it does not hold stand still while behind
 //!   leaves and rejoins the group with a fresh member id ([`stall`]).
 //! - **Lag**: reported by the Kafka client per partition, logged and served ([`status`]).
 
-mod blocking;
 pub mod dead_letter;
 mod stall;
 pub mod status;
@@ -221,7 +220,7 @@ fn subscribe(
 }
 
 /// Commits what was stored, leaves the group and closes the consumer: blocking, for as long as
-/// the broker takes (for good when it is gone), so only ever run through [`blocking`].
+/// the broker takes (for good when it is gone), so only ever run through [`crate::blocking`].
 fn close(consumer: Arc<StreamConsumer<LagContext>>) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
@@ -374,7 +373,7 @@ impl<H: BatchHandler> Consuming<H> {
         tokio::select! {
             // Shutting down: the old member closes on its own thread meanwhile.
             () = self.shutdown.cancelled() => return Ok(()),
-            _ = blocking::until("leaving the group to rejoin it", deadline, move || close(stale)) => {}
+            _ = crate::blocking::until("leaving the group to rejoin it", deadline, move || close(stale)) => {}
         }
         subscribe(&self.consumer, &self.subscription, &self.names)
     }
@@ -572,7 +571,7 @@ impl<H: BatchHandler> Consuming<H> {
             dead_letters,
             ..
         } = self;
-        let closing = blocking::until(
+        let closing = crate::blocking::until(
             "committing and leaving the group",
             deadline.max(Instant::now() + CLOSE_AT_LEAST),
             move || close(consumer),

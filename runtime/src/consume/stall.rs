@@ -24,14 +24,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio::time::Instant;
 
 use super::status::LagContext;
 use crate::config::KafkaArgs;
+use crate::group_offsets::{GroupReader, PartitionOffsets};
 use crate::RuntimeError;
 
 /// How often librdkafka commits the stored offsets (its `auto.commit.interval.ms` default,
@@ -41,22 +41,18 @@ pub const AUTO_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// The stall window doubles at most this many times (×64).
 pub const MAX_BACKOFF: u32 = 6;
 
-/// One partition of a subscribed topic as the group sees it.
+/// One partition of a subscribed topic as the group sees it, and whether this member holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionOffsets {
-    pub topic: String,
-    pub partition: i32,
-    /// Whether this member holds it.
+pub struct Seen {
+    pub offsets: PartitionOffsets,
     pub held: bool,
-    /// The group's committed offset, negative when none.
-    pub committed: i64,
-    pub low_watermark: i64,
-    pub high_watermark: i64,
 }
 
-impl PartitionOffsets {
-    fn lag(&self) -> i64 {
-        super::status::lag(self.committed, self.low_watermark, self.high_watermark)
+impl std::ops::Deref for Seen {
+    type Target = PartitionOffsets;
+
+    fn deref(&self) -> &PartitionOffsets {
+        &self.offsets
     }
 }
 
@@ -115,7 +111,7 @@ impl Stalls {
         &mut self,
         now: Instant,
         rebalances: u64,
-        partitions: &[PartitionOffsets],
+        partitions: &[Seen],
     ) -> Option<Stalled> {
         // A rebalance moved partitions: their new owners get a whole window.
         if self.rebalances.replace(rebalances) != Some(rebalances) {
@@ -183,17 +179,13 @@ impl Stalls {
 }
 
 /// What a check brings back: the rebalance count it was taken at and every partition.
-type Snapshot = Result<(u64, Vec<PartitionOffsets>), KafkaError>;
+type Snapshot = Result<(u64, Vec<Seen>), KafkaError>;
 
 /// Checks the group's offsets every half session timeout, off the consume loop (the broker's
-/// answers take a thread of their own, see [`super::blocking`]), and says when to rejoin.
-///
-/// The offsets are read through a client of their own that never joins the group: asked of the
-/// member's consumer, they would make librdkafka track every partition as one it wants, and its
-/// statistics (the lag the member reports) would list partitions it does not hold.
+/// answers take a thread of their own, see [`crate::blocking`]), through a reader that never
+/// joins the group ([`GroupReader`]), and says when to rejoin.
 pub(super) struct Watch {
-    /// `None` only once dropped.
-    reader: Option<Arc<BaseConsumer>>,
+    reader: GroupReader,
     stalls: Stalls,
     topics: Vec<String>,
     interval: Duration,
@@ -215,16 +207,9 @@ impl Watch {
         session_timeout: Duration,
         topics: Vec<String>,
     ) -> Result<Self, RuntimeError> {
-        let reader = crate::kafka::consumer_config(kafka, group_id)?
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|source| RuntimeError::Kafka {
-                brokers: kafka.kafka_brokers.clone(),
-                source,
-            })?;
         let interval = (session_timeout / 2).max(Duration::from_secs(1));
         Ok(Self {
-            reader: Some(Arc::new(reader)),
+            reader: GroupReader::new(kafka, group_id)?,
             stalls: Stalls::new(session_timeout),
             topics,
             interval,
@@ -271,13 +256,12 @@ impl Watch {
             }
         }
         let verdict = self.answer.take().and_then(|answer| self.judge(answer));
-        let reader = self.reader.as_ref().map(Arc::clone);
-        if let Some(reader) = reader.filter(|_| self.pending.is_none() && now >= self.next_check) {
+        if self.pending.is_none() && now >= self.next_check {
             self.next_check = now + self.interval;
-            let consumer = Arc::clone(consumer);
+            let (consumer, reader) = (Arc::clone(consumer), self.reader.clone());
             let topics = self.topics.clone();
             let timeout = self.request_timeout;
-            self.pending = super::blocking::spawn("checking the group's offsets", move || {
+            self.pending = crate::blocking::spawn("checking the group's offsets", move || {
                 offsets(&consumer, &reader, &topics, timeout)
             })
             .map(|receiver| (now, receiver));
@@ -309,22 +293,11 @@ impl Watch {
     }
 }
 
-/// Closing the offsets reader can block like any client whose broker is gone (see
-/// [`super::blocking`]): it closes on a thread of its own, which nobody waits for.
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            let _ =
-                super::blocking::spawn("closing the group offsets reader", move || drop(reader));
-        }
-    }
-}
-
 /// The group's committed offset and the watermarks of every partition of `topics` (read with
 /// `reader`), and which of them `consumer` holds. Blocks for up to a few times `timeout`.
 fn offsets(
     consumer: &StreamConsumer<LagContext>,
-    reader: &BaseConsumer,
+    reader: &GroupReader,
     topics: &[String],
     timeout: Duration,
 ) -> Snapshot {
@@ -335,43 +308,12 @@ fn offsets(
         .iter()
         .map(|held| (held.topic().to_owned(), held.partition()))
         .collect();
-    let mut all = TopicPartitionList::new();
-    for topic in topics {
-        let metadata = reader.fetch_metadata(Some(topic), timeout)?;
-        for found in metadata.topics() {
-            for partition in found.partitions() {
-                all.add_partition(found.name(), partition.id());
-            }
-        }
-    }
-    let committed = reader.committed_offsets(all.clone(), timeout)?;
-    // ListOffsets with the special timestamps -2 (earliest) and -1 (latest): the watermarks of
-    // every partition in one request per broker.
-    let watermark = |which: Offset| {
-        let mut list = all.clone();
-        list.set_all_offsets(which)?;
-        reader.offsets_for_times(list, timeout)
-    };
-    let (low, high) = (watermark(Offset::Beginning)?, watermark(Offset::End)?);
-    let offset_of = |list: &TopicPartitionList, topic: &str, partition: i32| {
-        list.find_partition(topic, partition)
-            .filter(|found| found.error().is_ok())
-            .and_then(|found| found.offset().to_raw())
-            .unwrap_or(-1)
-    };
-    let partitions = all
-        .elements()
-        .iter()
-        .map(|element| {
-            let (topic, partition) = (element.topic(), element.partition());
-            PartitionOffsets {
-                topic: topic.to_owned(),
-                partition,
-                held: held.contains(&(topic.to_owned(), partition)),
-                committed: offset_of(&committed, topic, partition),
-                low_watermark: offset_of(&low, topic, partition),
-                high_watermark: offset_of(&high, topic, partition),
-            }
+    let partitions = reader
+        .read(topics, timeout)?
+        .into_iter()
+        .map(|offsets| Seen {
+            held: held.contains(&(offsets.topic.clone(), offsets.partition)),
+            offsets,
         })
         .collect();
     Ok((rebalances, partitions))
@@ -384,14 +326,16 @@ mod tests {
     const SESSION: Duration = Duration::from_secs(10);
     const WINDOW: Duration = Duration::from_secs(15);
 
-    fn partition(partition: i32, held: bool, committed: i64, high: i64) -> PartitionOffsets {
-        PartitionOffsets {
-            topic: "t".into(),
-            partition,
+    fn partition(partition: i32, held: bool, committed: i64, high: i64) -> Seen {
+        Seen {
+            offsets: PartitionOffsets {
+                topic: "t".into(),
+                partition,
+                committed,
+                low_watermark: 0,
+                high_watermark: high,
+            },
             held,
-            committed,
-            low_watermark: 0,
-            high_watermark: high,
         }
     }
 
@@ -483,11 +427,9 @@ mod tests {
     fn a_partition_never_committed_counts_from_its_first_message() {
         let mut stalls = Stalls::new(SESSION);
         let start = Instant::now();
-        let never = PartitionOffsets {
-            committed: -1001,
-            low_watermark: 4,
-            ..partition(0, false, 0, 10)
-        };
+        let mut never = partition(0, false, 0, 10);
+        never.offsets.committed = -1001;
+        never.offsets.low_watermark = 4;
         assert_eq!(stalls.observe(start, 1, std::slice::from_ref(&never)), None);
         let stalled = stalls
             .observe(start + WINDOW, 1, &[never])

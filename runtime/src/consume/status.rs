@@ -107,7 +107,7 @@ impl ConsumerStatus {
                         partition: partition.partition,
                         committed_offset: partition.committed_offset.max(-1),
                         high_watermark: partition.hi_offset.max(-1),
-                        lag: lag(
+                        lag: crate::group_offsets::lag(
                             partition.committed_offset,
                             partition.lo_offset,
                             partition.hi_offset,
@@ -156,17 +156,6 @@ impl ConsumerStatus {
         } else if previous > 0 {
             tracing::info!(group = %self.inner.group_id, "consumer caught up (lag 0)");
         }
-    }
-}
-
-/// Messages of a partition not yet committed. Without a committed offset the group starts at
-/// the earliest message, so everything still on the partition counts. `-1`: not known yet
-/// (librdkafka reports negative offsets until it has fetched them).
-pub(super) fn lag(committed: i64, low_watermark: i64, high_watermark: i64) -> i64 {
-    match (committed >= 0, low_watermark >= 0, high_watermark >= 0) {
-        (true, _, true) => (high_watermark - committed).max(0),
-        (false, true, true) => high_watermark - low_watermark,
-        _ => -1,
     }
 }
 
@@ -252,19 +241,7 @@ fn names(partitions: &TopicPartitionList) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{lag, total_lag, PartitionStatus};
-
-    #[test]
-    fn lag_counts_what_is_not_committed() {
-        assert_eq!(lag(7, 0, 10), 3);
-        assert_eq!(lag(10, 0, 10), 0);
-        // Nothing committed yet: everything still on the partition, none if it is empty.
-        assert_eq!(lag(-1001, 4, 10), 6);
-        assert_eq!(lag(-1001, 0, 0), 0);
-        // Offsets not fetched yet.
-        assert_eq!(lag(-1001, -1001, -1001), -1);
-        assert_eq!(lag(5, 0, -1001), -1);
-    }
+    use super::{total_lag, PartitionStatus};
 
     #[test]
     fn total_lag_is_unknown_while_any_partition_is() {

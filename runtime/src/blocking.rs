@@ -4,8 +4,9 @@
 //! timeouts and not others (closing a consumer whose group coordinator is gone waits for good).
 //! Each runs here on a thread of its own and the caller waits at most until a deadline; past it
 //! the call is abandoned, logged, and its thread left to finish or to end with the process.
-//! Abandoning is safe: offsets are only stored after the effects committed and the handlers make
-//! a replay a no-op, so whatever a lost commit leaves uncommitted is applied again harmlessly.
+//! Abandoning is safe for every caller: a consumer's offsets are only stored after the effects
+//! committed and the handlers make a replay a no-op, so whatever a lost commit leaves
+//! uncommitted is applied again harmlessly; a read of a group's offsets is simply asked again.
 //!
 //! Not tokio's blocking pool: a runtime waits for every blocking task when it shuts down, so a
 //! call stuck there would keep the process from exiting.
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 
 /// Runs `call` on a thread of its own and waits for its result until `deadline`. `None`: it did
 /// not finish in time (or its thread could not start) and was abandoned, as logged.
-pub(super) async fn until<T: Send + 'static>(
+pub(crate) async fn until<T: Send + 'static>(
     what: &'static str,
     deadline: Instant,
     call: impl FnOnce() -> T + Send + 'static,
@@ -41,7 +42,7 @@ pub(super) async fn until<T: Send + 'static>(
 }
 
 /// Starts `call` on a thread of its own; its result arrives on the receiver.
-pub(super) fn spawn<T: Send + 'static>(
+pub(crate) fn spawn<T: Send + 'static>(
     what: &'static str,
     call: impl FnOnce() -> T + Send + 'static,
 ) -> Option<oneshot::Receiver<T>> {
