@@ -134,9 +134,8 @@ async fn count(stack: &Stack, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn killing_the_worker_twice_loses_and_duplicates_nothing() {
-    // A broker of its own. On the shared one, which by then holds every earlier test's messages
-    // and groups, the restarted worker twice waited for partitions for good in full `make test`
-    // runs (tansu 0.6's group coordinator; never in 12 runs of this test alone).
+    // A broker of its own: the drain below must not depend on what the rest of the suite left
+    // on the shared one (tansu slows as it fills, and its group coordinator keeps every group).
     let broker = PrivateBroker::start().await;
     let stack = Stack::start_with(Options {
         external_worker: true,
@@ -170,10 +169,11 @@ async fn killing_the_worker_twice_loses_and_duplicates_nothing() {
                 (acknowledged.load(Ordering::Relaxed) >= at).then_some(())
             })
             .await;
-            // Killed while it applies, not while it joins: tansu 0.6 keeps a leader killed in
-            // the middle of a rebalance in the group for good, and the next worker then never
-            // gets a partition (real Kafka drops it after the rebalance timeout). Owning every
-            // partition means the group has dropped its dead predecessor: no rebalance pending.
+            // Killed while it applies: this test is about what a crash mid-batch leaves behind.
+            // Kills in the middle of a rebalance, which tansu 0.6 can leave with partitions
+            // nobody holds until a member rejoins, are tests/tests/consumer_healing.rs's and
+            // chaos.rs's. Owning every partition means the group has dropped its dead
+            // predecessor: no rebalance pending.
             eventually(
                 "the worker to own every partition and apply",
                 Duration::from_secs(120),
