@@ -294,6 +294,8 @@ impl Claims {
         if self.rebuilding.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Before the claim that noticed the loss looks: what an earlier rebuild found is stale.
+        self.log_applied.send_replace(false);
         let claims = self.clone();
         tokio::spawn(async move {
             match claims.rebuild(&pool).await {
@@ -318,8 +320,26 @@ impl Claims {
             .is_ok_and(|changed| changed.is_ok())
     }
 
+    /// At start-up: if Redis lacks the memory marker (a new deployment, or Redis lost its data
+    /// while this process was down), starts the rebuild and waits up to `patience` for it to
+    /// have caught up with the order log, so the first orders are not refused while it does.
+    pub async fn restore_at_start(
+        &self,
+        pool: PgPool,
+        patience: Duration,
+    ) -> Result<(), OrderError> {
+        let mut redis = self.redis.clone();
+        let complete: bool = redis.exists(self.memory_key()).await?;
+        if !complete {
+            self.rebuild_in_background(pool);
+            if !self.log_applied(patience).await {
+                tracing::warn!(?patience, "idempotency keys are still being restored; new keys wait until consumer-worker has applied the order log");
+            }
+        }
+        Ok(())
+    }
+
     async fn rebuild(&self, pool: &PgPool) -> Result<u64, OrderError> {
-        self.log_applied.send_replace(false);
         let mark = self.barrier.mark().await.map_err(barrier_error)?;
         while !self.barrier.reached(&mark).await.map_err(barrier_error)? {
             tokio::time::sleep(LOG_POLL).await;

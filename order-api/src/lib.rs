@@ -159,6 +159,10 @@ fn policy() -> orderflow_runtime::auth::Policy {
     )
 }
 
+/// How long start-up waits for the idempotency keys' restore to catch up with the order log
+/// (instant on an idle log); past it the process serves and new keys wait meanwhile.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Serves the order API on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -209,15 +213,20 @@ pub async fn run(
         followups: followups.clone(),
     };
     let feed = watch::ChangeFeed::new(store);
+    let claims = idempotency::Claims::new(
+        redis.clone(),
+        config.redis.clone(),
+        Duration::from_secs(config.idempotency_ttl_secs),
+        config.order_log.barrier(&config.kafka)?,
+    );
+    claims
+        .restore_at_start(reads.store.pool().clone(), RESTORE_PATIENCE)
+        .await
+        .map_err(|error| orderflow_runtime::RuntimeError::Config(error.to_string()))?;
     let placement = placement::Placement::new(placement::Parts {
         inventory,
         cache,
-        claims: idempotency::Claims::new(
-            redis.clone(),
-            config.redis.clone(),
-            Duration::from_secs(config.idempotency_ttl_secs),
-            config.order_log.barrier(&config.kafka)?,
-        ),
+        claims,
         publisher,
         rate_limit: rate_limit::RateLimit::new(
             redis,

@@ -115,10 +115,20 @@ async fn wait_for_the_pipeline_to_drain(stack: &Stack, worker: SocketAddr) -> Dr
         (stack.rows("stock_settlements").await == 0).then_some(())
     })
     .await;
+    // Printed as it changes, so a timeout shows where notify-svc's consumer stood.
+    let last_seen = Mutex::new(None);
     eventually(
         "every notification stored",
         Duration::from_secs(120),
-        || async { (stack.rows("notifications").await == applied).then_some(()) },
+        || async {
+            let stored = stack.rows("notifications").await;
+            let notify = consumer_status(stack.addresses.notify).await;
+            let seen = (stored, notify.partitions.len(), notify.total_lag);
+            if last_seen.lock().expect("not poisoned").replace(seen) != Some(seen) {
+                println!("notifications: {seen:?} (stored, notify-svc's partitions, its lag) of {applied}");
+            }
+            (stored == applied).then_some(())
+        },
     )
     .await;
     let voided = count(stack, "SELECT count(*) FROM orders WHERE voided").await;
