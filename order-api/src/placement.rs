@@ -174,35 +174,29 @@ impl Placement {
         let claims = &self.parts.claims;
         let store = &self.parts.reads.store;
         claims.rebuild_in_background(store.pool().clone());
-        let Some(earlier) = store
+        let earlier = store
             .by_idempotency_key(&new_order.user_id, &new_order.idempotency_key)
-            .await?
-        else {
-            if claims.log_applied(deadline.remaining() / 4).await {
-                return Ok(None);
+            .await?;
+        let earlier = match earlier {
+            Some(earlier) if order::order_fingerprint(&earlier) == record.fingerprint => earlier,
+            other => {
+                let refusal = match other {
+                    Some(_) => OrderError::IdempotencyKeyReused,
+                    None if claims.log_applied(deadline.remaining() / 4).await => return Ok(None),
+                    // The key's order may be acknowledged and still only in the log: wait.
+                    None => OrderError::KeysRestoring,
+                };
+                claims
+                    .abandon(
+                        &new_order.user_id,
+                        &new_order.idempotency_key,
+                        record,
+                        lease,
+                    )
+                    .await?;
+                return Err(refusal);
             }
-            // The key's order may be acknowledged and still only in the log: wait for it.
-            claims
-                .abandon(
-                    &new_order.user_id,
-                    &new_order.idempotency_key,
-                    record,
-                    lease,
-                )
-                .await?;
-            return Err(OrderError::KeysRestoring);
         };
-        if order::order_fingerprint(&earlier) != record.fingerprint {
-            claims
-                .abandon(
-                    &new_order.user_id,
-                    &new_order.idempotency_key,
-                    record,
-                    lease,
-                )
-                .await?;
-            return Err(OrderError::IdempotencyKeyReused);
-        }
         let placed = ClaimRecord {
             order_id: Uuid::try_parse(&earlier.order_id)
                 .map_err(|error| OrderError::Internal(error.to_string()))?,

@@ -112,11 +112,10 @@ async fn survivor_recovered(stack: &Stack, survivor: &WorkerProcess, died: Insta
     );
 }
 
-#[tokio::test]
-async fn a_worker_killed_in_steady_state_leaves_no_partition_behind() {
-    let broker = PrivateBroker::start().await;
+/// A stack on `broker` whose two worker processes share the partitions.
+async fn two_workers_sharing(broker: &PrivateBroker) -> (Stack, WorkerProcess, WorkerProcess) {
     let stack = stack_on(
-        &broker,
+        broker,
         Options {
             external_worker: true,
             ..Options::default()
@@ -127,6 +126,13 @@ async fn a_worker_killed_in_steady_state_leaves_no_partition_behind() {
     wait_until_holding_all(&first).await;
     let second = WorkerProcess::start(&stack).await;
     wait_until_sharing(&first, &second).await;
+    (stack, first, second)
+}
+
+#[tokio::test]
+async fn a_worker_killed_in_steady_state_leaves_no_partition_behind() {
+    let broker = PrivateBroker::start().await;
+    let (stack, first, second) = two_workers_sharing(&broker).await;
     place_orders(&stack, "before", 20).await;
     wait_until_applied(&stack, 20).await;
 
@@ -142,18 +148,7 @@ async fn a_worker_killed_in_steady_state_leaves_no_partition_behind() {
 #[tokio::test]
 async fn a_leader_killed_while_a_third_worker_joins_leaves_no_partition_behind() {
     let broker = PrivateBroker::start().await;
-    let stack = stack_on(
-        &broker,
-        Options {
-            external_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    let first = WorkerProcess::start(&stack).await;
-    wait_until_holding_all(&first).await;
-    let second = WorkerProcess::start(&stack).await;
-    wait_until_sharing(&first, &second).await;
+    let (stack, first, second) = two_workers_sharing(&broker).await;
     // The third is serving and its consumer joins: the group rebalances, led by the first, which
     // dies in the middle of it. On tansu 0.6 the survivors then sometimes hold everything, and
     // sometimes one syncs an empty assignment and the dead leader's share stands still.
