@@ -420,34 +420,36 @@ async fn two_workers_share_the_partitions_and_apply_each_event_once() {
         ..Options::default()
     })
     .await;
-    // Both members own partitions before any event flows.
-    let statuses = eventually(
-        "both workers to own partitions",
-        Duration::from_secs(60),
-        || async {
-            let mut all = Vec::new();
+    // Both members own partitions, none of them twice, before any event flows. Each status is
+    // librdkafka's statistics, refreshed once per lag-report interval, so a snapshot taken across
+    // a rebalance can still list what a member just gave up: only an overlap that outlasts the
+    // wait is two owners.
+    let mut last_seen = Vec::new();
+    let converged = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let mut owned: Vec<HashSet<(String, i32)>> = Vec::new();
             for address in &stack.workers {
-                all.push(consumer_status(*address).await);
+                let status = consumer_status(*address).await;
+                owned.push(
+                    status
+                        .partitions
+                        .iter()
+                        .map(|partition| (partition.topic.clone(), partition.partition))
+                        .collect(),
+                );
             }
-            all.iter()
-                .all(|status| !status.partitions.is_empty())
-                .then_some(all)
-        },
-    )
+            let every_member_owns = owned.iter().all(|partitions| !partitions.is_empty());
+            if every_member_owns && owned[0].is_disjoint(&owned[1]) {
+                return;
+            }
+            last_seen = owned;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
     .await;
-    let owned: Vec<HashSet<(String, i32)>> = statuses
-        .iter()
-        .map(|status| {
-            status
-                .partitions
-                .iter()
-                .map(|partition| (partition.topic.clone(), partition.partition))
-                .collect()
-        })
-        .collect();
     assert!(
-        owned[0].is_disjoint(&owned[1]),
-        "a partition has two owners"
+        converged.is_ok(),
+        "after 60 s the workers still do not each own partitions of their own: {last_seen:?}"
     );
 
     stack.set_stock("T-1", 1_000, 100).await;
