@@ -62,8 +62,7 @@ psql "$server/postgres" -qX -v ON_ERROR_STOP=1 \
   -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database" >/dev/null
 run="bench$(date +%s)"
 # fresh_stack: (re)starts the four services, each time with a private broker whose storage is
-# empty. The broker's sqlite storage slows as it fills (docs/BENCHMARKS.md: 770 → 420 orders/s
-# over five 6 s runs), so every measurement of the order path starts from the same state.
+# empty, so every measurement of the order path starts from the same state.
 # BENCH_SHARED_BROKER=1 keeps the shared broker instead.
 fresh_stack() {
   bench_stop_services

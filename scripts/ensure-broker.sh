@@ -17,9 +17,12 @@ if ! [[ -x $TANSU ]] || [[ $("$TANSU" --version 2>/dev/null) != "tansu $TANSU_VE
   [[ -x $TANSU ]] || die "installing tansu failed; run: cargo install tansu --locked --version $TANSU_VERSION --features libsql --root $ORDERFLOW_HOME"
 fi
 
-if ! port_open 127.0.0.1 9092; then
-  step "Starting the broker (tansu) on 127.0.0.1:9092"
-  data="$ORDERFLOW_HOME/broker"
+data="$ORDERFLOW_HOME/broker"
+storage="$data/tansu.db"
+index_storage() { python3 "$REPO_ROOT/scripts/index-broker-storage.py" "$storage" "$@"; }
+command -v python3 >/dev/null || apt_install python3
+
+start_broker() {
   mkdir -p "$data"
   # tansu resolves the sqlite path against its working directory.
   (cd "$data" && setsid nohup "$TANSU" broker \
@@ -28,5 +31,27 @@ if ! port_open 127.0.0.1 9092; then
     --storage-engine sqlite://tansu.db \
     >>tansu.log 2>&1 </dev/null &)
   wait_port 127.0.0.1 9092 "the broker (log: $data/tansu.log)" 30
+}
+
+# tansu's sqlite storage lacks indexes it needs and slows as it fills without them
+# (scripts/index-broker-storage.py). A file that already holds records is indexed while the broker
+# is stopped; a file the broker just created, while it runs (its tables are empty).
+if port_open 127.0.0.1 9092; then
+  if [[ -f $storage ]] && ! index_storage --check 2>/dev/null; then
+    pid=$(pgrep -f "^$TANSU broker --listener-url tcp://127.0.0.1:9092" || true)
+    [[ -n $pid ]] || die "a broker on 127.0.0.1:9092 that this script did not start keeps $storage unindexed; stop it and rerun"
+    step "Adding the broker's missing storage indexes (stop, index, start; once)"
+    kill "$pid"
+    while port_open 127.0.0.1 9092 || kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    index_storage
+    start_broker
+  fi
+else
+  step "Starting the broker (tansu) on 127.0.0.1:9092"
+  if [[ -f $storage ]]; then index_storage || true; fi
+  start_broker
+  # A fresh file gets its schema at start-up; wait for it, then index the empty tables.
+  for _ in $(seq 50); do index_storage 2>/dev/null && break; sleep 0.2; done
+  index_storage --check || die "could not index the broker's storage $storage"
 fi
 note "Broker ready on 127.0.0.1:9092"
