@@ -14,6 +14,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	@scripts/lint-proto.sh
+	@scripts/api-doc.sh --check
 
 ## Only install and start PostgreSQL, Redis and the broker.
 stack:
