@@ -22,7 +22,8 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null' EXIT
 step "Starting inventory-svc :$inventory_port, order-api :$order_port, consumer-worker"
 target/release/inventory-svc --listen "127.0.0.1:$inventory_port" & pids+=($!)
-target/release/consumer-worker --listen "127.0.0.1:$(free_port)" --group-id "$run-worker" & pids+=($!)
+target/release/consumer-worker --listen "127.0.0.1:$(free_port)" --group-id "$run-worker" \
+  --inventory-url "http://127.0.0.1:$inventory_port" & pids+=($!)
 target/release/order-api --listen "127.0.0.1:$order_port" \
   --inventory-url "http://127.0.0.1:$inventory_port" & pids+=($!)
 wait_port 127.0.0.1 "$inventory_port" inventory-svc 30

@@ -9,6 +9,9 @@
 #   bench_start_services BIN_DIR RUN DATABASE_URL LOG_DIR
 #     sets ORDER_API, INVENTORY, INVENTORY_METRICS (host:port), and ORDER_API_PID,
 #     INVENTORY_PID, WORKER_PID, NOTIFY_PID; stops them all (and the private broker) on exit.
+#
+# Both install `trap bench_stop_services EXIT`; a caller with more to clean up sets
+# BENCH_EXIT_TRAP to its own function instead, which must call bench_stop_services.
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -36,7 +39,7 @@ bench_start_broker() {
     --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine sqlite://tansu.db >tansu.log 2>&1 </dev/null) &
   BROKER_PID=$!
-  trap bench_stop_services EXIT
+  trap "${BENCH_EXIT_TRAP:-bench_stop_services}" EXIT
   wait_port 127.0.0.1 "$port" "the private broker (log: $dir/tansu.log)" 30
   # The indexes its sqlite storage lacks (scripts/index-broker-storage.py), once tansu has
   # created its tables: without them the broker slows as the run fills it.
@@ -60,14 +63,15 @@ bench_start_services() {
   # The environment every service reads; flags below are per service.
   export ORDERFLOW_DATABASE_URL="$database_url" ORDERFLOW_REDIS_KEY_PREFIX="$run" \
     ORDERFLOW_KAFKA_TOPIC_PREFIX="$run." ORDERFLOW_LOG="${BENCH_SERVICE_LOG:-warn}"
-  trap bench_stop_services EXIT
+  trap "${BENCH_EXIT_TRAP:-bench_stop_services}" EXIT
 
   INVENTORY_METRICS="127.0.0.1:$(free_port)"
   "$bin/inventory-svc" --listen "$INVENTORY" --metrics-listen "$INVENTORY_METRICS" \
     >>"$logs/inventory-svc.log" 2>&1 &
   INVENTORY_PID=$!
   "$bin/consumer-worker" --listen "127.0.0.1:$worker_port" --group-id "$run-worker" \
-    --metrics-listen "127.0.0.1:$(free_port)" >>"$logs/consumer-worker.log" 2>&1 &
+    --inventory-url "http://$INVENTORY" --metrics-listen "127.0.0.1:$(free_port)" \
+    >>"$logs/consumer-worker.log" 2>&1 &
   WORKER_PID=$!
   "$bin/notify-svc" --listen "127.0.0.1:$notify_port" --group-id "$run-notify" \
     --metrics-listen "127.0.0.1:$(free_port)" >>"$logs/notify-svc.log" 2>&1 &
