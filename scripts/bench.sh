@@ -7,7 +7,8 @@
 #      Redis key prefix, topics and consumer groups, and a private broker with empty storage;
 #      loadgen's flash sale, then CreateOrder, the mixed workload and BatchGetOrders(100) at
 #      saturation (closed loop) and at 80 % of it (open loop), each verified; CPU per order
-#      from /proc; a system-wide perf profile during CreateOrder;
+#      from /proc; a system-wide perf profile during CreateOrder; CreateOrder again on a broker
+#      already holding BENCH_FILL_EVENTS events;
 #   2. the baseline: a plain PostgreSQL transaction per order, by pgbench, same concurrency;
 #   3. the ceilings: redis-benchmark of inventory-svc's reservation script, and a no-op gRPC
 #      call (health check) of order-api and of a bare tonic server;
@@ -16,7 +17,8 @@
 # Settings: BENCH_SECONDS per measured run (6), BENCH_CONCURRENCY (64), BENCH_CONNECTIONS
 # (HTTP/2 connections of loadgen, 4), BENCH_BUYERS / BENCH_UNITS of the flash sale
 # (100000 / 1000) and BENCH_FLASH_SECONDS, the most its race may take (15), BENCH_SKUS of the
-# mixed workload (1000), BENCH_SHARED_BROKER=1 to use the shared broker instead of a private one,
+# mixed workload (1000), BENCH_FILL_EVENTS the events the filled broker holds (1000000),
+# BENCH_SHARED_BROKER=1 to use the shared broker instead of a private one (no filled-broker run),
 # BENCH_OUTPUT (docs/BENCHMARKS.md).
 source "$(dirname "$0")/lib.sh"
 source "$REPO_ROOT/scripts/bench-services.sh"
@@ -29,6 +31,7 @@ buyers=${BENCH_BUYERS:-100000}
 units=${BENCH_UNITS:-1000}
 skus=${BENCH_SKUS:-1000}
 flash_seconds=${BENCH_FLASH_SECONDS:-15}
+fill_events=${BENCH_FILL_EVENTS:-1000000}
 output=${BENCH_OUTPUT:-$REPO_ROOT/docs/BENCHMARKS.md}
 server=${BENCH_POSTGRES:-postgres://orderflow:orderflow@127.0.0.1:5432}
 database=orderflow_bench
@@ -54,8 +57,8 @@ build_seconds=$SECONDS
 
 results=$(mktemp -d "${TMPDIR:-/tmp}/orderflow-bench.XXXXXX")
 note "raw results and service logs: $results"
-printf '{"build_s": %s, "seconds": %s, "concurrency": %s, "connections": %s}\n' \
-  "$build_seconds" "$seconds" "$concurrency" "$connections" >"$results/settings.json"
+printf '{"build_s": %s, "seconds": %s, "concurrency": %s, "connections": %s, "fill_events": %s}\n' \
+  "$build_seconds" "$seconds" "$concurrency" "$connections" "$fill_events" >"$results/settings.json"
 
 export PGOPTIONS="-c client_min_messages=warning"
 psql "$server/postgres" -qX -v ON_ERROR_STOP=1 \
@@ -160,6 +163,18 @@ if [[ -n $perf_pid ]]; then
     >"$results/perf-threads.txt" 2>/dev/null || true
   perf report -i "$results/perf.data" --stdio --no-children --sort dso,sym \
     --percent-limit 0.4 >"$results/perf-symbols.txt" 2>/dev/null || true
+fi
+
+# The same CreateOrder run on a broker already holding $fill_events events (in a topic no
+# service reads): a broker whose per-record cost grows with what it stores shows in the ratio.
+# Only on a private broker: the shared one is never filled.
+if [[ -z ${BENCH_SHARED_BROKER:-} ]]; then
+  fresh_create
+  step "[$SECONDS s] loadgen fill-broker --events $fill_events"
+  "$bin/loadgen" fill-broker --kafka-brokers "$ORDERFLOW_KAFKA_BROKERS" --events "$fill_events" \
+    >"$results/fill.json" || { failed+=(fill-broker); echo '{}' >"$results/fill.json"; }
+  cat "$results/fill.json"
+  measure create-filled "${create[@]}" --concurrency "$concurrency"
 fi
 
 # k6 under the same conditions: a fresh stack, the same concurrency and duration.

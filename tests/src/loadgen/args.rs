@@ -35,6 +35,8 @@ pub enum Scenario {
     Noop(NoopArgs),
     /// Serve only the health service (bare tonic, nothing else), for `noop` to hammer.
     NoopServer(NoopServerArgs),
+    /// Store many order-created-shaped events on a broker, in a topic no service reads.
+    FillBroker(FillBrokerArgs),
 }
 
 /// Where orderflow is and how to authenticate.
@@ -283,6 +285,25 @@ pub struct NoopArgs {
     /// How long to load.
     #[arg(long, default_value_t = 5.0)]
     pub duration_secs: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FillBrokerArgs {
+    /// The broker to fill.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// The topic the events go to (created if missing).
+    #[arg(long, default_value = "loadgen-fill")]
+    pub topic: String,
+    /// Its partitions, when it is created.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// How many events.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Bytes of each event's payload (an OrderCreated of one line is ~200).
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
 }
 
 #[derive(Debug, Clone, Args)]

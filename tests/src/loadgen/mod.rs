@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod client;
 pub mod cpu;
 pub mod drive;
+pub mod fill;
 pub mod record;
 pub mod report;
 pub mod verify;
@@ -71,6 +72,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<bool> {
         Scenario::Chaos(args) => chaos::run(args).await,
         Scenario::Noop(args) => noop(args).await,
         Scenario::NoopServer(args) => noop_server(&args.listen).await,
+        Scenario::FillBroker(args) => fill::run(args).await,
     }
 }
 
