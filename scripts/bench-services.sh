@@ -39,6 +39,7 @@ bench_start_broker() {
     --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine sqlite://tansu.db >tansu.log 2>&1 </dev/null) &
   BROKER_PID=$!
+  # shellcheck disable=SC2064 # which function the trap calls is decided now, on purpose
   trap "${BENCH_EXIT_TRAP:-bench_stop_services}" EXIT
   wait_port 127.0.0.1 "$port" "the private broker (log: $dir/tansu.log)" 30
   # The indexes its sqlite storage lacks (scripts/index-broker-storage.py), once tansu has
@@ -63,6 +64,7 @@ bench_start_services() {
   # The environment every service reads; flags below are per service.
   export ORDERFLOW_DATABASE_URL="$database_url" ORDERFLOW_REDIS_KEY_PREFIX="$run" \
     ORDERFLOW_KAFKA_TOPIC_PREFIX="$run." ORDERFLOW_LOG="${BENCH_SERVICE_LOG:-warn}"
+  # shellcheck disable=SC2064 # which function the trap calls is decided now, on purpose
   trap "${BENCH_EXIT_TRAP:-bench_stop_services}" EXIT
 
   INVENTORY_METRICS="127.0.0.1:$(free_port)"

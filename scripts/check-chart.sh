@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Verifies the Helm chart (deploy/helm/orderflow) and the image build (deploy/Dockerfile) without
 # a cluster or a Docker engine, which this machine has neither of:
-#   1. shellcheck of the chart scripts;
+#   1. shellcheck of every script (scripts/*.sh, .ci/run);
 #   2. `helm lint --strict` with the default values and with ci/all-features-values.yaml;
 #   3. `helm template` of both, every manifest validated against the Kubernetes $KUBE_VERSION
 #      OpenAPI schemas by `kubernetes-validate --strict` (the CRD kinds, which it has no schema
@@ -27,9 +27,9 @@ start=$SECONDS
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-step "shellcheck of the chart scripts"
-"$VENV/bin/shellcheck" -x --source-path=SCRIPTDIR "$REPO_ROOT/scripts/check-chart.sh" "$REPO_ROOT/scripts/ensure-chart-tools.sh" ||
-  die "shellcheck found problems in the chart scripts"
+step "shellcheck of every script"
+"$VENV/bin/shellcheck" -x --source-path=SCRIPTDIR "$REPO_ROOT"/scripts/*.sh "$REPO_ROOT/.ci/run" ||
+  die "shellcheck found problems in the scripts"
 
 manifests=0
 for set in defaults all-features; do
