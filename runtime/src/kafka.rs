@@ -36,7 +36,15 @@ fn kafka_error(args: &KafkaArgs) -> impl FnOnce(KafkaError) -> RuntimeError + '_
 
 /// An idempotent producer whose sends fail after `kafka_ack_timeout_ms` without an ack.
 pub fn producer(args: &KafkaArgs) -> Result<FutureProducer, RuntimeError> {
-    base_config(args)?
+    let mut config = base_config(args)?;
+    // Every placement waits for its own acknowledgement, so a produce request held back by
+    // Nagle's algorithm is latency on the order path and wake-ups of librdkafka's broker thread
+    // (docs/BENCHMARKS.md, optimisation 4). `--kafka-property socket.nagle.disable=false`
+    // still turns it back on.
+    if config.get("socket.nagle.disable").is_none() {
+        config.set("socket.nagle.disable", "true");
+    }
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", args.kafka_linger_ms.to_string())
