@@ -39,7 +39,7 @@ pub fn producer(args: &KafkaArgs) -> Result<FutureProducer, RuntimeError> {
     let mut config = base_config(args)?;
     // Every placement waits for its own acknowledgement, so a produce request held back by
     // Nagle's algorithm is latency on the order path and wake-ups of librdkafka's broker thread
-    // (docs/BENCHMARKS.md, optimisation 4). `--kafka-property socket.nagle.disable=false`
+    // (docs/BENCHMARKS.md, optimisation 5). `--kafka-property socket.nagle.disable=false`
     // still turns it back on.
     if config.get("socket.nagle.disable").is_none() {
         config.set("socket.nagle.disable", "true");
