@@ -16,7 +16,8 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 inventory_port=$(free_port)
 order_port=$(free_port)
 run="bench$(date +%s)"
-export ORDERFLOW_REDIS_KEY_PREFIX="$run" ORDERFLOW_KAFKA_TOPIC_PREFIX="$run." ORDERFLOW_LOG=warn
+export ORDERFLOW_REDIS_KEY_PREFIX="$run" ORDERFLOW_KAFKA_TOPIC_PREFIX="$run." ORDERFLOW_LOG=warn \
+  ORDERFLOW_ORDERS_CONSUMER_GROUP="$run-worker"
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null' EXIT

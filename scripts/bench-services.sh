@@ -62,8 +62,11 @@ bench_start_services() {
   INVENTORY="127.0.0.1:$inventory_port"
   ORDER_API="127.0.0.1:$order_port"
   # The environment every service reads; flags below are per service.
+  # ORDERFLOW_ORDERS_CONSUMER_GROUP: inventory-svc's and order-api's view of the worker's group
+  # (the orphan sweep's barrier), which must be the group the worker below joins.
   export ORDERFLOW_DATABASE_URL="$database_url" ORDERFLOW_REDIS_KEY_PREFIX="$run" \
-    ORDERFLOW_KAFKA_TOPIC_PREFIX="$run." ORDERFLOW_LOG="${BENCH_SERVICE_LOG:-warn}"
+    ORDERFLOW_KAFKA_TOPIC_PREFIX="$run." ORDERFLOW_LOG="${BENCH_SERVICE_LOG:-warn}" \
+    ORDERFLOW_ORDERS_CONSUMER_GROUP="$run-worker"
   # shellcheck disable=SC2064 # which function the trap calls is decided now, on purpose
   trap "${BENCH_EXIT_TRAP:-bench_stop_services}" EXIT
 
