@@ -26,9 +26,22 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 
+# The client examples in other languages (Python, Node.js, an events consumer) against a stack
+# of their own, from the binaries just built; they count as tests.
+clients_passed=0 clients_failed=0
+if [[ -x ${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/order-api ]]; then
+  clients_log=$(mktemp)
+  "$REPO_ROOT/scripts/test-clients.sh" 2>&1 | tee "$clients_log" || status=1
+  # A run that died before its summary line counts as one failure.
+  read -r clients_passed clients_failed < <(awk '/^clients: / { print $2, $4 }' "$clients_log") ||
+    clients_failed=1
+  rm -f "$clients_log"
+fi
+
 read -r passed failed < <(awk '
   /^test result: / { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;/) p += $(i - 1); if ($i ~ /^failed;/) f += $(i - 1) } }
   END { print p + 0, f + 0 }' "$log")
+passed=$((passed + clients_passed)) failed=$((failed + clients_failed))
 echo
 echo "tests: $passed passed, $failed failed"
 # The Helm chart: lint, render, schema validation and its checks (no cluster needed). It runs even
