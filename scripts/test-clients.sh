@@ -21,23 +21,7 @@ source "$(dirname "$0")/lib.sh"
 source "$REPO_ROOT/scripts/bench-services.sh"
 cd "$REPO_ROOT"
 
-server=${ORDERFLOW_TEST_POSTGRES:-postgres://orderflow:orderflow@127.0.0.1:5432}
-brokers=${ORDERFLOW_KAFKA_BROKERS:-127.0.0.1:9092}
-bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug"
 venv="$ORDERFLOW_HOME/clients-venv"
-# One name for everything this run owns: Redis keys {run}:…, topics run.…, groups run-…
-run="clients$(date +%s)$$"
-database="orderflow_$run"
-
-# The shared dependencies must be up (`make test` starts them first; else `make stack`).
-psql "$server/postgres" -qXAtc 'SELECT 1' >/dev/null 2>&1 ||
-  die "PostgreSQL does not answer at $server: run make stack first"
-port_open 127.0.0.1 6379 || die "Redis is not running on 127.0.0.1:6379: run make stack first"
-broker=${brokers%%,*}
-port_open "${broker%:*}" "${broker##*:}" || die "no broker at $broker: run make stack first"
-for binary in order-api inventory-svc consumer-worker notify-svc; do
-  [[ -x $bin/$binary ]] || die "$bin/$binary is missing: build the services first (cargo build --bins)"
-done
 
 # --- what the clients need ---------------------------------------------------------------------
 requirements=(clients/python/requirements.txt clients/events-consumer/requirements.txt)
@@ -61,39 +45,15 @@ if [[ $(cat clients/node/node_modules/.orderflow-lock.sha256 2>/dev/null) != "$l
 fi
 
 # --- a private stack -----------------------------------------------------------------------------
-work=$(mktemp -d "${TMPDIR:-/tmp}/orderflow-clients.XXXXXX")
-export PGOPTIONS="-c client_min_messages=warning"
 passed=()
 failed=()
-# On exit, however it comes: stop the services, then remove what the run left in the shared
-# PostgreSQL and Redis (the broker keeps its run-prefixed topics, as the tests' do).
-cleanup() {
-  local status=$?
-  set +e
-  bench_stop_services
-  redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "{$run}:*" 2>/dev/null |
-    xargs -r -n 100 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1
-  psql "$server/postgres" -qX -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null
-  if ((status == 0 && ${#failed[@]} == 0)); then
-    rm -rf "$work"
-  else
-    note "service and client logs kept in $work"
-  fi
-  exit "$status"
-}
-BENCH_EXIT_TRAP=cleanup
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+private_stack_start clients
+note "order-api $ORDER_API, inventory-svc $INVENTORY, logs in $WORK"
 
-step "Starting the four services (database $database, prefix $run, broker $brokers)"
-psql "$server/postgres" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $database" >/dev/null
-bench_start_services "$bin" "$run" "$server/$database" "$work"
-note "order-api $ORDER_API, inventory-svc $INVENTORY, logs in $work"
-
-# run_client NAME COMMAND…: runs one client, its output shown prefixed and kept in $work/NAME.log;
+# run_client NAME COMMAND…: runs one client, its output shown prefixed and kept in $WORK/NAME.log;
 # it passes when it exits 0 and its last line is `OK`.
 run_client() {
-  local name=$1 log="$work/$1.log" status
+  local name=$1 log="$WORK/$1.log" status
   shift
   step "[$SECONDS s] $name"
   set +e
@@ -105,25 +65,27 @@ run_client() {
   else
     note "$name FAILED (exit status $status)"
     failed+=("$name")
+    PRIVATE_STACK_KEEP_LOGS=1
   fi
 }
 
 run_client python "$venv/bin/python" clients/python/order_flow.py \
-  --order-api "$ORDER_API" --inventory "$INVENTORY" --order-id-file "$work/python-order-id"
+  --order-api "$ORDER_API" --inventory "$INVENTORY" --order-id-file "$WORK/python-order-id"
 run_client node node clients/node/order_flow.js --order-api "$ORDER_API" --inventory "$INVENTORY"
-if [[ -s $work/python-order-id ]]; then
+if [[ -s $WORK/python-order-id ]]; then
   run_client events-consumer "$venv/bin/python" clients/events-consumer/consume_events.py \
-    --brokers "$brokers" --topic-prefix "$run." --group-id "$run-events-example" \
-    --expect-order "$(<"$work/python-order-id")" --expect-events created,paid,shipped,completed \
+    --brokers "$BROKERS" --topic-prefix "$RUN." --group-id "$RUN-events-example" \
+    --expect-order "$(<"$WORK/python-order-id")" --expect-events created,paid,shipped,completed \
     --timeout 60
   # The same group again: it must resume after its committed offsets, so that order's events
   # are not delivered a second time.
   run_client events-consumer-resume "$venv/bin/python" clients/events-consumer/consume_events.py \
-    --brokers "$brokers" --topic-prefix "$run." --group-id "$run-events-example" \
-    --forbid-order "$(<"$work/python-order-id")" --timeout 60
+    --brokers "$BROKERS" --topic-prefix "$RUN." --group-id "$RUN-events-example" \
+    --forbid-order "$(<"$WORK/python-order-id")" --timeout 60
 else
   note "events-consumer not run: the Python client placed no order"
   failed+=(events-consumer events-consumer-resume)
+  PRIVATE_STACK_KEEP_LOGS=1
 fi
 
 summary="python, node, events-consumer (and its resume) in $SECONDS s"

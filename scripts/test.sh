@@ -26,22 +26,28 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 
-# The client examples in other languages (Python, Node.js, an events consumer) against a stack
-# of their own, from the binaries just built; they count as tests.
-clients_passed=0 clients_failed=0
+# Checks against a stack of their own, from the binaries just built, that count as tests: the
+# client examples in other languages (Python, Node.js, an events consumer) and the chart's
+# Grafana dashboard against the services' /metrics. Each ends with "<what>: N passed, M failed".
+scripts_passed=0 scripts_failed=0
 if [[ -x ${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/order-api ]]; then
-  clients_log=$(mktemp)
-  "$REPO_ROOT/scripts/test-clients.sh" 2>&1 | tee "$clients_log" || status=1
-  # A run that died before its summary line counts as one failure.
-  read -r clients_passed clients_failed < <(awk '/^clients: / { print $2, $4 }' "$clients_log") ||
-    clients_failed=1
-  rm -f "$clients_log"
+  for check in test-clients check-dashboard; do
+    check_log=$(mktemp)
+    "$REPO_ROOT/scripts/$check.sh" 2>&1 | tee "$check_log" || status=1
+    # A run that died before its summary line counts as one failure.
+    if read -r p f < <(awk '/^[a-z]+: [0-9]+ passed, [0-9]+ failed$/ { print $2, $4 }' "$check_log"); then
+      scripts_passed=$((scripts_passed + p)) scripts_failed=$((scripts_failed + f))
+    else
+      scripts_failed=$((scripts_failed + 1))
+    fi
+    rm -f "$check_log"
+  done
 fi
 
 read -r passed failed < <(awk '
   /^test result: / { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;/) p += $(i - 1); if ($i ~ /^failed;/) f += $(i - 1) } }
   END { print p + 0, f + 0 }' "$log")
-passed=$((passed + clients_passed)) failed=$((failed + clients_failed))
+passed=$((passed + scripts_passed)) failed=$((failed + scripts_failed))
 echo
 echo "tests: $passed passed, $failed failed"
 # The Helm chart: lint, render, schema validation and its checks (no cluster needed). It runs even

@@ -18,7 +18,11 @@ of the Rust sources with regular expressions, no compiling, and every ORDERFLOW_
 runtime/src/telemetry.rs reads, or the OpenTelemetry SDK's, pinned to the Cargo.lock version);
 the readiness service names and the KEDA topics must be those of proto/. values.schema.json must reject bad values (its `config` keys are
 the variables the binaries read). deploy/Dockerfile is checked statically (multi-stage, non-root,
-the four binaries).
+the four binaries). The Grafana dashboard (dashboards/orderflow.json) must be valid JSON whose
+every panel queries Prometheus through $datasource and whose PromQL names only metrics that
+runtime/src/metrics.rs registers (as prometheus-client exposes them); it must hold the queries of
+docs/operations.md and RED panels for every RPC of proto/; its ConfigMap renders only when
+grafanaDashboard.enabled, with the sidecar's label and the file's JSON unchanged.
 
 Usage: check_chart.py --helm PATH/TO/helm   (scripts/check-chart.sh runs it)
 Prints `chart checks: N passed, M failed`; exits 1 when any check fails, listing every failure.
@@ -819,6 +823,7 @@ def check_defaults(c: Checker, r: Render) -> None:
     check_migration(c, r)
     for kind in ("HorizontalPodAutoscaler", "ScaledObject", "NetworkPolicy", "ServiceMonitor", "PodMonitor"):
         c.check(not r.kind(kind), f"{kind} rendered although it is off by default")
+    check_dashboard_configmap(c, r, chart_values())
     pdbs = {p["metadata"]["name"]: p for p in r.kind("PodDisruptionBudget")}
     c.check(set(pdbs) == {name_of(x) for x in COMPONENTS}, f"PodDisruptionBudgets are {sorted(pdbs)}, want one per service")
     for name, pdb in pdbs.items():
@@ -850,8 +855,12 @@ def check_all_features(c: Checker, r: Render) -> None:
                         ("tracing.enabled", values["tracing"]["enabled"]), ("tracing.headers", bool(values["tracing"]["headers"]["existingSecret"])),
                         ("kafka.sasl.passwordSecret", bool(values["kafka"]["sasl"]["passwordSecret"])),
                         ("kafka.tlsCa", bool(ca_source(values["kafka"]["tlsCa"]))), ("redis.tlsCa", bool(ca_source(values["redis"]["tlsCa"]))),
-                        ("postgresql.tlsCa", bool(ca_source(values["postgresql"]["tlsCa"])))):
+                        ("postgresql.tlsCa", bool(ca_source(values["postgresql"]["tlsCa"]))),
+                        ("grafanaDashboard.enabled", values["grafanaDashboard"]["enabled"]),
+                        ("grafanaDashboard.annotations", bool(values["grafanaDashboard"]["annotations"])),
+                        ("grafanaDashboard.namespace", bool(values["grafanaDashboard"]["namespace"]))):
         c.check(wanted is True, f"ci/all-features-values.yaml must switch on {key} (production)")
+    check_dashboard_configmap(c, r, values)
     cm = r.get("ConfigMap", f"{PREFIX}-config")
 
     # The credentials are in the Secret (base64), and nowhere else.
@@ -1056,6 +1065,12 @@ def check_variants(c: Checker, helm_bin: str) -> None:
     r = render(helm_bin, release="orderflow-prod")
     check_common(c, r, prefix="orderflow-prod")
 
+    c.scenario = "dashboard-own-label"
+    # A sidecar with another label: the default key is dropped with null (Helm merges maps).
+    r, values = render_values(helm_bin, {"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None, "dashboards.example.com/load": "yes"}}})
+    check_common(c, r, values=values)
+    check_dashboard_configmap(c, r, values)
+
     c.scenario = "rollout-on-change"
     base = render(helm_bin)
     config_changed = render(helm_bin, "--set", "kafka.brokers=other:9092")
@@ -1122,6 +1137,314 @@ def check_custom_resources(c: Checker, r: Render) -> None:
             for key in ("interval", "scrapeTimeout"):
                 if key in e:
                     c.check(bool(PROM_DURATION.match(str(e[key]))), f"{where}: {key} {e[key]!r} is not a Prometheus duration")
+
+
+# --- The Grafana dashboard ---------------------------------------------------------------------
+# dashboards/orderflow.json ships as an optional ConfigMap for Grafana's dashboard sidecar
+# (grafanaDashboard.*). Its PromQL may name only metrics the services expose, and those are read
+# out of runtime/src/metrics.rs, where every family is registered once: the process's registry is
+# `Registry::with_prefix("orderflow")`, so each name gets "orderflow_" in front, and
+# prometheus-client's text encoding exposes a counter as <name>_total, a histogram as
+# <name>_bucket, <name>_sum and <name>_count, a gauge as <name>. scripts/check-dashboard.sh asks
+# the running services the same question (it imports the functions below).
+METRICS_RS = RUNTIME_SRC / "metrics.rs"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
+DASHBOARD_KEY = "orderflow.json"
+METRICS_STRUCT = re.compile(r"^pub struct Metrics\s*\{(.*?)^\}", re.M | re.S)
+METRICS_FIELD = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:\s*(.+?),\s*$", re.M)
+METRICS_REGISTER = re.compile(
+    r'\bregistry\.register\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"\s*,\s*"(?:[^"\\]|\\.)*"\s*,\s*\w+\.(\w+)\.clone\(\)\s*,?\s*\)', re.S)
+METRIC_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+# What is not a metric name in PromQL: keywords, and the label lists of by/without/on/ignoring/group_*.
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                   "offset", "inf", "nan"}
+PROMQL_LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+NAMESPACE_MATCHER = 'namespace=~"$namespace"'
+
+
+def dashboard_file() -> Path:
+    return CHART / "dashboards" / DASHBOARD_KEY
+
+
+@functools.lru_cache(maxsize=None)
+def metric_families() -> dict[str, str]:
+    """runtime/src/metrics.rs: every registered family's exposed name (prefix included) → its type."""
+    text = METRICS_RS.read_text()
+    prefix = re.search(r'Registry::with_prefix\("([^"]+)"\)', text)
+    struct = METRICS_STRUCT.search(text)
+    fields = dict(METRICS_FIELD.findall(struct.group(1))) if struct else {}
+    families = {}
+    for name, field_name in METRICS_REGISTER.findall(text):
+        ty = fields.get(field_name, "")
+        kind = next((k for k, word in (("histogram", "Histogram"), ("counter", "Counter"), ("gauge", "Gauge")) if word in ty), "?")
+        families[f"{prefix.group(1)}_{name}" if prefix else name] = kind
+    return families
+
+
+def exposed_metric_names() -> dict[str, str]:
+    """Every sample name the services expose → the family it belongs to."""
+    return {family + suffix: family for family, kind in metric_families().items() for suffix in METRIC_SUFFIXES.get(kind, ())}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (no functions, keywords, labels or strings)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = PROMQL_LABEL_LIST.sub("", text)
+    names = set()
+    for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        before = text[m.start() - 1] if m.start() else " "
+        if before.isdigit() or before in ".$" or text[m.end():].lstrip().startswith("(") or m.group(0).lower() in PROMQL_KEYWORDS:
+            continue
+        names.add(m.group(0))
+    return names
+
+
+def variable_metric_names(query: str) -> set[str]:
+    """The metric names of a Prometheus template variable's query (label_values(metric, label) or PromQL)."""
+    m = re.fullmatch(r"\s*label_values\(\s*(?:([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{[^}]*\})?\s*,\s*)?\w+\s*\)\s*", query)
+    if m:
+        return {m.group(1)} if m.group(1) else set()
+    inner = re.fullmatch(r"\s*query_result\((.*)\)\s*", query, re.S)
+    return promql_metric_names(inner.group(1) if inner else query)
+
+
+def dashboard_panels(dashboard: dict) -> list[dict]:
+    """Every panel, those inside (collapsed) rows included, in order."""
+    out = []
+    for panel in dashboard.get("panels") or []:
+        out.append(panel)
+        out.extend(panel.get("panels") or [])
+    return out
+
+
+def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target and of every query variable."""
+    out = []
+    for panel in dashboard_panels(dashboard):
+        for target in panel.get("targets") or []:
+            out.append((f"panel {panel.get('id')} {panel.get('title')!r} target {target.get('refId')}", target.get("expr") or ""))
+    for var in (dashboard.get("templating") or {}).get("list") or []:
+        if var.get("type") == "query":
+            query = var.get("query")
+            out.append((f"variable ${var.get('name')}", (query.get("query") if isinstance(query, dict) else query) or ""))
+    return out
+
+
+def dashboard_metric_names(dashboard: dict) -> dict[str, list[str]]:
+    """Every metric name the dashboard's queries use → where."""
+    names: dict[str, list[str]] = {}
+    for where, query in dashboard_queries(dashboard):
+        found = variable_metric_names(query) if where.startswith("variable") else promql_metric_names(query)
+        for name in found:
+            names.setdefault(name, []).append(where)
+    return names
+
+
+def without_dashboard_filters(expr: str) -> str:
+    """A dashboard expression without its $namespace matchers, and without whitespace."""
+    text = re.sub(re.escape(NAMESPACE_MATCHER) + r"\s*,?\s*", "", expr)
+    text = re.sub(r",\s*\}", "}", text).replace("{}", "")
+    return re.sub(r"\s+", "", text)
+
+
+def documented_dashboard_queries() -> list[str]:
+    """The PromQL of docs/operations.md's "Dashboards" table (every `…` of its query column)."""
+    section = re.search(r"^## Dashboards\n(.*?)(?=^#)", OPERATIONS_DOC.read_text(), re.M | re.S)
+    queries = []
+    for line in (section.group(1) if section else "").splitlines():
+        row = re.fullmatch(r"\|\s*([^|]+?)\s*\|\s*(`.+`)\s*\|", line.strip())
+        if row:
+            queries += re.findall(r"`([^`]+)`", row.group(2))
+    return queries
+
+
+def proto_rpcs() -> dict[str, dict[str, bool]]:
+    """Full gRPC service name → its RPCs → whether it streams (either way)."""
+    out = {}
+    for path in PROTO_DIR.rglob("*.proto"):
+        text = re.sub(r"//[^\n]*", "", path.read_text())
+        package = re.search(r"^package\s+([\w.]+)\s*;", text, re.M)
+        for service, body in re.findall(r"^service\s+(\w+)\s*\{(.*?)^\}", text, re.M | re.S):
+            rpcs = re.findall(r"\brpc\s+(\w+)\s*\(\s*(stream\s+)?[\w.]+\s*\)\s*returns\s*\(\s*(stream\s+)?[\w.]+\s*\)", body)
+            out[f"{package.group(1)}.{service}" if package else service] = {name: bool(a or b) for name, a, b in rpcs}
+    return out
+
+
+def check_dashboard_file(c: Checker) -> dict | None:
+    """dashboards/orderflow.json: valid, every panel queries Prometheus through $datasource, every
+    metric it names is one the services expose, it covers docs/operations.md's queries and every RPC."""
+    c.scenario = "dashboard"
+    families = metric_families()
+    text = METRICS_RS.read_text()
+    c.check(len(families) == len(re.findall(r"\bregistry\.register\(", text)) and len(families) >= 20,
+            f"runtime/src/metrics.rs: parsed {len(families)} families of {len(re.findall(r'registry.register[(]', text))} registry.register calls (the regex or the source changed)")
+    c.check(all(name.startswith("orderflow_") for name in families), f"runtime/src/metrics.rs: the registry prefix is not orderflow: {sorted(families)[:3]}")
+    unknown_kind = sorted(name for name, kind in families.items() if kind == "?")
+    c.check(not unknown_kind, f"runtime/src/metrics.rs: no Counter/Gauge/Histogram type found for {unknown_kind}")
+    elsewhere = [str(p.relative_to(ROOT)) for crate in ("runtime", *COMPONENTS) for p in (ROOT / crate / "src").rglob("*.rs")
+                 if p != METRICS_RS and re.search(r"\bRegistry::|\.register\(\s*\"", p.read_text())]
+    c.check(not elsewhere, f"metrics registered outside runtime/src/metrics.rs, which the dashboard checks do not read: {elsewhere}")
+
+    try:
+        dashboard = json.loads(dashboard_file().read_text())
+    except (OSError, ValueError) as error:
+        c.check(False, f"{dashboard_file()}: not valid JSON ({error})")
+        return None
+    check_dashboard(c, dashboard)
+    return dashboard
+
+
+def check_dashboard(c: Checker, dashboard: dict) -> None:
+    """The dashboard's panels, variables and queries (see check_dashboard_file)."""
+    c.check(bool(dashboard.get("title")) and bool(dashboard.get("uid")) and len(dashboard.get("uid", "")) <= 40,
+            "dashboard: title and uid (at most 40 characters) must be set")
+    c.check(dashboard.get("id") is None, "dashboard: must not carry a database id (Grafana assigns one)")
+    variables = {v.get("name"): v for v in (dashboard.get("templating") or {}).get("list") or []}
+    ds = variables.get("datasource") or {}
+    c.check(ds.get("type") == "datasource" and ds.get("query") == "prometheus",
+            "dashboard: needs a `datasource` variable of type datasource, query prometheus")
+    namespace = variables.get("namespace") or {}
+    c.check(namespace.get("includeAll") is True and namespace.get("allValue") == ".*",
+            "dashboard: $namespace must offer All as .* (it then also matches series without a namespace label)")
+    own_ds = {"${datasource}", "$datasource"}
+    panels = dashboard_panels(dashboard)
+    ids = [p.get("id") for p in panels]
+    c.check(len(ids) == len(set(ids)) and None not in ids, f"dashboard: panel ids must be set and unique, got {ids}")
+    for panel in panels:
+        where = f"dashboard panel {panel.get('id')} {panel.get('title')!r}"
+        grid = panel.get("gridPos") or {}
+        c.check(all(isinstance(grid.get(k), int) for k in "hwxy") and grid["x"] + grid["w"] <= 24, f"{where}: gridPos {grid} outside the 24 columns")
+        if panel.get("type") == "row":
+            c.check(not panel.get("targets"), f"{where}: a row has no queries")
+            continue
+        targets = panel.get("targets") or []
+        c.check(any((t.get("expr") or "").strip() for t in targets), f"{where}: no target with a PromQL expr")
+        c.check((panel.get("datasource") or {}).get("uid") in own_ds, f"{where}: datasource is not ${{datasource}}")
+        refs = [t.get("refId") for t in targets]
+        c.check(len(refs) == len(set(refs)) and None not in refs, f"{where}: refIds {refs} must be set and unique")
+        for t in targets:
+            c.check((t.get("datasource") or {}).get("uid") in own_ds, f"{where} target {t.get('refId')}: datasource is not ${{datasource}}")
+    c.check(sum(p.get("type") != "row" for p in panels) >= 12, "dashboard: too few panels")
+
+    exposed = exposed_metric_names()
+    used = dashboard_metric_names(dashboard)
+    c.check(bool(used), "dashboard: no metric name found in its queries")
+    for name, wheres in sorted(used.items()):
+        c.check(name in exposed, f"dashboard: {wheres[0]} uses {name}, which the services do not expose "
+                                 f"(not one of the {len(exposed)} sample names of the families runtime/src/metrics.rs registers)")
+    for where, expr in dashboard_queries(dashboard):
+        if where.startswith("variable"):
+            continue
+        for name in promql_metric_names(expr):
+            for m in re.finditer(rf"(?<![\w:]){re.escape(name)}(?![\w:])\s*(\{{[^}}]*\}})?", expr):
+                c.check(NAMESPACE_MATCHER in (m.group(1) or ""), f"dashboard: {where}: {name} without {NAMESPACE_MATCHER}")
+
+    # docs/operations.md's "Dashboards" queries are all there (with the $namespace matcher added).
+    documented = documented_dashboard_queries()
+    c.check(len(documented) >= 10, f"docs/operations.md: found {len(documented)} dashboard queries (the table or the parser changed)")
+    exprs = {without_dashboard_filters(expr) for where, expr in dashboard_queries(dashboard) if not where.startswith("variable")}
+    for query in documented:
+        c.check(without_dashboard_filters(query) in exprs, f"dashboard: lacks docs/operations.md's query {query}")
+
+    # RED per RPC: a row "<component>: <gRPC service>" per service, whose panels select exactly its
+    # RPCs (method=~"…"), the latency panels exactly its unary ones (a stream lasts its subscription).
+    rpcs = proto_rpcs()
+    rows: dict[str, list[dict]] = {}
+    current = None
+    for panel in panels:
+        if panel.get("type") == "row":
+            current = panel.get("title")
+            rows[current] = []
+        elif current is not None:
+            rows[current].append(panel)
+    for component, spec in COMPONENTS.items():
+        service = spec[3]
+        title = f"{component}: {service}"
+        if not c.check(title in rows, f"dashboard: no row {title!r} (RED per RPC of {component})"):
+            continue
+        if not c.check(service in rpcs, f"proto/: no service {service}"):
+            continue
+        every = set(rpcs[service])
+        unary = {name for name, streams in rpcs[service].items() if not streams}
+        kinds = set()
+        for panel in rows[title]:
+            for t in panel.get("targets") or []:
+                expr = t.get("expr") or ""
+                selected = [set(m.split("|")) for m in re.findall(r'method=~"([^"]*)"', expr)]
+                c.check(bool(selected), f"dashboard row {title!r} panel {panel.get('title')!r}: selects no method=~\"…\"")
+                latency = "orderflow_grpc_server_handling_seconds_bucket" in expr
+                kinds.add("latency" if latency else "errors" if 'code!="OK"' in expr else "requests")
+                for methods in selected:
+                    want = unary if latency else every
+                    c.check(methods == want, f"dashboard row {title!r} panel {panel.get('title')!r}: methods {sorted(methods)}, want {sorted(want)}")
+        c.check(kinds == {"requests", "errors", "latency"}, f"dashboard row {title!r}: has {sorted(kinds)}, want requests, errors and latency")
+        c.check(any("histogram_quantile(0.5," in (t.get("expr") or "") for p in rows[title] for t in p.get("targets") or [])
+                and any("histogram_quantile(0.99," in (t.get("expr") or "") for p in rows[title] for t in p.get("targets") or []),
+                f"dashboard row {title!r}: latency needs p50 and p99")
+
+
+def check_dashboard_check_bites(c: Checker, dashboard: dict) -> None:
+    """check_dashboard really fails on drift: names the services do not expose, a selector without
+    $namespace, an RPC left out of its row, a docs query dropped."""
+    c.scenario = "dashboard-drift-caught"
+    planted = json.loads(json.dumps(dashboard))
+    panels = [p for p in dashboard_panels(planted) if p.get("type") != "row"]
+    ns = NAMESPACE_MATCHER
+    panels[0]["targets"].append({"refId": "Y", "datasource": panels[0]["datasource"],
+                                 "expr": f'sum(rate(kafka_consume_batch_seconds_bucket{{{ns}}}[5m])) + sum(orderflow_lock_wait_seconds{{{ns}}})'})
+    panels[1]["targets"].append({"refId": "Z", "datasource": panels[1]["datasource"],
+                                 "expr": "sum(rate(orderflow_reservations[5m])) / sum(rate(orderflow_grpc_server_shed_total[5m]))"})
+    for panel in dashboard_panels(planted):
+        for t in panel.get("targets") or []:
+            t["expr"] = (t.get("expr") or "").replace("|ReconcileStock", "")
+            if t["expr"].startswith("sum(rate(orderflow_grpc_server_handled_total") and "CreateOrder" in t["expr"]:
+                t["expr"] = t["expr"].replace("[1m]", "[2m]")
+    probe = Checker()
+    check_dashboard(probe, planted)
+    needles = ["uses kafka_consume_batch_seconds_bucket,", "uses orderflow_lock_wait_seconds,", "uses orderflow_reservations,",
+               "orderflow_reservations without", "orderflow_grpc_server_shed_total without",
+               "'inventory-svc: orderflow.inventory.v1.InventoryService' panel 'Requests per second by RPC': methods",
+               "lacks docs/operations.md's query sum(rate(orderflow_grpc_server_handled_total"]
+    for needle in needles:
+        c.check(any(needle in f for f in probe.failures), f"check_dashboard does not catch: {needle}")
+    c.check(len(probe.failures) == 10, f"check_dashboard: want exactly the 10 planted failures, got {probe.failures}")
+
+
+def check_dashboard_configmap(c: Checker, r: Render, values: dict) -> None:
+    """The dashboard ConfigMap: there exactly when grafanaDashboard.enabled, with the sidecar's label,
+    the annotations and namespace of the values, and the dashboard file as its data, unchanged."""
+    g = values["grafanaDashboard"]
+    name = f"{PREFIX}-dashboard"
+    cm = r.get("ConfigMap", name)
+    sidecar = [d["metadata"]["name"] for d in r.kind("ConfigMap") if DASHBOARD_KEY in (d.get("data") or {})]
+    if not g["enabled"]:
+        c.check(cm is None and not sidecar, f"dashboard ConfigMap rendered although grafanaDashboard.enabled is false: {sidecar}")
+        return
+    if not c.check(cm is not None and sidecar == [name], f"ConfigMap {name} missing (grafanaDashboard.enabled), dashboard ConfigMaps {sidecar}"):
+        return
+    meta = cm["metadata"]
+    labels = meta.get("labels") or {}
+    want_labels = {k: v for k, v in (g["labels"] or {}).items() if v is not None}
+    c.check(bool(want_labels), "grafanaDashboard.labels is empty: the sidecar would not find the ConfigMap")
+    for key, value in want_labels.items():
+        c.check(labels.get(key) == value and isinstance(labels.get(key), str), f"ConfigMap {name}: label {key}={labels.get(key)!r}, want {value!r}")
+    dropped = {k for k, v in (g["labels"] or {}).items() if v is None}
+    c.check(not dropped & set(labels), f"ConfigMap {name}: carries labels {sorted(dropped & set(labels))} set to null in the values")
+    c.check((meta.get("annotations") or {}) == {k: v for k, v in (g["annotations"] or {}).items() if v is not None},
+            f"ConfigMap {name}: annotations {meta.get('annotations')}, want {g['annotations']}")
+    c.check(meta.get("namespace") == (g["namespace"] or None), f"ConfigMap {name}: namespace {meta.get('namespace')!r}, want {g['namespace'] or None!r}")
+    data = cm.get("data") or {}
+    c.check(set(data) == {DASHBOARD_KEY}, f"ConfigMap {name}: data keys {sorted(data)}, want [{DASHBOARD_KEY}]")
+    try:
+        rendered = json.loads(data.get(DASHBOARD_KEY, ""))
+    except ValueError as error:
+        c.check(False, f"ConfigMap {name}: {DASHBOARD_KEY} is not JSON ({error})")
+        return
+    c.check(rendered == json.loads(dashboard_file().read_text()), f"ConfigMap {name}: {DASHBOARD_KEY} differs from {dashboard_file().name}")
+    c.check(len(data[DASHBOARD_KEY].encode()) < 256 * 1024,
+            f"ConfigMap {name}: the dashboard is over 256 KiB, too large for `kubectl apply`'s last-applied annotation")
 
 
 def check_sources(c: Checker) -> None:
@@ -1284,6 +1607,8 @@ BAD_VALUES = [
     ("preStop sleep eating the drain", "orderApi:\n  preStopSleepSeconds: 28\n", "preStopSleepSeconds"),
     ("brokers without a port", "kafka:\n  brokers: kafka\n", "brokers"),
     ("metrics on a gRPC port", "metrics:\n  port: 50051\n", "port"),
+    ("a dashboard label value that is no string", "grafanaDashboard:\n  labels:\n    grafana_dashboard: 1\n", "grafana_dashboard"),
+    ("a dashboard namespace that is no DNS label", "grafanaDashboard:\n  namespace: Monitoring\n", "namespace"),
     ("webhook without a signing key", "notifySvc:\n  webhook:\n    url: http://hooks:8080/x\n", "webhook"),
     ("no PostgreSQL URL nor existing Secret", "postgresql:\n  url: \"\"\n", "postgresql"),
     # Authentication.
@@ -1413,6 +1738,9 @@ def main() -> int:
 
     c = Checker()
     check_sources(c)
+    dashboard = check_dashboard_file(c)
+    if dashboard is not None:
+        check_dashboard_check_bites(c, dashboard)
     defaults = render(args.helm)
     check_defaults(c, defaults)
     check_all_features(c, render(args.helm, "-f", str(ALL_FEATURES)))
