@@ -19,6 +19,14 @@ const codeName = (code) => Object.keys(Code).find((name) => Code[name] === code)
 // The only codes a retry may fix: the request may not have been applied, or not in time.
 const RETRYABLE = new Set([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED]);
 
+// The call's status code, reading a CANCELLED that arrived once the deadline had passed as
+// DEADLINE_EXCEEDED: when the server's copy of the deadline (the grpc-timeout header) fires
+// before the client's own timer, the server (tonic) answers CANCELLED "Timeout expired".
+function statusCode(error, startedMs, timeoutMs) {
+  if (error.code === Code.CANCELLED && Date.now() - startedMs >= timeoutMs) return Code.DEADLINE_EXCEEDED;
+  return error.code;
+}
+
 const OPTIONS = {
   'order-api': { type: 'string', default: process.env.ORDERFLOW_ORDER_API || '127.0.0.1:50051',
     help: 'order-api host:port (env ORDERFLOW_ORDER_API)' },
@@ -121,12 +129,14 @@ class Flow {
     const deadlineMs = timeoutMs ?? this.args.timeout * 1000;
     const attempts = retry ? this.args['max-attempts'] : 1;
     for (let attempt = 1; ; attempt += 1) {
+      const startedMs = Date.now();
       try {
         return await this.once(client, method, request, md, deadlineMs);
       } catch (error) {
-        if (!RETRYABLE.has(error.code) || attempt >= attempts) throw error;
+        const code = statusCode(error, startedMs, deadlineMs);
+        if (!RETRYABLE.has(code) || attempt >= attempts) throw error;
         const pause = Math.random() * Math.min(2000, 100 * 2 ** attempt);
-        this.say(step, `attempt ${attempt}: ${codeName(error.code)} (${error.details}); `
+        this.say(step, `attempt ${attempt}: ${codeName(code)} (${error.details}); `
           + `retrying in ${(pause / 1000).toFixed(2)} s with the same request`);
         await new Promise((resolve) => { setTimeout(resolve, pause); });
       }
@@ -181,13 +191,15 @@ class Flow {
     const key = `js-${crypto.randomUUID()}`;
     const create = { idempotency_key: key, user_id: a.user, items: [{ sku: a.sku, quantity: a.quantity }] };
     let firstId = null;
+    const startedMs = Date.now();
     try {
       const first = await this.once(this.orders, 'CreateOrder', create, this.buyerMd, a['first-deadline-ms']);
       firstId = first.order.order_id;
       this.say('CreateOrder', `first try (${a['first-deadline-ms']} ms deadline) answered order ${firstId} in time`);
     } catch (error) {
-      if (!this.check('CreateOrder', RETRYABLE.has(error.code),
-        `first try (${a['first-deadline-ms']} ms deadline): ${codeName(error.code)}: ${error.details}`)) return;
+      const code = statusCode(error, startedMs, a['first-deadline-ms']);
+      if (!this.check('CreateOrder', RETRYABLE.has(code),
+        `first try (${a['first-deadline-ms']} ms deadline): ${codeName(code)}: ${error.details}`)) return;
     }
     // The retry: same request, same key; the policy waits out "still being recorded".
     const { order } = await this.call('CreateOrder', this.orders, 'CreateOrder', create,

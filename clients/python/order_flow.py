@@ -34,6 +34,16 @@ PROTO_FILES = [
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def status_code(error, started, timeout):
+    """The call's status code, reading a CANCELLED that arrived once the deadline had passed as
+    DEADLINE_EXCEEDED: when the server's copy of the deadline (the grpc-timeout header) fires
+    before the client's own timer, the server (tonic) answers CANCELLED "Timeout expired"."""
+    code = error.code()
+    if code == grpc.StatusCode.CANCELLED and time.monotonic() - started >= timeout:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return code
+
+
 def generate_stubs(proto_dir: Path, out_dir: Path) -> None:
     """Compiles the contracts with grpcio-tools' bundled protoc into `out_dir` and imports them."""
     import grpc_tools
@@ -151,10 +161,11 @@ class Flow:
         timeout = self.args.timeout if timeout is None else timeout
         attempts = self.args.max_attempts if retry else 1
         for attempt in range(1, attempts + 1):
+            started = time.monotonic()
             try:
                 return method(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as error:
-                code = error.code()
+                code = status_code(error, started, timeout)
                 if code not in RETRYABLE or attempt == attempts:
                     raise
                 pause = random.uniform(0, min(2.0, 0.1 * 2 ** attempt))
@@ -190,6 +201,7 @@ class Flow:
         create = pb.CreateOrderRequest(idempotency_key=key, user_id=a.user,
                                        items=[pb.OrderLine(sku=a.sku, quantity=a.quantity)])
         first_id = None
+        started = time.monotonic()
         try:
             first = self.orders.CreateOrder(create, timeout=a.first_deadline_ms / 1000,
                                             metadata=self.buyer_md)
@@ -197,9 +209,10 @@ class Flow:
             self.say("CreateOrder", f"first try ({a.first_deadline_ms:g} ms deadline) answered "
                                     f"order {first_id} in time")
         except grpc.RpcError as error:
-            if not self.check("CreateOrder", error.code() in RETRYABLE,
+            code = status_code(error, started, a.first_deadline_ms / 1000)
+            if not self.check("CreateOrder", code in RETRYABLE,
                               f"first try ({a.first_deadline_ms:g} ms deadline): "
-                              f"{error.code().name}: {error.details()}"):
+                              f"{code.name}: {error.details()}"):
                 return
         # The retry: same request, same key; the policy waits out "still being recorded".
         order = self.call("CreateOrder", self.orders.CreateOrder, create,
