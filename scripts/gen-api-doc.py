@@ -296,17 +296,22 @@ class Doc:
             self.emit("")
         self.emit("| RPC | request | response |", "|---|---|---|")
         for method in service.get("method", []):
-            request = self.type_link(method["inputType"], package)
-            response = self.type_link(method["outputType"], package)
-            if method.get("clientStreaming"):
-                request = f"stream {request}"
-            if method.get("serverStreaming"):
-                response = f"stream {response}"
+            request, response = self.signature(method, package)
             self.emit(f"| [{method['name']}](#{full}.{method['name']}) | {request} | {response} |")
         self.emit("")
         for m_index, method in enumerate(service.get("method", [])):
             self.render_method(package, file, full, [FILE_SERVICE, index, SERVICE_METHOD, m_index],
                                method, common)
+
+    def signature(self, method: dict, package: str) -> tuple[str, str]:
+        """The request and response types of an RPC, linked, `stream` in front when streamed."""
+        request = self.type_link(method["inputType"], package)
+        response = self.type_link(method["outputType"], package)
+        if method.get("clientStreaming"):
+            request = f"stream {request}"
+        if method.get("serverStreaming"):
+            response = f"stream {response}"
+        return request, response
 
     def render_method(self, package: str, file: dict, service: str, path: list[int],
                       method: dict, common: list[tuple[str, str]]) -> None:
@@ -324,12 +329,7 @@ class Doc:
             (True, False): "client streaming",
             (True, True): "bidirectional streaming",
         }[(bool(method.get("clientStreaming")), bool(method.get("serverStreaming")))]
-        request = self.type_link(method["inputType"], package)
-        response = self.type_link(method["outputType"], package)
-        if method.get("clientStreaming"):
-            request = f"stream {request}"
-        if method.get("serverStreaming"):
-            response = f"stream {response}"
+        request, response = self.signature(method, package)
         self.emit(f'<a id="{service}.{name}"></a>', "", f"##### {name}", "")
         self.emit(f"{request} → {response} ({streaming})", "")
         for paragraph in paragraphs(comment.text):
