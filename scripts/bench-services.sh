@@ -53,11 +53,8 @@ bench_start_broker() {
   wait_port 127.0.0.1 "$port" "the private broker (log: $dir/tansu.log)" 30
   # The indexes its sqlite storage lacks (scripts/index-broker-storage.py), once tansu has
   # created its tables: without them the broker slows as the run fills it.
-  local tries=0
-  until python3 "$REPO_ROOT/scripts/index-broker-storage.py" "$dir/tansu.db" 2>/dev/null; do
-    ((++tries < 50)) || die "could not index the private broker's storage $dir/tansu.db"
-    sleep 0.2
-  done
+  python3 "$REPO_ROOT/scripts/index-broker-storage.py" "$dir/tansu.db" --wait 10 ||
+    die "could not index the private broker's storage $dir/tansu.db"
   export ORDERFLOW_KAFKA_BROKERS="127.0.0.1:$port"
 }
 

@@ -51,7 +51,6 @@ else
   if [[ -f $storage ]]; then index_storage || true; fi
   start_broker
   # A fresh file gets its schema at start-up; wait for it, then index the empty tables.
-  for _ in $(seq 50); do index_storage 2>/dev/null && break; sleep 0.2; done
-  index_storage --check || die "could not index the broker's storage $storage"
+  index_storage --wait 10 || die "could not index the broker's storage $storage"
 fi
 note "Broker ready on 127.0.0.1:9092"

@@ -68,29 +68,27 @@ impl PrivateBroker {
     }
 
     /// Adds the indexes tansu's sqlite storage lacks (`scripts/index-broker-storage.py`), without
-    /// which a broker slows as it fills. tansu creates its tables as it starts, so this waits for
-    /// them; on a restart the indexes are already there.
+    /// which a broker slows as it fills. tansu creates its tables as it starts, so the script
+    /// waits for them; on a restart the indexes are already there.
     async fn index_storage(&self) {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../scripts/index-broker-storage.py"
         );
         let storage = self.dir.join("tansu.db");
-        crate::eventually(
-            "the private broker's storage to be indexed",
-            Duration::from_secs(30),
-            || async {
-                let status = Command::new("python3")
-                    .arg(script)
-                    .arg(&storage)
-                    .stderr(Stdio::null())
-                    .status()
-                    .await
-                    .unwrap_or_else(|error| panic!("cannot run python3 {script}: {error}"));
-                status.success().then_some(())
-            },
-        )
-        .await;
+        let output = Command::new("python3")
+            .arg(script)
+            .arg(&storage)
+            .args(["--wait", "30"])
+            .output()
+            .await
+            .unwrap_or_else(|error| panic!("cannot run python3 {script}: {error}"));
+        assert!(
+            output.status.success(),
+            "indexing the private broker's storage {}: {}",
+            storage.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Kills the broker (SIGKILL, like a crash) and waits until it is gone.
