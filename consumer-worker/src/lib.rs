@@ -12,10 +12,12 @@ mod event;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::topics;
 use orderflow_runtime::config::{
-    ConsumerArgs, InventoryClientArgs, KafkaArgs, PostgresArgs, ServingArgs, TelemetryArgs,
+    check_service, CheckArgs, ConsumerArgs, InventoryClientArgs, KafkaArgs, PostgresArgs,
+    ServingArgs, TelemetryArgs,
 };
 use orderflow_runtime::consume::{self, Subscription};
 use orderflow_runtime::grpc::Services;
+use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +75,25 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+impl Config {
+    /// Everything a start refuses before it connects to anything (`--check-config`; `run`
+    /// begins with it).
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        check_service(
+            &self.listen,
+            &self.metrics_listen,
+            &self.serving,
+            &self.telemetry,
+            &self.postgres,
+        )?;
+        orderflow_runtime::kafka::check(&self.kafka, &self.group_id)?;
+        orderflow_runtime::grpc::client::Outbound::to_inventory(&self.inventory).map(drop)
+    }
 }
 
 /// Consumes and applies events until `shutdown` is cancelled, then commits what it applied,
@@ -81,7 +102,8 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), orderflow_runtime::RuntimeError> {
+) -> Result<(), RuntimeError> {
+    config.validate()?;
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
     let _pool_reported =
         orderflow_runtime::metrics::metrics().watch_pool("consumer-worker", pool.clone());

@@ -25,9 +25,11 @@ use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use orderflow_runtime::config::{
-    KafkaArgs, OrderLogArgs, PostgresArgs, RedisArgs, ServingArgs, TelemetryArgs,
+    check_service, CheckArgs, KafkaArgs, OrderLogArgs, PostgresArgs, RedisArgs, ServingArgs,
+    TelemetryArgs,
 };
 use orderflow_runtime::lock::{LockSettings, Locks};
+use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -124,6 +126,25 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+impl Config {
+    /// Everything a start refuses before it connects to anything (`--check-config`; `run`
+    /// begins with it).
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        check_service(
+            &self.listen,
+            &self.metrics_listen,
+            &self.serving,
+            &self.telemetry,
+            &self.postgres,
+        )?;
+        orderflow_runtime::redis::check(&self.redis)?;
+        orderflow_runtime::kafka::check(&self.kafka, &self.order_log.orders_consumer_group)
+    }
 }
 
 /// How long Redis keeps a reservation after it expired, so retries still find it.
@@ -153,7 +174,8 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), orderflow_runtime::RuntimeError> {
+) -> Result<(), RuntimeError> {
+    config.validate()?;
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
     let _pool_reported =
         orderflow_runtime::metrics::metrics().watch_pool("inventory-svc", pool.clone());
@@ -164,7 +186,7 @@ pub async fn run(
     counters
         .preload()
         .await
-        .map_err(|source| orderflow_runtime::RuntimeError::Redis {
+        .map_err(|source| RuntimeError::Redis {
             url: orderflow_runtime::config::redact_url(&config.redis.redis_url),
             source,
         })?;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use orderflow_proto::notify::v1::notification_service_server::NotificationServiceServer;
 use orderflow_runtime::config::{
-    ConsumerArgs, KafkaArgs, PostgresArgs, ServingArgs, TelemetryArgs,
+    check_service, CheckArgs, ConsumerArgs, KafkaArgs, PostgresArgs, ServingArgs, TelemetryArgs,
 };
 use orderflow_runtime::consume::{self, Subscription};
 use orderflow_runtime::grpc::Services;
@@ -83,6 +83,25 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+impl Config {
+    /// Everything a start refuses before it connects to anything (`--check-config`; `run`
+    /// begins with it).
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        check_service(
+            &self.listen,
+            &self.metrics_listen,
+            &self.serving,
+            &self.telemetry,
+            &self.postgres,
+        )?;
+        self.delivery.plan()?;
+        orderflow_runtime::kafka::check(&self.kafka, &self.group_id)
+    }
 }
 
 /// Who may call what once authentication is on: buyers (`orders`) list and follow their own
@@ -107,7 +126,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
-    // Settings first: a bad webhook URL or a missing secret stops the start, not each delivery.
+    config.validate()?;
+    // A bad webhook URL or a missing secret stopped the start above, not each delivery.
     let plan = config.delivery.plan()?;
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
     let _pool_reported =

@@ -7,6 +7,9 @@ use notify_svc::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Some(checked) = config.check.only("notify-svc", || config.validate()) {
+        return Ok(checked?);
+    }
     let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "notify-svc")?;
     let listener = orderflow_runtime::grpc::bind(&config.listen).await?;
     let shutdown = orderflow_runtime::shutdown::on_signal();

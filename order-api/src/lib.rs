@@ -30,9 +30,10 @@ use std::time::Duration;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::order::v1::order_service_server::OrderServiceServer;
 use orderflow_runtime::config::{
-    InventoryClientArgs, KafkaArgs, OrderLogArgs, PostgresArgs, RedisArgs, ServingArgs,
-    TelemetryArgs,
+    check_service, CheckArgs, InventoryClientArgs, KafkaArgs, OrderLogArgs, PostgresArgs,
+    RedisArgs, ServingArgs, TelemetryArgs,
 };
+use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +77,9 @@ pub struct Config {
     /// pre-upgrade Job.
     #[arg(long, env = "ORDERFLOW_MIGRATE_ONLY")]
     pub migrate_only: bool,
+
+    #[command(flatten)]
+    pub check: CheckArgs,
 
     #[command(flatten)]
     pub inventory: InventoryClientArgs,
@@ -139,6 +143,33 @@ pub struct Config {
     pub test_fault: Option<String>,
 }
 
+impl Config {
+    /// Everything a start refuses before it connects to anything (`--check-config`; `run`
+    /// begins with it).
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        if self.create_timeout_ms <= self.kafka.kafka_ack_timeout_ms {
+            return Err(RuntimeError::Config(format!(
+                "--create-timeout-ms ({}) must exceed --kafka-ack-timeout-ms ({}), or every \
+                 order would time out before the broker could acknowledge it",
+                self.create_timeout_ms, self.kafka.kafka_ack_timeout_ms
+            )));
+        }
+        check_service(
+            &self.listen,
+            &self.metrics_listen,
+            &self.serving,
+            &self.telemetry,
+            &self.postgres,
+        )?;
+        orderflow_runtime::redis::check(&self.redis)?;
+        orderflow_runtime::kafka::check(&self.kafka, &self.order_log.orders_consumer_group)?;
+        orderflow_runtime::grpc::client::Outbound::to_inventory(&self.inventory)?;
+        #[cfg(feature = "test-faults")]
+        fault::Faults::parse(self.test_fault.as_deref()).map_err(RuntimeError::Config)?;
+        Ok(())
+    }
+}
+
 /// Who may call what once authentication is on: buyers (`orders`) place, read, pay, cancel and
 /// watch their own orders (ownership is checked per call); shipping and completing are for
 /// operators (`admin`).
@@ -168,14 +199,8 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), orderflow_runtime::RuntimeError> {
-    if config.create_timeout_ms <= config.kafka.kafka_ack_timeout_ms {
-        return Err(orderflow_runtime::RuntimeError::Config(format!(
-            "--create-timeout-ms ({}) must exceed --kafka-ack-timeout-ms ({}), or every order \
-             would time out before the broker could acknowledge it",
-            config.create_timeout_ms, config.kafka.kafka_ack_timeout_ms
-        )));
-    }
+) -> Result<(), RuntimeError> {
+    config.validate()?;
     let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
     if config.migrate_only {
         tracing::info!("schema up to date; --migrate-only, so stopping here");
@@ -222,7 +247,7 @@ pub async fn run(
     claims
         .restore_at_start(reads.store.pool().clone(), RESTORE_PATIENCE)
         .await
-        .map_err(|error| orderflow_runtime::RuntimeError::Config(error.to_string()))?;
+        .map_err(|error| RuntimeError::Config(error.to_string()))?;
     let placement = placement::Placement::new(placement::Parts {
         inventory,
         cache,
@@ -238,8 +263,7 @@ pub async fn run(
         currency: config.currency,
         payment_window: Duration::from_secs(config.payment_deadline_secs),
         #[cfg(feature = "test-faults")]
-        faults: fault::Faults::parse(config.test_fault.as_deref())
-            .map_err(orderflow_runtime::RuntimeError::Config)?,
+        faults: fault::Faults::parse(config.test_fault.as_deref()).map_err(RuntimeError::Config)?,
         #[cfg(not(feature = "test-faults"))]
         faults: fault::Faults::default(),
     });

@@ -4,6 +4,9 @@ use order_api::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Some(checked) = config.check.only("order-api", || config.validate()) {
+        return Ok(checked?);
+    }
     let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "order-api")?;
     let listener = orderflow_runtime::grpc::bind(&config.listen).await?;
     let shutdown = orderflow_runtime::shutdown::on_signal();

@@ -209,7 +209,7 @@ impl fmt::Debug for KafkaArgs {
 }
 
 /// Whether a client property holds a credential (`sasl.password`, `ssl.key.password`, …).
-fn is_secret_key(key: &str) -> bool {
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     key.contains("password") || key.contains("secret") || key.contains("sasl.oauthbearer.config")
 }
@@ -346,6 +346,81 @@ pub struct TelemetryArgs {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// `--check-config`: the whole configuration checked as a start would check it, and nothing
+/// started. The Helm chart's rendered settings are tested this way (scripts/check-chart.sh), and
+/// an operator can try a changed setting before rolling it out.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Parse and check the whole configuration (every file it names read and parsed: secrets,
+    /// certificates, keys, token files; URLs; librdkafka properties; the log filter), connect to
+    /// nothing, print `<binary>: configuration OK` and exit 0; otherwise exit non-zero naming
+    /// the setting that is wrong.
+    #[arg(long, env = "ORDERFLOW_CHECK_CONFIG")]
+    pub check_config: bool,
+}
+
+impl CheckArgs {
+    /// With `--check-config`, runs `check` and says so: `Some(outcome)`, and the process stops
+    /// there. `None` without the flag.
+    pub fn only(
+        &self,
+        binary: &str,
+        check: impl FnOnce() -> Result<(), RuntimeError>,
+    ) -> Option<Result<(), RuntimeError>> {
+        self.check_config.then(|| {
+            check()?;
+            println!("{binary}: configuration OK");
+            Ok(())
+        })
+    }
+}
+
+/// The checks of what every service has: its gRPC and metrics listen addresses, how it serves,
+/// its telemetry and its PostgreSQL settings (each service's `validate` adds its own).
+pub fn check_service(
+    listen: &str,
+    metrics_listen: &str,
+    serving: &ServingArgs,
+    telemetry: &TelemetryArgs,
+    postgres: &PostgresArgs,
+) -> Result<(), RuntimeError> {
+    check_listen_address("--listen", listen)?;
+    check_listen_address("--metrics-listen", metrics_listen)?;
+    serving.check()?;
+    telemetry.check()?;
+    crate::postgres::check(postgres)
+}
+
+/// A listen address as `host:port` (`0.0.0.0:50051`, `[::]:9101`, `localhost:50051`); the host is
+/// resolved only when the server binds it.
+fn check_listen_address(flag: &str, address: &str) -> Result<(), RuntimeError> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(RuntimeError::Config(format!(
+            "{flag} {address:?}: expected host:port, e.g. 0.0.0.0:50051"
+        ))),
+    }
+}
+
+/// A file that must hold PEM (a CA bundle, a certificate, a key) for a client whose library reads
+/// it only when it first connects: checked at start-up so a missing or wrong file stops the
+/// start with the setting's name instead of failing every connection later.
+pub fn check_pem_file(setting: &str, path: &Path) -> Result<(), RuntimeError> {
+    let content = std::fs::read(path)
+        .map_err(|error| RuntimeError::Config(format!("{setting} {}: {error}", path.display())))?;
+    if content.windows(11).any(|window| window == b"-----BEGIN ") {
+        Ok(())
+    } else {
+        Err(RuntimeError::Config(format!(
+            "{setting} {}: not PEM (no -----BEGIN line)",
+            path.display()
+        )))
+    }
 }
 
 /// `value`, or the content of `file` when one is given (a secret mounted as a file); a trailing
@@ -488,6 +563,40 @@ mod tests {
         let missing = secret_or_file("", Some(Path::new("/nonexistent")), "--redis-url-file");
         assert!(missing.is_err_and(|error| error.to_string().contains("--redis-url-file")));
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn listen_addresses_need_a_host_and_a_port() {
+        for good in ["0.0.0.0:50051", "[::]:9101", "localhost:50051"] {
+            assert!(check_listen_address("--listen", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "50051",
+            "localhost",
+            ":50051",
+            "localhost:http",
+            "host:70000",
+        ] {
+            let refused = check_listen_address("--listen", bad).expect_err(bad);
+            assert!(refused.to_string().contains("--listen"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_pem_file_must_exist_and_hold_pem() {
+        let path = std::env::temp_dir().join(format!("orderflow-pem-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .expect("writing the file");
+        assert!(check_pem_file("--ca", &path).is_ok());
+        std::fs::write(&path, "not a pem").expect("writing the file");
+        let refused = check_pem_file("--ca", &path).expect_err("not PEM");
+        assert!(refused.to_string().contains("--ca") && refused.to_string().contains("not PEM"));
+        let _ = std::fs::remove_file(&path);
+        let missing = check_pem_file("--ca", &path).expect_err("missing");
+        assert!(missing.to_string().contains("--ca"), "{missing}");
     }
 
     #[test]

@@ -77,51 +77,81 @@ fn traced<'a, T: Send + 'a>(
     Box::pin(sent.instrument(span))
 }
 
+/// The client for the configured Redis or Redis Cluster, built without connecting.
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// The settings without connecting (`--check-config`): the URL or seed list parses, the CA file
+/// holds PEM.
+pub fn check(args: &RedisArgs) -> Result<(), RuntimeError> {
+    client(args).map(drop)
+}
+
 pub async fn connect(args: &RedisArgs) -> Result<RedisConnection, RuntimeError> {
     let url = args.url()?;
     let error = |source| RuntimeError::Redis {
         url: redact_url(&url),
         source,
     };
-    let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
+    match client(args)? {
+        Client::Cluster(client) => Ok(RedisConnection::Cluster(
+            client.get_async_connection().await.map_err(error)?,
+        )),
+        Client::Single(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(timeout(args))
+                .set_response_timeout(timeout(args))
+                .set_number_of_retries(2)
+                .set_factor(50)
+                .set_max_delay(500);
+            ConnectionManager::new_with_config(client, config)
+                .await
+                .map(RedisConnection::Single)
+                .map_err(error)
+        }
+    }
+}
+
+fn timeout(args: &RedisArgs) -> Duration {
+    Duration::from_millis(args.redis_timeout_ms.max(1))
+}
+
+fn client(args: &RedisArgs) -> Result<Client, RuntimeError> {
+    let url = args.url()?;
+    let error = |source| RuntimeError::Redis {
+        url: redact_url(&url),
+        source,
+    };
     // `rediss://` URLs speak TLS; a private CA is trusted on top of the system's store.
-    let certificates = args
-        .redis_tls_ca_file
-        .as_ref()
-        .map(|path| {
-            std::fs::read(path).map(|root| redis::TlsCertificates {
+    let certificates = match &args.redis_tls_ca_file {
+        None => None,
+        Some(path) => {
+            crate::config::check_pem_file("--redis-tls-ca-file", path)?;
+            let root = std::fs::read(path)
+                .map_err(|read| RuntimeError::Config(format!("--redis-tls-ca-file: {read}")))?;
+            Some(redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(root),
             })
-        })
-        .transpose()
-        .map_err(|read| RuntimeError::Config(format!("--redis-tls-ca-file: {read}")))?;
+        }
+    };
     if args.redis_cluster {
         let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
         let mut builder = ClusterClient::builder(nodes)
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
+            .connection_timeout(timeout(args))
+            .response_timeout(timeout(args))
             .retries(2);
         if let Some(certificates) = certificates {
             builder = builder.certs(certificates);
         }
-        let client = builder.build().map_err(error)?;
-        let connection = client.get_async_connection().await.map_err(error)?;
-        return Ok(RedisConnection::Cluster(connection));
+        return builder.build().map(Client::Cluster).map_err(error);
     }
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(timeout)
-        .set_response_timeout(timeout)
-        .set_number_of_retries(2)
-        .set_factor(50)
-        .set_max_delay(500);
-    let client = match certificates {
+    match certificates {
         Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates),
         None => redis::Client::open(url.as_str()),
     }
-    .map_err(error)?;
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .map(RedisConnection::Single)
-        .map_err(error)
+    .map(Client::Single)
+    .map_err(error)
 }

@@ -55,8 +55,7 @@ impl Drop for Telemetry {
 /// `service` (its OpenTelemetry `service.name` unless `OTEL_SERVICE_NAME` says otherwise).
 /// Must run inside the Tokio runtime: the exporter's gRPC connection lives on it.
 pub fn init(args: &TelemetryArgs, service: &'static str) -> Result<Telemetry, RuntimeError> {
-    let filter = EnvFilter::try_new(&args.log)
-        .map_err(|error| RuntimeError::Telemetry(format!("--log {:?}: {error}", args.log)))?;
+    let filter = args.filter()?;
     let provider = if args.traces_enabled() {
         Some(tracer_provider(args, service)?)
     } else {
@@ -83,6 +82,26 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> Result<Telemetry, Ru
 }
 
 impl TelemetryArgs {
+    /// The settings without starting anything (`--check-config`): the log filter parses, the
+    /// OTLP endpoint is an http(s) URL.
+    pub fn check(&self) -> Result<(), RuntimeError> {
+        self.filter()?;
+        match self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            None => Ok(()),
+            Some(endpoint) => match endpoint.parse::<tonic::codegen::http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => Ok(()),
+                _ => Err(RuntimeError::Telemetry(format!(
+                    "--otlp-endpoint {endpoint:?}: expected an http:// or https:// URL"
+                ))),
+            },
+        }
+    }
+
+    fn filter(&self) -> Result<EnvFilter, RuntimeError> {
+        EnvFilter::try_new(&self.log)
+            .map_err(|error| RuntimeError::Telemetry(format!("--log {:?}: {error}", self.log)))
+    }
+
     /// Whether an endpoint is configured and no standard variable turns tracing off.
     pub fn traces_enabled(&self) -> bool {
         let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
@@ -234,6 +253,28 @@ mod tests {
     use super::*;
 
     type Buffer = Arc<Mutex<Vec<u8>>>;
+
+    #[test]
+    fn the_log_filter_and_the_otlp_endpoint_are_checked() {
+        let args = |log: &str, endpoint: Option<&str>| TelemetryArgs {
+            log: log.into(),
+            log_format: LogFormat::Json,
+            otlp_endpoint: endpoint.map(Into::into),
+        };
+        assert!(args("info,sqlx=warn", Some("http://otel:4317"))
+            .check()
+            .is_ok());
+        assert!(args("info", Some("")).check().is_ok());
+        let filter = args("info,[", None).check().expect_err("bad filter");
+        assert!(filter.to_string().contains("--log"), "{filter}");
+        let endpoint = args("info", Some("otel:4317"))
+            .check()
+            .expect_err("no scheme");
+        assert!(
+            endpoint.to_string().contains("--otlp-endpoint"),
+            "{endpoint}"
+        );
+    }
 
     struct SharedBuffer(Buffer);
 

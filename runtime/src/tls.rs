@@ -75,6 +75,9 @@ pub fn client_config(
     Ok(Some(config))
 }
 
+/// The PEM file `path`: tonic parses it only when it serves or connects, and its error then
+/// names no flag.
 fn read(flag: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {
+    crate::config::check_pem_file(flag, std::path::Path::new(path))?;
     std::fs::read(path).map_err(|error| RuntimeError::Config(format!("{flag} {path}: {error}")))
 }

@@ -30,7 +30,13 @@ impl Outbound {
     pub fn to_inventory(
         args: &crate::config::InventoryClientArgs,
     ) -> Result<Self, crate::RuntimeError> {
-        let mut endpoint = tonic::transport::Endpoint::from_shared(args.inventory_url.clone())?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(args.inventory_url.clone())
+            .map_err(|error| {
+                crate::RuntimeError::Config(format!(
+                    "--inventory-url {:?}: {error}",
+                    args.inventory_url
+                ))
+            })?
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_millis(
                 args.inventory_timeout_ms.max(1),
@@ -44,7 +50,9 @@ impl Outbound {
             args.inventory_client_cert_file.as_deref(),
             args.inventory_client_key_file.as_deref(),
         )? {
-            endpoint = endpoint.tls_config(tls)?;
+            endpoint = endpoint.tls_config(tls).map_err(|error| {
+                crate::RuntimeError::Config(format!("TLS to --inventory-url: {error}"))
+            })?;
         }
         let channel = Self::new(endpoint.connect_lazy());
         match &args.inventory_token_file {

@@ -173,6 +173,28 @@ pub async fn serve(
     Ok(())
 }
 
+impl ServingArgs {
+    /// What `serve` would refuse, found without serving (`--check-config`): the authentication
+    /// keys and token files, the TLS certificate, key and client CA (parsed), the limits.
+    pub fn check(&self) -> Result<(), RuntimeError> {
+        self.auth.authenticator()?;
+        if let Some(tls) = self.tls.server_config()? {
+            Server::builder().tls_config(tls).map_err(|error| {
+                // The reason is in the error's source; its own text is "transport error".
+                let reason = std::error::Error::source(&error)
+                    .map_or(error.to_string(), ToString::to_string);
+                RuntimeError::Config(format!("--tls-cert-file / --tls-key-file: {reason}"))
+            })?;
+        }
+        if self.max_concurrent_requests == 0 || self.max_open_streams == 0 {
+            return Err(RuntimeError::Config(
+                "--max-concurrent-requests and --max-open-streams must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Reflection over every contract (so message types resolve), listing only the services this
 /// server actually serves. Both reflection services are listed, so both must be describable:
 /// tonic adds only the version being built, and clients that resolve every listed service (k6)
