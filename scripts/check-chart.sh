@@ -7,7 +7,11 @@
 #      OpenAPI schemas by `kubernetes-validate --strict` (the CRD kinds, which it has no schema
 #      for, are left to step 4);
 #   4. tests/chart/check_chart.py: the facts that matter, asserted on the rendered manifests of
-#      several value sets; values.schema.json must reject bad values; the Dockerfile statically.
+#      several value sets; values.schema.json must reject bad values; the Dockerfile statically;
+#   5. tests/chart/check_binaries.py: each binary (built by `cargo build --workspace --bins`)
+#      started with --check-config and the env, args and mounted files of its rendered
+#      Deployment or Job container, for several value sets: it must accept them (and refuse
+#      three broken copies).
 # Tools come from scripts/ensure-chart-tools.sh (installed once under $ORDERFLOW_HOME/chart-tools).
 # Ends with one summary line; exits non-zero on the first failing step.
 set -euo pipefail
@@ -81,6 +85,19 @@ if ! summary=$("$VENV/bin/python" "$REPO_ROOT/tests/chart/check_chart.py" --helm
 fi
 note "$summary"
 
+step "Starting each binary with its rendered Deployment/Job configuration (--check-config)"
+# One line per run, then "binaries: N passed, M failed" (the binaries must be built: make test
+# runs cargo build first).
+if ! binary_log=$("$VENV/bin/python" "$REPO_ROOT/tests/chart/check_binaries.py" --helm "$HELM" --chart "$CHART" \
+  --target-dir "${CARGO_TARGET_DIR:-$REPO_ROOT/target}" 2>&1); then
+  printf '%s\n' "$binary_log" >&2
+  die "tests/chart/check_binaries.py: a binary refused the configuration the chart gives it, or is not built (listed above)"
+fi
+binaries=$(tail -n 1 <<<"$binary_log")
+note "$binaries"
+
 checks=${summary#chart checks: }
+binaries=${binaries#binaries: }
 echo "check-chart: OK in $((SECONDS - start)) s: shellcheck clean, helm lint --strict x2 clean," \
-  "$manifests manifests valid on Kubernetes $KUBE_VERSION, ${checks%% passed*} chart checks passed"
+  "$manifests manifests valid on Kubernetes $KUBE_VERSION, ${checks%% passed*} chart checks passed," \
+  "${binaries%% passed*} binary config checks passed"

@@ -142,6 +142,42 @@ def chart_values(*overrides: dict) -> dict:
     return values
 
 
+# The value sets rendered besides the defaults and ci/all-features-values.yaml, by scenario (each
+# merged over values.yaml as a values file). check_binaries.py starts the binaries with them too.
+SCENARIO_VALUES: dict[str, dict] = {
+    "existing-secrets": {
+        "postgresql": {"existingSecret": "pg-credentials", "existingSecretKey": "url"},
+        "redis": {"existingSecret": "redis-credentials"},
+        "notifySvc": {"webhook": {"url": "http://hooks.example:8080/in", "existingSecret": "webhook-credentials"}}},
+    # Static tokens only (no JWT), in development; traces without sampler ratio or headers; SASL
+    # without TLS; Redis and PostgreSQL TLS with CAs from the other kind (Secret / ConfigMap).
+    "auth-tokens-only": {
+        "auth": {"enabled": True, "tokens": {"existingSecret": "static-tokens"},
+                 "inventoryToken": {"existingSecret": "static-tokens", "existingSecretKey": "order-api"}},
+        "tracing": {"enabled": True, "otlpEndpoint": "https://otlp.example.com:4317", "sampler": "always_on"},
+        "kafka": {"properties": {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN", "sasl.username": "orderflow"},
+                  "sasl": {"passwordSecret": "kafka-password"}},
+        "redis": {"url": "rediss://redis.cache:6380", "tlsCa": {"secret": "redis-tls"}},
+        "postgresql": {"url": "postgres://pg.db:5432/orderflow?sslmode=verify-full&sslrootcert=/etc/orderflow/postgresql/ca.pem",
+                       "tlsCa": {"configMap": "pg-ca", "key": "ca.pem"}}},
+    # Production with HS256 JWTs only (no issuer, audience or static tokens); TLS to Kafka without
+    # SASL; tracing, Redis TLS and PostgreSQL TLS off.
+    "jwt-only": {
+        "auth": {"environment": "production", "enabled": True, "jwt": {"existingSecret": "jwt-secret", "algorithm": "HS256"},
+                 "inventoryToken": {"existingSecret": "order-api-token"}},
+        "kafka": {"properties": {"security.protocol": "SSL"}, "tlsCa": {"configMap": "kafka-ca"}}},
+    # Each feature's values set while it is off: nothing of it may show.
+    "features-off": {
+        "auth": {"enabled": False, "jwt": {"existingSecret": "jwt", "issuer": "https://issuer"}, "tokens": {"existingSecret": "t"},
+                 "inventoryToken": {"existingSecret": "i"}},
+        "tracing": {"enabled": False, "otlpEndpoint": "http://otel:4317", "headers": {"existingSecret": "h"}}},
+    "metrics-off": {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
+    "migration-off": {"migration": {"enabled": False}, "tests": {"enabled": False}},
+    # A sidecar with another label: the default key is dropped with null (Helm merges maps).
+    "dashboard-own-label": {"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None, "dashboards.example.com/load": "yes"}}},
+}
+
+
 def render_values(helm_bin: str, override: dict, release: str = RELEASE) -> tuple[Render, dict]:
     """Renders with `override` as a values file; returns the render and the merged values."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -996,10 +1032,7 @@ def check_all_features(c: Checker, r: Render) -> None:
 
 def check_existing_secrets(c: Checker, helm_bin: str) -> None:
     c.scenario = "existing-secrets"
-    r, values = render_values(helm_bin, {
-        "postgresql": {"existingSecret": "pg-credentials", "existingSecretKey": "url"},
-        "redis": {"existingSecret": "redis-credentials"},
-        "notifySvc": {"webhook": {"url": "http://hooks.example:8080/in", "existingSecret": "webhook-credentials"}}})
+    r, values = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
     check_common(c, r, values=values, db_secret=("pg-credentials", "url"), redis_secret=("redis-credentials", "redis-url"))
     check_migration(c, r, values=values, existing_secret=("pg-credentials", "url"))
     c.check(not r.kind("Secret"), f"no chart Secret expected when every credential is in an existing one, got {sorted(r.names('Secret'))}")
@@ -1014,36 +1047,17 @@ def check_existing_secrets(c: Checker, helm_bin: str) -> None:
 def check_feature_variants(c: Checker, helm_bin: str) -> None:
     """The optional features one at a time and in other combinations than all-features."""
     c.scenario = "auth-tokens-only"
-    # Static tokens only (no JWT), in development; traces without sampler ratio or headers; SASL
-    # without TLS; Redis and PostgreSQL TLS with CAs from the other kind (Secret / ConfigMap).
-    r, values = render_values(helm_bin, {
-        "auth": {"enabled": True, "tokens": {"existingSecret": "static-tokens"},
-                 "inventoryToken": {"existingSecret": "static-tokens", "existingSecretKey": "order-api"}},
-        "tracing": {"enabled": True, "otlpEndpoint": "https://otlp.example.com:4317", "sampler": "always_on"},
-        "kafka": {"properties": {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN", "sasl.username": "orderflow"},
-                  "sasl": {"passwordSecret": "kafka-password"}},
-        "redis": {"url": "rediss://redis.cache:6380", "tlsCa": {"secret": "redis-tls"}},
-        "postgresql": {"url": "postgres://pg.db:5432/orderflow?sslmode=verify-full&sslrootcert=/etc/orderflow/postgresql/ca.pem",
-                       "tlsCa": {"configMap": "pg-ca", "key": "ca.pem"}}})
+    r, values = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
     check_common(c, r, values=values)
     check_migration(c, r, values=values)
 
     c.scenario = "jwt-only"
-    # Production with HS256 JWTs only (no issuer, audience or static tokens); TLS to Kafka without
-    # SASL; tracing, Redis TLS and PostgreSQL TLS off.
-    r, values = render_values(helm_bin, {
-        "auth": {"environment": "production", "enabled": True, "jwt": {"existingSecret": "jwt-secret", "algorithm": "HS256"},
-                 "inventoryToken": {"existingSecret": "order-api-token"}},
-        "kafka": {"properties": {"security.protocol": "SSL"}, "tlsCa": {"configMap": "kafka-ca"}}})
+    r, values = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
     check_common(c, r, values=values)
     check_migration(c, r, values=values)
 
     c.scenario = "features-off"
-    # Each feature's values set while it is off: nothing of it may show.
-    r, values = render_values(helm_bin, {
-        "auth": {"enabled": False, "jwt": {"existingSecret": "jwt", "issuer": "https://issuer"}, "tokens": {"existingSecret": "t"},
-                 "inventoryToken": {"existingSecret": "i"}},
-        "tracing": {"enabled": False, "otlpEndpoint": "http://otel:4317", "headers": {"existingSecret": "h"}}})
+    r, values = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
     check_common(c, r, values=values)
     for dep in r.kind("Deployment"):
         files = mounted_files(dep["spec"]["template"]["spec"], dep["spec"]["template"]["spec"]["containers"][0])
@@ -1052,12 +1066,12 @@ def check_feature_variants(c: Checker, helm_bin: str) -> None:
 
 def check_variants(c: Checker, helm_bin: str) -> None:
     c.scenario = "metrics-off"
-    r = render(helm_bin, "--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true")
+    r, _ = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
     check_common(c, r, metrics=False)
     c.check(not r.kind("ServiceMonitor") and not r.kind("PodMonitor"), "monitors rendered with metrics.enabled=false")
 
     c.scenario = "migration-off"
-    r = render(helm_bin, "--set", "migration.enabled=false", "--set", "tests.enabled=false")
+    r, _ = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
     c.check(not r.kind("Job") and r.get("Secret", f"{PREFIX}-migration") is None, "migration Job or its Secret rendered with migration.enabled=false")
     c.check(not r.kind("Pod"), "helm test pod rendered with tests.enabled=false")
 
@@ -1066,8 +1080,7 @@ def check_variants(c: Checker, helm_bin: str) -> None:
     check_common(c, r, prefix="orderflow-prod")
 
     c.scenario = "dashboard-own-label"
-    # A sidecar with another label: the default key is dropped with null (Helm merges maps).
-    r, values = render_values(helm_bin, {"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None, "dashboards.example.com/load": "yes"}}})
+    r, values = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
     check_common(c, r, values=values)
     check_dashboard_configmap(c, r, values)
 
