@@ -23,6 +23,14 @@ pub mod tls;
 pub mod trace_context;
 pub mod validate;
 
+/// Every orderflow process allocates through mimalloc rather than glibc's malloc: a service's
+/// work is many small, short-lived allocations (protobuf messages, Redis replies, HTTP/2 frames)
+/// across threads, where glibc's malloc and free took a fifth of order-api's CPU
+/// (docs/BENCHMARKS.md, optimisation 6). Defined here, it applies to every binary and test that
+/// links this crate.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Why a process could not start or keep running its plumbing.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
