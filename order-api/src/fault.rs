@@ -1,5 +1,5 @@
 //! Faults a test injects into a placement at one instant, to prove what a crash or a stall
-//! there leaves behind (tests/tests/acknowledged.rs). Built only with the `test-faults` feature,
+//! there leaves behind (tests/it/acknowledged.rs). Built only with the `test-faults` feature,
 //! which the tests crate enables; without it every hook does nothing and the `--test-fault`
 //! flag does not exist.
 //!

@@ -181,7 +181,7 @@ async fn killing_the_worker_twice_loses_and_duplicates_nothing() {
             .await;
             // Killed while it applies: this test is about what a crash mid-batch leaves behind.
             // Kills in the middle of a rebalance, which tansu 0.6 can leave with partitions
-            // nobody holds until a member rejoins, are tests/tests/consumer_healing.rs's and
+            // nobody holds until a member rejoins, are tests/it/consumer_healing.rs's and
             // chaos.rs's. Owning every partition means the group has dropped its dead
             // predecessor: no rebalance pending.
             eventually(
