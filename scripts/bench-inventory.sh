@@ -9,7 +9,7 @@ cd "$REPO_ROOT"
 
 "$REPO_ROOT/scripts/stack.sh"
 step "Building inventory-svc and inventory-bench (release)"
-cargo build --release --quiet -p inventory-svc -p orderflow-tests \
+cargo build --release --quiet -p inventory-svc -p orderflow-loadgen \
   --bin inventory-svc --bin inventory-bench
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

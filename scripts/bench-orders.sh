@@ -9,7 +9,7 @@ cd "$REPO_ROOT"
 
 "$REPO_ROOT/scripts/stack.sh"
 step "Building the services and order-bench (release)"
-cargo build --release --quiet -p inventory-svc -p order-api -p consumer-worker -p orderflow-tests \
+cargo build --release --quiet -p inventory-svc -p order-api -p consumer-worker -p orderflow-loadgen \
   --bin inventory-svc --bin order-api --bin consumer-worker --bin order-bench
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

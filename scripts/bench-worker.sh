@@ -8,6 +8,6 @@ cd "$REPO_ROOT"
 
 "$REPO_ROOT/scripts/stack.sh"
 step "Building worker-bench (release)"
-cargo build --release --quiet -p orderflow-tests --bin worker-bench
+cargo build --release --quiet -p orderflow-loadgen --bin worker-bench
 target/release/worker-bench --orders "${BENCH_ORDERS:-10000}" \
   --batch-sizes "${BENCH_BATCH_SIZES:-256,1}"

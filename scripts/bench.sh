@@ -50,7 +50,7 @@ fi
 
 step "Building the four services and loadgen (release)"
 cargo build --release --quiet -p order-api -p inventory-svc -p consumer-worker -p notify-svc \
-  -p orderflow-tests --bin order-api --bin inventory-svc --bin consumer-worker --bin notify-svc \
+  -p orderflow-loadgen --bin order-api --bin inventory-svc --bin consumer-worker --bin notify-svc \
   --bin loadgen
 bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
 build_seconds=$SECONDS

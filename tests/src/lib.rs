@@ -4,11 +4,9 @@
 //!
 //! A missing dependency fails the test with the command that starts it; nothing is skipped.
 
-pub mod bench;
 pub mod deps;
 pub mod inventory;
 pub mod link;
-pub mod loadgen;
 pub mod locking;
 pub mod otlp;
 pub mod pipeline;

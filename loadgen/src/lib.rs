@@ -4,6 +4,8 @@
 //! not be made. Usage and output: docs/loadgen.md.
 
 pub mod args;
+/// What the small closed-loop benchmarks (`order-bench`, `inventory-bench`) share.
+pub mod bench;
 pub mod chaos;
 pub mod client;
 pub mod cpu;
@@ -102,7 +104,7 @@ fn progress(load: &Load, label: &str) -> Option<String> {
 
 /// A fresh id for this run: every SKU, user and idempotency key starts with it.
 fn run_id() -> String {
-    format!("lg{}", crate::unique_id())
+    format!("lg{}", orderflow_tests::unique_id())
 }
 
 async fn database(target: &Target) -> anyhow::Result<PgPool> {
@@ -365,7 +367,7 @@ async fn transactions(db: &PgPool) -> anyhow::Result<i64> {
 /// The sum of every `orderflow_grpc_server_handled_total` series of `method` that the
 /// Prometheus endpoint at `address` (host:port) serves.
 async fn calls_served(address: &str, method: &str) -> anyhow::Result<f64> {
-    let (status, text) = crate::http_get(address, "/metrics").await?;
+    let (status, text) = orderflow_tests::http_get(address, "/metrics").await?;
     anyhow::ensure!(
         status.contains(" 200 "),
         "GET /metrics at {address}: {status}"

@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::loadgen::args::FillBrokerArgs;
+use crate::args::FillBrokerArgs;
 
 /// Sends in flight at once: enough to keep every batch full, few enough to bound memory.
 const IN_FLIGHT: usize = 20_000;

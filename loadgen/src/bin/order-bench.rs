@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use orderflow_loadgen::bench::{report, run_until};
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::SetStockRequest;
 use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
 use orderflow_proto::order::v1::{BatchGetOrdersRequest, GetOrderRequest};
-use orderflow_tests::bench::{report, run_until};
 use orderflow_tests::order_request;
 
 #[derive(Debug, Parser)]

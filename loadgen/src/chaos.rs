@@ -15,8 +15,8 @@ use serde_json::json;
 use super::args::{self, ChaosArgs, Target, Victims};
 use super::drive::Rng;
 use super::Disrupted;
-use crate::private::PrivateBroker;
-use crate::stack::{Options, Stack};
+use orderflow_tests::private::PrivateBroker;
+use orderflow_tests::stack::{Options, Stack};
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     let ChaosArgs {
