@@ -14,7 +14,6 @@ mod feed;
 mod ingest;
 mod live;
 mod money;
-mod page_token;
 mod service;
 mod sink;
 mod store;

@@ -19,7 +19,6 @@ use tonic::{Request, Response, Status};
 use crate::error::NotifyError;
 use crate::feed::Feed;
 use crate::live;
-use crate::page_token;
 use crate::store::Store;
 
 pub struct NotificationApi {
@@ -40,7 +39,10 @@ impl NotificationApi {
         let after = if request.page_token.is_empty() {
             None
         } else {
-            Some(page_token::decode(&request.page_token).ok_or(NotifyError::BadPageToken)?)
+            Some(
+                orderflow_page_token::decode(&request.page_token)
+                    .ok_or(NotifyError::BadPageToken)?,
+            )
         };
         // One more than asked tells whether another page follows.
         let mut page = self
@@ -51,7 +53,7 @@ impl NotificationApi {
         let next_page_token = if page.len() > size {
             page.truncate(size);
             page.last()
-                .map(|last| page_token::encode(last.cursor()))
+                .map(|last| orderflow_page_token::encode(last.cursor()))
                 .unwrap_or_default()
         } else {
             String::new()

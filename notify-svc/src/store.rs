@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::event::NewNotification;
-use crate::page_token::Cursor;
+use orderflow_page_token::Cursor;
 
 /// The channel on which each stored notification is announced; the payload is
 /// `<notification_id> <user_id>` (ids first: a user id has no whitespace).
@@ -45,7 +45,7 @@ impl Stored {
     pub fn cursor(&self) -> Cursor {
         Cursor {
             created_at: self.created_at,
-            notification_id: self.notification_id,
+            id: self.notification_id,
         }
     }
 
@@ -138,7 +138,7 @@ impl Store {
         sqlx::query(&sql)
             .bind(user_id)
             .bind(after.map(|cursor| cursor.created_at))
-            .bind(after.map(|cursor| cursor.notification_id))
+            .bind(after.map(|cursor| cursor.id))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?

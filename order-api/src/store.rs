@@ -1,6 +1,7 @@
 //! Orders in PostgreSQL: reads (one statement for any number of orders, with their items),
 //! keyset pages of one user's orders, and the locked read a status change starts with.
 
+use orderflow_page_token::Cursor;
 use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus};
 use orderflow_proto::order_status;
 use orderflow_runtime::timestamp;
@@ -20,13 +21,6 @@ const ITEMS_JOIN: &str = "CROSS JOIN LATERAL ( \
               array_agg(quantity ORDER BY line_no) AS quantities, \
               array_agg(unit_price_cents ORDER BY line_no) AS prices \
        FROM order_items WHERE order_id = o.order_id) i";
-
-/// Where a page of one user's orders starts: after this (created_at, order_id), newest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageCursor {
-    pub created_at: OffsetDateTime,
-    pub order_id: Uuid,
-}
 
 #[derive(Clone)]
 pub struct OrderStore {
@@ -95,7 +89,7 @@ impl OrderStore {
     pub async fn page(
         &self,
         user_id: &str,
-        cursor: Option<PageCursor>,
+        cursor: Option<Cursor>,
         limit: i64,
     ) -> Result<Vec<Order>, OrderError> {
         let order = "ORDER BY o.created_at DESC, o.order_id DESC";
@@ -108,7 +102,7 @@ impl OrderStore {
         sqlx::query(&sql)
             .bind(user_id)
             .bind(cursor.map(|cursor| cursor.created_at))
-            .bind(cursor.map(|cursor| cursor.order_id))
+            .bind(cursor.map(|cursor| cursor.id))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?
