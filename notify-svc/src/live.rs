@@ -51,8 +51,8 @@ pub fn stream(
                 }
                 Ok(Item::Resync(_)) => continue,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::debug!(user_id = %subscription.user_id, missed, "subscriber fell behind; reading back");
-                    let users = [subscription.user_id.clone()];
+                    tracing::debug!(user_id = %subscription.key, missed, "subscriber fell behind; reading back");
+                    let users = [subscription.key.clone()];
                     match store
                         .since(&users, newest - RESYNC_MARGIN, CATCH_UP_LIMIT)
                         .await
