@@ -59,7 +59,7 @@ async fn expire_round(transitions: &Transitions, concurrency: usize) -> Result<u
     futures::stream::iter(due)
         .for_each_concurrent(concurrency, |order_id| async move {
             let expired = transitions
-                .apply_with(
+                .perform_with(
                     order_id,
                     Action::Expire,
                     CallDeadline::within(EXPIRE_LIMIT),

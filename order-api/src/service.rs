@@ -64,7 +64,7 @@ impl OrderApi {
                 .await??;
             caller.may_act_for(&order.user_id)?;
         }
-        Ok(self.transitions.apply(id, action, deadline).await?)
+        Ok(self.transitions.perform(id, action, deadline).await?)
     }
 }
 

@@ -51,21 +51,21 @@ pub struct Transitions {
 }
 
 impl Transitions {
-    /// Applies `action` to the order and answers the order after it (or as it is, for a
+    /// Performs `action` on the order and answers the order after it (or as it is, for a
     /// repeat).
-    pub async fn apply(
+    pub async fn perform(
         &self,
         order_id: Uuid,
         action: Action,
         deadline: CallDeadline,
     ) -> Result<Order, OrderError> {
-        self.apply_with(order_id, action, deadline, Locking::Wait)
+        self.perform_with(order_id, action, deadline, Locking::Wait)
             .await?
             .ok_or_else(|| OrderError::OrderNotFound(order_id.to_string()))
     }
 
     /// `None` when the order is unknown, or skipped under [`Locking::Skip`].
-    pub async fn apply_with(
+    pub async fn perform_with(
         &self,
         order_id: Uuid,
         action: Action,
