@@ -8,7 +8,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(checked?);
     }
     let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "consumer-worker")?;
-    let listener = orderflow_runtime::grpc::bind(&config.listen).await?;
+    let listener = orderflow_runtime::bind(&config.listen).await?;
     let shutdown = orderflow_runtime::shutdown::on_signal();
     consumer_worker::run(config, listener, shutdown).await?;
     Ok(())

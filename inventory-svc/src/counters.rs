@@ -19,7 +19,7 @@ use orderflow_runtime::redis::RedisConnection;
 use redis::{Script, ScriptInvocation};
 
 use crate::error::InventoryError;
-use crate::ledger::SkuRow;
+use crate::stock::SkuRow;
 use crate::stock::{Line, ReservationState, ReservedLine, Settlement, StockLevel};
 
 /// A reservation as Redis holds it.

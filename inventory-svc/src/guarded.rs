@@ -8,7 +8,8 @@ use orderflow_runtime::lock::{LockGuard, Locks};
 
 use crate::counters::Counters;
 use crate::error::InventoryError;
-use crate::ledger::{Ledger, SkuRow};
+use crate::ledger::Ledger;
+use crate::stock::SkuRow;
 use crate::stock::StockLevel;
 
 #[derive(Clone)]

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::admission::{self, Decision};
 use crate::error::InventoryError;
 use crate::stock::{
-    self, Movement, ReservationState, ReservedLine, SettleStep, Settlement, StockDelta, StockLevel,
+    self, Movement, ReservationState, ReservedLine, SettleStep, Settlement, SkuRow, StockDelta,
+    StockLevel,
 };
 
 /// A reservation Redis admitted, to be recorded.
@@ -59,13 +60,6 @@ pub enum Settled {
     /// The reservation is in a state it cannot leave that way (e.g. release after commit).
     Refused(DurableReservation),
     NotFound,
-}
-
-/// A SKU's durable row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkuRow {
-    pub level: StockLevel,
-    pub fence: i64,
 }
 
 /// A stock change made under a SKU's lock, not yet committed: the caller updates Redis by

@@ -146,6 +146,14 @@ pub struct StockLevel {
     pub price_cents: i64,
 }
 
+/// A SKU's durable state: its counters and the fence of the last locked change that wrote them
+/// (PostgreSQL holds it; the Redis counters are restored from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuRow {
+    pub level: StockLevel,
+    pub fence: i64,
+}
+
 pub fn sku(field: &str, sku: &str) -> Result<(), FieldError> {
     validate::identifier(field, sku, MAX_SKU_LEN)
 }

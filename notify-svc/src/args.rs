@@ -12,6 +12,7 @@ use hyper::Uri;
 use orderflow_runtime::RuntimeError;
 
 use crate::delivery::Retries;
+use crate::sink::Target;
 
 #[derive(Clone, clap::Args)]
 pub struct DeliveryArgs {
@@ -98,33 +99,6 @@ impl fmt::Debug for DeliveryArgs {
             .field("webhook_max_backoff_ms", &self.webhook_max_backoff_ms)
             .field("delivery_interval_ms", &self.delivery_interval_ms)
             .finish()
-    }
-}
-
-/// Where notifications go, checked.
-pub enum Target {
-    Log,
-    Webhook {
-        url: Uri,
-        secret: Vec<u8>,
-        timeout: Duration,
-    },
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Log => f.write_str("Log"),
-            Self::Webhook { url, timeout, .. } => f
-                .debug_struct("Webhook")
-                .field(
-                    "url",
-                    &orderflow_runtime::config::redact_url(&url.to_string()),
-                )
-                .field("secret", &"***")
-                .field("timeout", timeout)
-                .finish(),
-        }
     }
 }
 

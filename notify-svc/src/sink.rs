@@ -2,9 +2,40 @@
 //! A sink answers per notification whether it took it; the delivery task does the bookkeeping
 //! (retries, giving up) the same way for both.
 
-use crate::args::Target;
+use std::fmt;
+use std::time::Duration;
+
+use hyper::Uri;
+
 use crate::store::Stored;
 use crate::webhook::Webhook;
+
+/// Where notifications go, checked.
+pub enum Target {
+    Log,
+    Webhook {
+        url: Uri,
+        secret: Vec<u8>,
+        timeout: Duration,
+    },
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Log => f.write_str("Log"),
+            Self::Webhook { url, timeout, .. } => f
+                .debug_struct("Webhook")
+                .field(
+                    "url",
+                    &orderflow_runtime::config::redact_url(&url.to_string()),
+                )
+                .field("secret", &"***")
+                .field("timeout", timeout)
+                .finish(),
+        }
+    }
+}
 
 pub enum Sink {
     Log,

@@ -31,6 +31,14 @@ pub mod validate;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Binds a listen address such as `127.0.0.1:50051` (a gRPC server's or the metrics
+/// endpoint's); the error names the address.
+pub async fn bind(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| std::io::Error::new(error.kind(), format!("binding {address}: {error}")))
+}
+
 /// Why a process could not start or keep running its plumbing.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

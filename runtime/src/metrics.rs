@@ -355,7 +355,7 @@ impl Metrics {
 /// Serves `GET /metrics` on `address` until `shutdown`; answers the bound address (port 0 picks
 /// a free one).
 pub async fn serve(address: &str, shutdown: CancellationToken) -> Result<SocketAddr, RuntimeError> {
-    let listener = crate::grpc::bind(address).await?;
+    let listener = crate::bind(address).await?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "metrics served at /metrics");
     tokio::spawn(accept(listener, shutdown));

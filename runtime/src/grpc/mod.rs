@@ -222,9 +222,3 @@ fn reflection_error(error: tonic_reflection::server::Error) -> RuntimeError {
     RuntimeError::Config(format!("building the reflection service: {error}"))
 }
 
-/// Binds a gRPC listen address such as `127.0.0.1:50051`.
-pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|error| std::io::Error::new(error.kind(), format!("binding {address}: {error}")))
-}
