@@ -221,4 +221,3 @@ fn reflection_builder(services: &[&str]) -> tonic_reflection::server::Builder<'s
 fn reflection_error(error: tonic_reflection::server::Error) -> RuntimeError {
     RuntimeError::Config(format!("building the reflection service: {error}"))
 }
-
