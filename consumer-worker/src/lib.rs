@@ -11,10 +11,7 @@ mod event;
 
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::topics;
-use orderflow_runtime::config::{
-    check_service, CheckArgs, ConsumerArgs, InventoryClientArgs, KafkaArgs, PostgresArgs,
-    ServingArgs, TelemetryArgs,
-};
+use orderflow_runtime::config::{ConsumerArgs, InventoryClientArgs, KafkaArgs, ProcessArgs};
 use orderflow_runtime::consume::{self, Subscription};
 use orderflow_runtime::grpc::Services;
 use orderflow_runtime::RuntimeError;
@@ -41,7 +38,7 @@ pub struct Config {
     pub metrics_listen: String,
 
     #[command(flatten)]
-    pub serving: ServingArgs,
+    pub process: ProcessArgs,
 
     /// Kafka consumer group; every replica of the worker uses the same one.
     #[arg(
@@ -50,9 +47,6 @@ pub struct Config {
         default_value = "orderflow-consumer-worker"
     )]
     pub group_id: String,
-
-    #[command(flatten)]
-    pub postgres: PostgresArgs,
 
     #[command(flatten)]
     pub inventory: InventoryClientArgs,
@@ -72,25 +66,13 @@ pub struct Config {
 
     #[command(flatten)]
     pub consumer: ConsumerArgs,
-
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-
-    #[command(flatten)]
-    pub check: CheckArgs,
 }
 
 impl Config {
     /// Everything a start refuses before it connects to anything (`--check-config`; `run`
     /// begins with it).
     pub fn validate(&self) -> Result<(), RuntimeError> {
-        check_service(
-            &self.listen,
-            &self.metrics_listen,
-            &self.serving,
-            &self.telemetry,
-            &self.postgres,
-        )?;
+        self.process.validate(&self.listen, &self.metrics_listen)?;
         orderflow_runtime::kafka::check(&self.kafka, &self.group_id)?;
         orderflow_runtime::grpc::client::Outbound::to_inventory(&self.inventory).map(drop)
     }
@@ -104,7 +86,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.process.postgres).await?;
     let _pool_reported =
         orderflow_runtime::metrics::metrics().watch_pool("consumer-worker", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
@@ -113,7 +95,7 @@ pub async fn run(
         group_id: config.group_id,
         topics: topics::ALL,
         consumer: config.consumer,
-        drain_timeout: std::time::Duration::from_millis(config.serving.drain_timeout_ms),
+        drain_timeout: std::time::Duration::from_millis(config.process.serving.drain_timeout_ms),
     };
     let status = subscription.status();
     // Whichever stops first stops the other (a worker that cannot consume must not look
@@ -122,7 +104,7 @@ pub async fn run(
     let serving = orderflow_runtime::grpc::serve(
         Services::new(status.service()),
         listener,
-        &config.serving,
+        &config.process.serving,
         shutdown.clone().cancelled_owned(),
     );
     let inventory = InventoryServiceClient::new(

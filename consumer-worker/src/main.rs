@@ -1,15 +1,22 @@
+//! The consumer-worker binary: parses its configuration (flags and environment), then checks it
+//! (`--check-config`) or runs the service until SIGINT/SIGTERM.
+
 use clap::Parser;
 use consumer_worker::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Some(checked) = config.check.only("consumer-worker", || config.validate()) {
-        return Ok(checked?);
-    }
-    let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "consumer-worker")?;
-    let listener = orderflow_runtime::bind(&config.listen).await?;
-    let shutdown = orderflow_runtime::shutdown::on_signal();
-    consumer_worker::run(config, listener, shutdown).await?;
+    let Some(started) = orderflow_runtime::process::start(
+        "consumer-worker",
+        &config.process,
+        &config.listen,
+        || config.validate(),
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    consumer_worker::run(config, started.listener, started.shutdown).await?;
     Ok(())
 }

@@ -24,10 +24,7 @@ mod sweeper;
 use std::time::Duration;
 
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use orderflow_runtime::config::{
-    check_service, CheckArgs, KafkaArgs, OrderLogArgs, PostgresArgs, RedisArgs, ServingArgs,
-    TelemetryArgs,
-};
+use orderflow_runtime::config::{KafkaArgs, OrderLogArgs, ProcessArgs, RedisArgs};
 use orderflow_runtime::lock::{LockSettings, Locks};
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
@@ -55,7 +52,7 @@ pub struct Config {
     pub metrics_listen: String,
 
     #[command(flatten)]
-    pub serving: ServingArgs,
+    pub process: ProcessArgs,
 
     /// How long a reservation is held for a caller that sent no deadline, unless an order
     /// confirms it. A caller's deadline (order-api sends what is left of its
@@ -116,32 +113,17 @@ pub struct Config {
     pub lock_wait_ms: u64,
 
     #[command(flatten)]
-    pub postgres: PostgresArgs,
-
-    #[command(flatten)]
     pub redis: RedisArgs,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-
-    #[command(flatten)]
-    pub check: CheckArgs,
 }
 
 impl Config {
     /// Everything a start refuses before it connects to anything (`--check-config`; `run`
     /// begins with it).
     pub fn validate(&self) -> Result<(), RuntimeError> {
-        check_service(
-            &self.listen,
-            &self.metrics_listen,
-            &self.serving,
-            &self.telemetry,
-            &self.postgres,
-        )?;
+        self.process.validate(&self.listen, &self.metrics_listen)?;
         orderflow_runtime::redis::check(&self.redis)?;
         orderflow_runtime::kafka::check(&self.kafka, &self.order_log.orders_consumer_group)
     }
@@ -176,7 +158,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.process.postgres).await?;
     let _pool_reported =
         orderflow_runtime::metrics::metrics().watch_pool("inventory-svc", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
@@ -225,7 +207,7 @@ pub async fn run(
         orderflow_runtime::grpc::Services::new(InventoryServiceServer::new(inventory))
             .policy(policy()),
         listener,
-        &config.serving,
+        &config.process.serving,
         shutdown.cancelled_owned(),
     )
     .await;

@@ -1,15 +1,20 @@
+//! The inventory-svc binary: parses its configuration (flags and environment), then checks it
+//! (`--check-config`) or runs the service until SIGINT/SIGTERM.
+
 use clap::Parser;
 use inventory_svc::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Some(checked) = config.check.only("inventory-svc", || config.validate()) {
-        return Ok(checked?);
-    }
-    let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "inventory-svc")?;
-    let listener = orderflow_runtime::bind(&config.listen).await?;
-    let shutdown = orderflow_runtime::shutdown::on_signal();
-    inventory_svc::run(config, listener, shutdown).await?;
+    let Some(started) =
+        orderflow_runtime::process::start("inventory-svc", &config.process, &config.listen, || {
+            config.validate()
+        })
+        .await?
+    else {
+        return Ok(());
+    };
+    inventory_svc::run(config, started.listener, started.shutdown).await?;
     Ok(())
 }

@@ -25,9 +25,7 @@ pub mod signature;
 use std::sync::Arc;
 
 use orderflow_proto::notify::v1::notification_service_server::NotificationServiceServer;
-use orderflow_runtime::config::{
-    check_service, CheckArgs, ConsumerArgs, KafkaArgs, PostgresArgs, ServingArgs, TelemetryArgs,
-};
+use orderflow_runtime::config::{ConsumerArgs, KafkaArgs, ProcessArgs};
 use orderflow_runtime::consume::{self, Subscription};
 use orderflow_runtime::grpc::Services;
 use orderflow_runtime::RuntimeError;
@@ -58,7 +56,7 @@ pub struct Config {
     pub metrics_listen: String,
 
     #[command(flatten)]
-    pub serving: ServingArgs,
+    pub process: ProcessArgs,
 
     /// Kafka consumer group; every replica of notify-svc uses the same one.
     #[arg(
@@ -72,32 +70,17 @@ pub struct Config {
     pub delivery: DeliveryArgs,
 
     #[command(flatten)]
-    pub postgres: PostgresArgs,
-
-    #[command(flatten)]
     pub kafka: KafkaArgs,
 
     #[command(flatten)]
     pub consumer: ConsumerArgs,
-
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-
-    #[command(flatten)]
-    pub check: CheckArgs,
 }
 
 impl Config {
     /// Everything a start refuses before it connects to anything (`--check-config`; `run`
     /// begins with it).
     pub fn validate(&self) -> Result<(), RuntimeError> {
-        check_service(
-            &self.listen,
-            &self.metrics_listen,
-            &self.serving,
-            &self.telemetry,
-            &self.postgres,
-        )?;
+        self.process.validate(&self.listen, &self.metrics_listen)?;
         self.delivery.plan()?;
         orderflow_runtime::kafka::check(&self.kafka, &self.group_id)
     }
@@ -128,7 +111,7 @@ pub async fn run(
     config.validate()?;
     // A bad webhook URL or a missing secret stopped the start above, not each delivery.
     let plan = config.delivery.plan()?;
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.process.postgres).await?;
     let _pool_reported =
         orderflow_runtime::metrics::metrics().watch_pool("notify-svc", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
@@ -159,7 +142,7 @@ pub async fn run(
         group_id: config.group_id.clone(),
         topics: orderflow_proto::topics::ALL,
         consumer: config.consumer.clone(),
-        drain_timeout: std::time::Duration::from_millis(config.serving.drain_timeout_ms),
+        drain_timeout: std::time::Duration::from_millis(config.process.serving.drain_timeout_ms),
     };
     let status = subscription.status();
     let ingest = ingest::Ingest {
@@ -179,7 +162,7 @@ pub async fn run(
         feed,
         shutdown: stop.clone(),
         streams: orderflow_runtime::grpc::streams::OpenStreams::new(
-            config.serving.max_open_streams,
+            config.process.serving.max_open_streams,
         ),
     };
     let serving = async {
@@ -188,7 +171,7 @@ pub async fn run(
                 .and(status.service())
                 .policy(policy()),
             listener,
-            &config.serving,
+            &config.process.serving,
             stop.clone().cancelled_owned(),
         )
         .await;

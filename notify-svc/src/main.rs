@@ -1,5 +1,5 @@
-//! The notify-svc binary: parses its configuration (flags and environment), starts telemetry and
-//! runs the service until SIGINT/SIGTERM.
+//! The notify-svc binary: parses its configuration (flags and environment), then checks it
+//! (`--check-config`) or runs the service until SIGINT/SIGTERM.
 
 use clap::Parser;
 use notify_svc::Config;
@@ -7,12 +7,14 @@ use notify_svc::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Some(checked) = config.check.only("notify-svc", || config.validate()) {
-        return Ok(checked?);
-    }
-    let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "notify-svc")?;
-    let listener = orderflow_runtime::bind(&config.listen).await?;
-    let shutdown = orderflow_runtime::shutdown::on_signal();
-    notify_svc::run(config, listener, shutdown).await?;
+    let Some(started) =
+        orderflow_runtime::process::start("notify-svc", &config.process, &config.listen, || {
+            config.validate()
+        })
+        .await?
+    else {
+        return Ok(());
+    };
+    notify_svc::run(config, started.listener, started.shutdown).await?;
     Ok(())
 }

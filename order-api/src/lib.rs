@@ -30,8 +30,7 @@ use std::time::Duration;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::order::v1::order_service_server::OrderServiceServer;
 use orderflow_runtime::config::{
-    check_service, CheckArgs, InventoryClientArgs, KafkaArgs, OrderLogArgs, PostgresArgs,
-    RedisArgs, ServingArgs, TelemetryArgs,
+    InventoryClientArgs, KafkaArgs, OrderLogArgs, ProcessArgs, RedisArgs,
 };
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
@@ -62,7 +61,7 @@ pub struct Config {
     pub metrics_listen: String,
 
     #[command(flatten)]
-    pub serving: ServingArgs,
+    pub process: ProcessArgs,
 
     /// CreateOrder calls one user may make per second, on average, across all replicas (a
     /// token bucket in Redis); past it RESOURCE_EXHAUSTED with the wait. 0 turns it off.
@@ -77,9 +76,6 @@ pub struct Config {
     /// pre-upgrade Job.
     #[arg(long, env = "ORDERFLOW_MIGRATE_ONLY")]
     pub migrate_only: bool,
-
-    #[command(flatten)]
-    pub check: CheckArgs,
 
     #[command(flatten)]
     pub inventory: InventoryClientArgs,
@@ -121,9 +117,6 @@ pub struct Config {
     pub followup_interval_ms: u64,
 
     #[command(flatten)]
-    pub postgres: PostgresArgs,
-
-    #[command(flatten)]
     pub redis: RedisArgs,
 
     #[command(flatten)]
@@ -133,9 +126,6 @@ pub struct Config {
     /// placed only once consumer-worker's group has applied what the order log held.
     #[command(flatten)]
     pub order_log: OrderLogArgs,
-
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
 
     /// A fault injected into the first placement that reaches it (tests only; see `fault`).
     #[cfg(feature = "test-faults")]
@@ -154,13 +144,7 @@ impl Config {
                 self.create_timeout_ms, self.kafka.kafka_ack_timeout_ms
             )));
         }
-        check_service(
-            &self.listen,
-            &self.metrics_listen,
-            &self.serving,
-            &self.telemetry,
-            &self.postgres,
-        )?;
+        self.process.validate(&self.listen, &self.metrics_listen)?;
         orderflow_runtime::redis::check(&self.redis)?;
         orderflow_runtime::kafka::check(&self.kafka, &self.order_log.orders_consumer_group)?;
         orderflow_runtime::grpc::client::Outbound::to_inventory(&self.inventory)?;
@@ -201,7 +185,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.postgres).await?;
+    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.process.postgres).await?;
     if config.migrate_only {
         tracing::info!("schema up to date; --migrate-only, so stopping here");
         return Ok(());
@@ -280,7 +264,7 @@ pub async fn run(
             Duration::from_millis(config.expiry_interval_ms.max(1)),
             // A quarter of the pool, so expiring a flash sale's unpaid orders leaves the rest to
             // requests.
-            (config.postgres.database_max_connections as usize / 4).max(1),
+            (config.process.postgres.database_max_connections as usize / 4).max(1),
             background_stop.clone(),
         )),
         tokio::spawn(feed.clone().run(background_stop.clone())),
@@ -294,13 +278,13 @@ pub async fn run(
         request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
         shutdown: shutdown.clone(),
         streams: orderflow_runtime::grpc::streams::OpenStreams::new(
-            config.serving.max_open_streams,
+            config.process.serving.max_open_streams,
         ),
     };
     let served = orderflow_runtime::grpc::serve(
         orderflow_runtime::grpc::Services::new(OrderServiceServer::new(api)).policy(policy()),
         listener,
-        &config.serving,
+        &config.process.serving,
         shutdown.clone().cancelled_owned(),
     )
     .await;

@@ -1,15 +1,20 @@
+//! The order-api binary: parses its configuration (flags and environment), then checks it
+//! (`--check-config`) or runs the service until SIGINT/SIGTERM.
+
 use clap::Parser;
 use order_api::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Some(checked) = config.check.only("order-api", || config.validate()) {
-        return Ok(checked?);
-    }
-    let _telemetry = orderflow_runtime::telemetry::init(&config.telemetry, "order-api")?;
-    let listener = orderflow_runtime::bind(&config.listen).await?;
-    let shutdown = orderflow_runtime::shutdown::on_signal();
-    order_api::run(config, listener, shutdown).await?;
+    let Some(started) =
+        orderflow_runtime::process::start("order-api", &config.process, &config.listen, || {
+            config.validate()
+        })
+        .await?
+    else {
+        return Ok(());
+    };
+    order_api::run(config, started.listener, started.shutdown).await?;
     Ok(())
 }

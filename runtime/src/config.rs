@@ -377,20 +377,34 @@ impl CheckArgs {
     }
 }
 
-/// The checks of what every service has: its gRPC and metrics listen addresses, how it serves,
-/// its telemetry and its PostgreSQL settings (each service's `validate` adds its own).
-pub fn check_service(
-    listen: &str,
-    metrics_listen: &str,
-    serving: &ServingArgs,
-    telemetry: &TelemetryArgs,
-    postgres: &PostgresArgs,
-) -> Result<(), RuntimeError> {
-    check_listen_address("--listen", listen)?;
-    check_listen_address("--metrics-listen", metrics_listen)?;
-    serving.check()?;
-    telemetry.check()?;
-    crate::postgres::check(postgres)
+/// What every orderflow service process has, whatever it serves: how it serves gRPC, its
+/// PostgreSQL, its telemetry, and `--check-config`. (Its listen addresses are its own: their
+/// flags are shared but their defaults differ per service.)
+#[derive(Clone, Debug, clap::Args)]
+pub struct ProcessArgs {
+    #[command(flatten)]
+    pub serving: ServingArgs,
+
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+impl ProcessArgs {
+    /// The checks of these settings and of the process's gRPC and metrics listen addresses
+    /// (each service's `validate` adds its own).
+    pub fn validate(&self, listen: &str, metrics_listen: &str) -> Result<(), RuntimeError> {
+        check_listen_address("--listen", listen)?;
+        check_listen_address("--metrics-listen", metrics_listen)?;
+        self.serving.check()?;
+        self.telemetry.check()?;
+        crate::postgres::check(&self.postgres)
+    }
 }
 
 /// A listen address as `host:port` (`0.0.0.0:50051`, `[::]:9101`, `localhost:50051`); the host is

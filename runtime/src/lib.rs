@@ -15,6 +15,7 @@ pub mod log_barrier;
 pub mod metrics;
 pub mod order_rows;
 pub mod postgres;
+pub mod process;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
