@@ -8,10 +8,10 @@
 //! and each event adds the history row of its own version. That is what makes the final state
 //! independent of the order in which events arrive.
 
+use orderflow_order_rows::OrderRow;
 use orderflow_proto::events::v1::{OrderCompleted, OrderCreated};
 use orderflow_proto::order::v1::{Order, OrderStatus};
 use orderflow_proto::{order_status, topics};
-use orderflow_runtime::order_rows::OrderRow;
 use orderflow_runtime::timestamp;
 use prost::Message;
 use time::OffsetDateTime;

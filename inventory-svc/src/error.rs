@@ -1,7 +1,7 @@
 //! Everything the inventory service can refuse or fail with, and the one place where each
 //! becomes a gRPC status.
 
-use orderflow_runtime::lock::LockError;
+use orderflow_lock::LockError;
 use orderflow_runtime::validate::FieldError;
 use tonic::Status;
 

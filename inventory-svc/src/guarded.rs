@@ -4,7 +4,7 @@
 //! past its lease cannot overwrite what a newer holder wrote. Per-order reservations do not
 //! take the lock: one Lua script is atomic on its own and much faster (see docs/inventory.md).
 
-use orderflow_runtime::lock::{LockGuard, Locks};
+use orderflow_lock::{LockGuard, Locks};
 
 use crate::counters::Counters;
 use crate::error::InventoryError;

@@ -23,9 +23,9 @@ mod sweeper;
 
 use std::time::Duration;
 
+use orderflow_lock::{LockSettings, Locks};
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use orderflow_runtime::config::{KafkaArgs, OrderLogArgs, ProcessArgs, RedisArgs};
-use orderflow_runtime::lock::{LockSettings, Locks};
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

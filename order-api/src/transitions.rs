@@ -12,9 +12,9 @@
 //! Deadlines are compared on PostgreSQL's clock (the transaction's `now()`), the one the expiry
 //! task selects due orders by, never on this process's.
 
+use orderflow_order_rows::{self as order_rows, OrderRow};
 use orderflow_proto::order::v1::Order;
 use orderflow_proto::order_status;
-use orderflow_runtime::order_rows::{self, OrderRow};
 use orderflow_runtime::timestamp;
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -3,8 +3,8 @@
 //! as on a single Redis.
 
 use futures::future::join_all;
+use orderflow_lock::{LockSettings, Locks};
 use orderflow_proto::inventory::v1::{BatchGetStockRequest, CommitRequest};
-use orderflow_runtime::lock::{LockSettings, Locks};
 use orderflow_tests::assert_status;
 use orderflow_tests::inventory::{reserve_request, InventoryOptions, InventoryStack};
 use orderflow_tests::locking::assert_mutual_exclusion;

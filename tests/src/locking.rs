@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use orderflow_runtime::lock::Locks;
+use orderflow_lock::Locks;
 use orderflow_runtime::redis::RedisConnection;
 
 /// Proves mutual exclusion: every holder does a read-modify-write that would lose updates if

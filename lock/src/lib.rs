@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use crate::config::redis_key;
-use crate::metrics::metrics;
-use crate::redis::RedisConnection;
+use orderflow_runtime::config::redis_key;
+use orderflow_runtime::metrics::metrics;
+use orderflow_runtime::redis::RedisConnection;
 
 /// How long a lock is held before it frees itself, and how long `acquire` waits for it.
 #[derive(Debug, Clone, Copy)]

@@ -20,8 +20,8 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::grpc::client::Outbound;
-use crate::timestamp;
+use orderflow_runtime::grpc::client::Outbound;
+use orderflow_runtime::timestamp;
 
 /// The cancel reason a voided order shows. Which orders are voided is the `voided` column,
 /// which no request can write (a client may send this text as its own cancel reason).
