@@ -421,14 +421,14 @@ fn check_listen_address(flag: &str, address: &str) -> Result<(), RuntimeError> {
     }
 }
 
-/// A file that must hold PEM (a CA bundle, a certificate, a key) for a client whose library reads
-/// it only when it first connects: checked at start-up so a missing or wrong file stops the
-/// start with the setting's name instead of failing every connection later.
-pub fn check_pem_file(setting: &str, path: &Path) -> Result<(), RuntimeError> {
+/// The content of a file that must hold PEM (a CA bundle, a certificate, a key), read once and
+/// checked at start-up: the client libraries read such files only when they first connect, and
+/// their errors then name no setting. A missing or wrong file stops the start naming `setting`.
+pub fn read_pem_file(setting: &str, path: &Path) -> Result<Vec<u8>, RuntimeError> {
     let content = std::fs::read(path)
         .map_err(|error| RuntimeError::Config(format!("{setting} {}: {error}", path.display())))?;
     if content.windows(11).any(|window| window == b"-----BEGIN ") {
-        Ok(())
+        Ok(content)
     } else {
         Err(RuntimeError::Config(format!(
             "{setting} {}: not PEM (no -----BEGIN line)",
@@ -604,12 +604,12 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
         )
         .expect("writing the file");
-        assert!(check_pem_file("--ca", &path).is_ok());
+        assert!(read_pem_file("--ca", &path).is_ok());
         std::fs::write(&path, "not a pem").expect("writing the file");
-        let refused = check_pem_file("--ca", &path).expect_err("not PEM");
+        let refused = read_pem_file("--ca", &path).expect_err("not PEM");
         assert!(refused.to_string().contains("--ca") && refused.to_string().contains("not PEM"));
         let _ = std::fs::remove_file(&path);
-        let missing = check_pem_file("--ca", &path).expect_err("missing");
+        let missing = read_pem_file("--ca", &path).expect_err("missing");
         assert!(missing.to_string().contains("--ca"), "{missing}");
     }
 

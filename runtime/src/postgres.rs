@@ -41,7 +41,7 @@ pub fn check(args: &PostgresArgs) -> Result<(), RuntimeError> {
     let query = url.split_once('?').map_or("", |(_, query)| query);
     for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
         if PEM_FILE_PARAMETERS.contains(&key) {
-            crate::config::check_pem_file(
+            crate::config::read_pem_file(
                 &format!("--database-url {key}"),
                 std::path::Path::new(value),
             )?;

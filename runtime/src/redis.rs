@@ -90,12 +90,12 @@ pub fn check(args: &RedisArgs) -> Result<(), RuntimeError> {
 }
 
 pub async fn connect(args: &RedisArgs) -> Result<RedisConnection, RuntimeError> {
-    let url = args.url()?;
+    let (url, client) = client(args)?;
     let error = |source| RuntimeError::Redis {
         url: redact_url(&url),
         source,
     };
-    match client(args)? {
+    match client {
         Client::Cluster(client) => Ok(RedisConnection::Cluster(
             client.get_async_connection().await.map_err(error)?,
         )),
@@ -118,7 +118,8 @@ fn timeout(args: &RedisArgs) -> Duration {
     Duration::from_millis(args.redis_timeout_ms.max(1))
 }
 
-fn client(args: &RedisArgs) -> Result<Client, RuntimeError> {
+/// The client and the URL it was built from (the file's, if one is configured).
+fn client(args: &RedisArgs) -> Result<(String, Client), RuntimeError> {
     let url = args.url()?;
     let error = |source| RuntimeError::Redis {
         url: redact_url(&url),
@@ -128,9 +129,7 @@ fn client(args: &RedisArgs) -> Result<Client, RuntimeError> {
     let certificates = match &args.redis_tls_ca_file {
         None => None,
         Some(path) => {
-            crate::config::check_pem_file("--redis-tls-ca-file", path)?;
-            let root = std::fs::read(path)
-                .map_err(|read| RuntimeError::Config(format!("--redis-tls-ca-file: {read}")))?;
+            let root = crate::config::read_pem_file("--redis-tls-ca-file", path)?;
             Some(redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(root),
@@ -146,12 +145,14 @@ fn client(args: &RedisArgs) -> Result<Client, RuntimeError> {
         if let Some(certificates) = certificates {
             builder = builder.certs(certificates);
         }
-        return builder.build().map(Client::Cluster).map_err(error);
+        let client = builder.build().map(Client::Cluster).map_err(error)?;
+        return Ok((url, client));
     }
-    match certificates {
+    let client = match certificates {
         Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates),
         None => redis::Client::open(url.as_str()),
     }
     .map(Client::Single)
-    .map_err(error)
+    .map_err(error)?;
+    Ok((url, client))
 }

@@ -78,6 +78,5 @@ pub fn client_config(
 /// The PEM file `path`: tonic parses it only when it serves or connects, and its error then
 /// names no flag.
 fn read(flag: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {
-    crate::config::check_pem_file(flag, std::path::Path::new(path))?;
-    std::fs::read(path).map_err(|error| RuntimeError::Config(format!("{flag} {path}: {error}")))
+    crate::config::read_pem_file(flag, std::path::Path::new(path))
 }
