@@ -2,6 +2,7 @@
 //! becomes a gRPC status.
 
 use orderflow_lock::LockError;
+use orderflow_proto::refusals::Shortage;
 use orderflow_runtime::validate::FieldError;
 use tonic::Status;
 
@@ -70,8 +71,17 @@ impl From<InventoryError> for Status {
             InventoryError::UnknownSku { .. } | InventoryError::NoReservation { .. } => {
                 Status::not_found(message)
             }
-            InventoryError::InsufficientStock { .. }
-            | InventoryError::WrongReservationState { .. } => Status::failed_precondition(message),
+            InventoryError::InsufficientStock {
+                sku,
+                requested,
+                available,
+            } => Shortage {
+                sku,
+                requested,
+                available,
+            }
+            .to_status(message),
+            InventoryError::WrongReservationState { .. } => Status::failed_precondition(message),
             InventoryError::Fenced { .. } => Status::aborted(message),
             InventoryError::Recording { .. }
             | InventoryError::CountersMissing { .. }

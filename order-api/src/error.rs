@@ -1,6 +1,7 @@
 //! Everything the order API can refuse or fail with, and the one place where each becomes a
 //! gRPC status.
 
+use orderflow_proto::refusals::Shortage;
 use orderflow_runtime::validate::FieldError;
 
 use crate::lifecycle::Refusal;
@@ -24,6 +25,11 @@ pub enum OrderError {
 
     #[error("idempotency keys are being restored after Redis lost its data; retry shortly")]
     KeysRestoring,
+
+    /// Too few units of a SKU: inventory-svc's refusal, or the same answer from the memo of
+    /// SKUs it recently reported short (`sold_out`).
+    #[error("insufficient stock for SKU {:?}: requested {}, available {}", .0.sku, .0.requested, .0.available)]
+    InsufficientStock(Shortage),
 
     /// inventory-svc refused the reservation; its status (code and message) passes through.
     #[error("{}", .0.message())]
@@ -72,9 +78,11 @@ impl OrderError {
     /// Sorts inventory-svc's answer into a refusal to pass on or an outage.
     pub fn from_inventory(status: Status) -> Self {
         match status.code() {
-            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => {
-                Self::InventoryRefused(status)
-            }
+            Code::FailedPrecondition => match Shortage::from_status(&status) {
+                Some(shortage) => Self::InsufficientStock(shortage),
+                None => Self::InventoryRefused(status),
+            },
+            Code::InvalidArgument | Code::NotFound => Self::InventoryRefused(status),
             _ => Self::InventoryUnavailable(format!("{:?}: {}", status.code(), status.message())),
         }
     }
@@ -95,6 +103,7 @@ impl From<OrderError> for Status {
             OrderError::OrderNotFound(_) => Status::not_found(message),
             OrderError::IdempotencyKeyReused => Status::already_exists(message),
             OrderError::RateLimited { .. } => Status::resource_exhausted(message),
+            OrderError::InsufficientStock(shortage) => shortage.to_status(message),
             OrderError::InventoryRefused(status) => Status::new(status.code(), message),
             OrderError::InProgress
             | OrderError::KeysRestoring

@@ -20,6 +20,7 @@ mod placement;
 mod rate_limit;
 mod reads;
 mod service;
+mod sold_out;
 mod store;
 mod transitions;
 mod watch;
@@ -83,6 +84,13 @@ pub struct Config {
     /// ISO 4217 currency of every price and total.
     #[arg(long, env = "ORDERFLOW_CURRENCY", default_value = "CNY")]
     pub currency: String,
+
+    /// How long a SKU inventory-svc reported short is answered as such by this process without
+    /// asking inventory-svc again (a flash sale's buyers after the last unit). Stock that comes
+    /// back (a cancelled or expired order, new stock) is sold again at most this much later.
+    /// 0 asks every time.
+    #[arg(long, env = "ORDERFLOW_SOLD_OUT_MEMO_MS", default_value_t = 200)]
+    pub sold_out_memo_ms: u64,
 
     /// How long an order stays in the Redis cache after it was written there.
     #[arg(long, env = "ORDERFLOW_ORDER_CACHE_TTL_SECS", default_value_t = 3600)]
@@ -246,6 +254,7 @@ pub async fn run(
         reads: reads.clone(),
         currency: config.currency,
         payment_window: Duration::from_secs(config.payment_deadline_secs),
+        sold_out: sold_out::SoldOutMemo::new(Duration::from_millis(config.sold_out_memo_ms)),
         #[cfg(feature = "test-faults")]
         faults: fault::Faults::parse(config.test_fault.as_deref()).map_err(RuntimeError::Config)?,
         #[cfg(not(feature = "test-faults"))]

@@ -15,7 +15,7 @@
 //! cannot interrupt it between two steps.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orderflow_proto::events::v1::OrderCreated;
 use orderflow_proto::inventory::v1::{Reservation, ReservationState, ReserveItem, ReserveRequest};
@@ -31,6 +31,7 @@ use crate::idempotency::{Claim, ClaimRecord, ClaimState, Claims, Lease};
 use crate::order::{self, NewOrder};
 use crate::rate_limit::RateLimit;
 use crate::reads::Reads;
+use crate::sold_out::SoldOutMemo;
 use crate::InventoryClient;
 
 /// Everything a placement needs, built once at start-up.
@@ -44,6 +45,8 @@ pub struct Parts {
     pub reads: Reads,
     pub currency: String,
     pub payment_window: Duration,
+    /// The SKUs inventory-svc reported short moments ago.
+    pub sold_out: SoldOutMemo,
     /// Faults injected by the tests (see `fault`).
     pub faults: crate::fault::Faults,
 }
@@ -335,19 +338,30 @@ impl Parts {
     }
 
     /// Reserves the attempt's order's stock (a resumed order's reservation is answered as it
-    /// is, and held for this attempt too).
+    /// is, and held for this attempt too). A fresh order for a SKU inventory-svc reported short
+    /// moments ago gets that refusal again without asking; a resumed one always asks, since its
+    /// order may exist.
     async fn reserve(
         &self,
         attempt: &Attempt,
         deadline: CallDeadline,
     ) -> Result<Reservation, OrderError> {
+        let lines = &attempt.new_order.lines;
+        let skus = || lines.iter().map(|line| line.sku.as_str());
+        if !attempt.may_be_published {
+            let requested = lines.iter().map(|line| (line.sku.as_str(), line.quantity));
+            if let Some(shortage) = self.sold_out.shortage(requested, Instant::now()) {
+                orderflow_runtime::metrics::metrics()
+                    .sold_out_from_memo
+                    .inc();
+                return Err(OrderError::InsufficientStock(shortage));
+            }
+        }
         let mut inventory = self.inventory.clone();
         let reserve = inventory.reserve(
             deadline.request(ReserveRequest {
                 order_id: attempt.record.order_id.to_string(),
-                items: attempt
-                    .new_order
-                    .lines
+                items: lines
                     .iter()
                     .map(|line| ReserveItem {
                         sku: line.sku.clone(),
@@ -356,13 +370,24 @@ impl Parts {
                     .collect(),
             }),
         );
-        deadline
+        let answer = deadline
             .run("reserving stock in inventory-svc", reserve)
             .await?
-            .map_err(OrderError::from_inventory)?
-            .into_inner()
-            .reservation
-            .ok_or_else(|| OrderError::Internal("inventory answered no reservation".into()))
+            .map_err(OrderError::from_inventory);
+        match answer {
+            Err(OrderError::InsufficientStock(shortage)) => {
+                self.sold_out.remember(&shortage, Instant::now());
+                Err(OrderError::InsufficientStock(shortage))
+            }
+            Err(error) => Err(error),
+            Ok(answer) => {
+                self.sold_out.forget(skus());
+                answer
+                    .into_inner()
+                    .reservation
+                    .ok_or_else(|| OrderError::Internal("inventory answered no reservation".into()))
+            }
+        }
     }
 
     /// After a failure: frees the key if the order's event was never sent (a retry places a new

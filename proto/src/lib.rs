@@ -33,6 +33,7 @@ pub mod events {
 
 pub mod limits;
 pub mod order_status;
+pub mod refusals;
 pub mod topics;
 
 /// Encoded `FileDescriptorSet` of every contract, for gRPC server reflection.

@@ -105,6 +105,7 @@ pub struct Metrics {
     pub cache_lookups: Family<Outcome, Counter>,
     pub rate_limited: Counter,
     pub placements_resumed: Counter,
+    pub sold_out_from_memo: Counter,
     pub placed_not_cached: Counter,
     pub orphans_released: Counter,
     pub orders_voided: Counter,
@@ -164,6 +165,7 @@ impl Metrics {
             cache_lookups: Family::default(),
             rate_limited: Counter::default(),
             placements_resumed: Counter::default(),
+            sold_out_from_memo: Counter::default(),
             placed_not_cached: Counter::default(),
             orphans_released: Counter::default(),
             orders_voided: Counter::default(),
@@ -255,6 +257,12 @@ impl Metrics {
             "CreateOrder retries that resumed the placement of their key's order after its first \
              attempt ended without an answer (the same order id, never a second order)",
             m.placements_resumed.clone(),
+        );
+        registry.register(
+            "create_order_sold_out_from_memo",
+            "CreateOrder refusals for insufficient stock answered from order-api's memo of the SKUs \
+             inventory-svc reported short moments before, without asking it again",
+            m.sold_out_from_memo.clone(),
         );
         registry.register(
             "placed_not_cached",

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use orderflow_proto::order::v1::{GetOrderRequest, Order, OrderStatus};
-use orderflow_tests::stack::Stack;
+use orderflow_proto::refusals::Shortage;
+use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, eventually, order_request};
 use redis::AsyncCommands;
 use sqlx::Row;
@@ -198,6 +199,77 @@ async fn concurrent_buyers_never_oversell() {
         refused_by_postgres, 0,
         "Redis admitted what PostgreSQL refused"
     );
+}
+
+/// The refusal for too little stock carries its figures as an `ErrorInfo`; a SKU inventory-svc
+/// reported short is refused from order-api's memo (no reservation asked for), for as long as
+/// `--sold-out-memo-ms`, even when stock came back meanwhile.
+#[tokio::test]
+async fn a_sold_out_sku_is_refused_from_the_memo_with_its_figures() {
+    let stack = Stack::start_with(Options {
+        order_args: vec!["--sold-out-memo-ms=600000".into()],
+        ..Options::default()
+    })
+    .await;
+    stack.set_stock("MEMO-1", 1, 100).await;
+    stack
+        .create_order(order_request("k", "first", &[("MEMO-1", 1)]))
+        .await
+        .expect("the last unit");
+    let sold_out = Shortage {
+        sku: "MEMO-1".into(),
+        requested: 2,
+        available: 0,
+    };
+    let from_inventory = stack
+        .create_order(order_request("k", "second", &[("MEMO-1", 2)]))
+        .await
+        .expect_err("sold out");
+    assert_status(
+        "sold out",
+        &from_inventory,
+        Code::FailedPrecondition,
+        "insufficient stock for SKU \"MEMO-1\": requested 2, available 0",
+    );
+    assert_eq!(
+        Shortage::from_status(&from_inventory),
+        Some(sold_out.clone())
+    );
+
+    stack.set_stock("MEMO-1", 5, 100).await;
+    let from_memo = stack
+        .create_order(order_request("k", "third", &[("MEMO-1", 2)]))
+        .await
+        .expect_err("still remembered as sold out");
+    assert_eq!(from_memo.message(), from_inventory.message());
+    assert_eq!(Shortage::from_status(&from_memo), Some(sold_out));
+    let stock = stack.stock("MEMO-1").await;
+    assert_eq!(
+        (stock.available, stock.reserved),
+        (5, 1),
+        "the memo's refusal reserved nothing"
+    );
+}
+
+/// With the default memo, stock that comes back is sold again moments later.
+#[tokio::test]
+async fn stock_that_comes_back_is_sold_again_once_the_memo_expires() {
+    let stack = Stack::start().await;
+    stack.set_stock("MEMO-2", 0, 100).await;
+    let refused = stack
+        .create_order(order_request("k", "buyer", &[("MEMO-2", 1)]))
+        .await
+        .expect_err("sold out");
+    assert_status("sold out", &refused, Code::FailedPrecondition, "MEMO-2");
+    stack.set_stock("MEMO-2", 1, 100).await;
+    stack
+        .create_order_eventually(
+            "the returned unit sold",
+            order_request("k", "buyer", &[("MEMO-2", 1)]),
+        )
+        .await;
+    let stock = stack.stock("MEMO-2").await;
+    assert_eq!((stock.available, stock.reserved), (0, 1));
 }
 
 #[tokio::test]
