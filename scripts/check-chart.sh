@@ -11,7 +11,7 @@
 #   5. tests/chart/check_binaries.py: each binary (built by `cargo build --workspace --bins`)
 #      started with --check-config and the env, args and mounted files of its rendered
 #      Deployment or Job container, for several value sets: it must accept them (and refuse
-#      three broken copies).
+#      four broken copies).
 # Tools come from scripts/ensure-chart-tools.sh (installed once under $ORDERFLOW_HOME/chart-tools).
 # Ends with one summary line; exits non-zero on the first failing step.
 set -euo pipefail

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL runs on 127.0.0.1:5432 with the role and database orderflow uses
-# (orderflow/orderflow, allowed to create the per-test databases). Installs it with apt if missing.
+# (orderflow/orderflow, allowed to create the per-test databases and roles). Installs it with apt
+# if missing.
 source "$(dirname "$0")/lib.sh"
 
 if ! port_open 127.0.0.1 5432; then
@@ -17,6 +18,9 @@ fi
 as_postgres psql -qtA -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
 SELECT 'CREATE ROLE orderflow LOGIN CREATEDB PASSWORD ''orderflow'''
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orderflow') \gexec
+-- CREATEROLE: a test makes a role per service to show that each reaches only its own schema.
+SELECT 'ALTER ROLE orderflow CREATEROLE'
+WHERE NOT (SELECT rolcreaterole FROM pg_roles WHERE rolname = 'orderflow') \gexec
 SELECT 'CREATE DATABASE orderflow OWNER orderflow'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'orderflow') \gexec
 SQL

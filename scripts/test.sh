@@ -15,6 +15,13 @@ if [[ -n $drops ]]; then
   step "Dropping $(wc -l <<<"$drops") databases of earlier test runs"
   psql "$server/postgres" -q <<<"$drops" >/dev/null  # one session: far faster than one each
 fi
+# The roles of tests that run a role per service (their databases, which held all they owned,
+# are gone now).
+roles=$(psql "$server/postgres" -qtAc \
+  "SELECT format('DROP ROLE IF EXISTS %I;', rolname) FROM pg_roles WHERE rolname LIKE 'orderflow\_t\_%'")
+if [[ -n $roles ]]; then
+  psql "$server/postgres" -q <<<"$roles" >/dev/null
+fi
 
 step "Building and running every test (cargo test; the first build takes a few minutes)"
 log=$(mktemp)

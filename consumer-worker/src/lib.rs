@@ -86,7 +86,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.process.postgres).await?;
+    let postgres = &config.process.postgres;
+    let Some(pool) =
+        orderflow_runtime::postgres::open(postgres, &orderflow_order_rows::SCHEMA).await?
+    else {
+        return Ok(());
+    };
     let _pool_reported =
         orderflow_runtime::metrics::metrics().watch_pool("consumer-worker", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;

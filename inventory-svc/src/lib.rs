@@ -32,6 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::InventoryError;
 
+/// The inventory schema (`migrations/`): the stock and the reservations, inventory-svc's alone.
+pub static SCHEMA: orderflow_runtime::postgres::Schema = orderflow_runtime::postgres::Schema {
+    name: "inventory",
+    migrator: &MIGRATOR,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "inventory-svc", version, about = "orderflow inventory service")]
 pub struct Config {
@@ -158,7 +166,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.process.postgres).await?;
+    let postgres = &config.process.postgres;
+    let Some(pool) = orderflow_runtime::postgres::open(postgres, &crate::SCHEMA).await? else {
+        return Ok(());
+    };
     let _pool_reported =
         orderflow_runtime::metrics::metrics().watch_pool("inventory-svc", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;

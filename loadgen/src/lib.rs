@@ -111,7 +111,7 @@ async fn database(target: &Target) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(&target.database_url)
+        .connect_with(orderflow_tests::deps::every_schema(&target.database_url)?)
         .await
         .with_context(|| {
             format!(

@@ -36,6 +36,14 @@ use tokio_util::sync::CancellationToken;
 pub use args::DeliveryArgs;
 pub use webhook::{NOTIFICATION_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
+/// The notify schema (`migrations/`): the notifications, notify-svc's alone.
+pub static SCHEMA: orderflow_runtime::postgres::Schema = orderflow_runtime::postgres::Schema {
+    name: "notify",
+    migrator: &MIGRATOR,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "notify-svc", version, about = "orderflow notification service")]
 pub struct Config {
@@ -111,7 +119,10 @@ pub async fn run(
     config.validate()?;
     // A bad webhook URL or a missing secret stopped the start above, not each delivery.
     let plan = config.delivery.plan()?;
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.process.postgres).await?;
+    let postgres = &config.process.postgres;
+    let Some(pool) = orderflow_runtime::postgres::open(postgres, &crate::SCHEMA).await? else {
+        return Ok(());
+    };
     let _pool_reported =
         orderflow_runtime::metrics::metrics().watch_pool("notify-svc", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;

@@ -73,11 +73,6 @@ pub struct Config {
     #[arg(long, env = "ORDERFLOW_RATE_LIMIT_BURST", default_value_t = 10)]
     pub rate_limit_burst: u32,
 
-    /// Apply the database schema (migrations) and exit: the Helm chart's pre-install and
-    /// pre-upgrade Job.
-    #[arg(long, env = "ORDERFLOW_MIGRATE_ONLY")]
-    pub migrate_only: bool,
-
     #[command(flatten)]
     pub inventory: InventoryClientArgs,
 
@@ -193,11 +188,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&config.process.postgres).await?;
-    if config.migrate_only {
-        tracing::info!("schema up to date; --migrate-only, so stopping here");
+    let postgres = &config.process.postgres;
+    let Some(pool) =
+        orderflow_runtime::postgres::open(postgres, &orderflow_order_rows::SCHEMA).await?
+    else {
         return Ok(());
-    }
+    };
     let metrics = orderflow_runtime::metrics::metrics();
     let _pool_reported = metrics.watch_pool("order-api", pool.clone());
     orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;

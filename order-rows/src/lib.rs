@@ -1,4 +1,6 @@
-//! The rows of a newly placed order, written by whichever process persists it first:
+//! The orders schema ([`SCHEMA`]: its migrations are in `migrations/`), which order-api and
+//! consumer-worker, its persistence worker, share and no other service reads; and the rows of a
+//! newly placed order, written by whichever of the two persists it first:
 //! consumer-worker (from `order-created`) or order-api (the first status change of an order the
 //! worker has not persisted yet). Both go through here, so the two writes cannot drift apart,
 //! and whichever comes second finds the order there and writes nothing.
@@ -22,6 +24,14 @@ use uuid::Uuid;
 
 use orderflow_runtime::grpc::client::Outbound;
 use orderflow_runtime::timestamp;
+
+/// The orders schema, applied by order-api and consumer-worker at start-up.
+pub static SCHEMA: orderflow_runtime::postgres::Schema = orderflow_runtime::postgres::Schema {
+    name: "orders",
+    migrator: &MIGRATOR,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The cancel reason a voided order shows. Which orders are voided is the `voided` column,
 /// which no request can write (a client may send this text as its own cancel reason).

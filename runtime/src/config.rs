@@ -37,6 +37,11 @@ pub struct PostgresArgs {
         default_value_t = 5000
     )]
     pub database_acquire_timeout_ms: u64,
+
+    /// Apply this service's database schema (its migrations) and exit: the Helm chart's
+    /// pre-install and pre-upgrade Jobs.
+    #[arg(long, env = "ORDERFLOW_MIGRATE_ONLY")]
+    pub migrate_only: bool,
 }
 
 impl fmt::Debug for PostgresArgs {
@@ -49,6 +54,7 @@ impl fmt::Debug for PostgresArgs {
                 "database_acquire_timeout_ms",
                 &self.database_acquire_timeout_ms,
             )
+            .field("migrate_only", &self.migrate_only)
             .finish()
     }
 }
@@ -529,6 +535,7 @@ mod tests {
             database_url_file: None,
             database_max_connections: 1,
             database_acquire_timeout_ms: 1,
+            migrate_only: false,
         };
         assert!(!format!("{args:?}").contains("hunter2"));
     }

@@ -49,6 +49,8 @@ pub enum RuntimeError {
     },
     #[error("applying database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("PostgreSQL schema: {0}")]
+    Schema(String),
     #[error("Redis at {url}: {source}")]
     Redis {
         url: String,

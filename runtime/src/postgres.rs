@@ -1,32 +1,87 @@
-//! PostgreSQL pool set-up and the schema migrations every service applies at start-up.
+//! PostgreSQL pool set-up and the schema migrations each service applies to its own schema at
+//! start-up.
 
 use std::str::FromStr;
 
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::config::{redact_url, PostgresArgs};
 use crate::RuntimeError;
 
-/// The schema of the whole suite, embedded at compile time from `runtime/migrations`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// A service's own PostgreSQL schema: its name and the migrations that build it (in the owning
+/// crate). Every connection of the service's pool uses it alone as its `search_path`, so the
+/// service's statements name its tables unqualified and cannot reach another service's tables
+/// by accident; the database role it connects with decides what it may reach on purpose
+/// (docs/deployment.md, "One database, a schema and a role per service").
+pub struct Schema {
+    /// A plain lower-case identifier (no quoting needed).
+    pub name: &'static str,
+    pub migrator: &'static Migrator,
+}
 
-/// Connects a pool and brings the schema up to date.
-pub async fn connect_and_migrate(args: &PostgresArgs) -> Result<PgPool, RuntimeError> {
+/// Connects a pool to `schema` and brings the schema up to date (creating it first if it does
+/// not exist, which needs the CREATE privilege on the database; a schema created beforehand by
+/// an administrator, `AUTHORIZATION` the service's role, needs none).
+pub async fn connect_and_migrate(
+    args: &PostgresArgs,
+    schema: &Schema,
+) -> Result<PgPool, RuntimeError> {
     let (url, options) = connect_options(args)?;
     let pool = PgPoolOptions::new()
         .max_connections(args.database_max_connections)
         .acquire_timeout(std::time::Duration::from_millis(
             args.database_acquire_timeout_ms.max(1),
         ))
-        .connect_with(options)
+        .connect_with(options.options([("search_path", schema.name)]))
         .await
         .map_err(|source| RuntimeError::Postgres {
             url: redact_url(&url),
             source,
         })?;
-    MIGRATOR.run(&pool).await?;
+    create_if_missing(&pool, schema.name).await?;
+    schema.migrator.run(&pool).await?;
     Ok(pool)
+}
+
+/// A service's start: its schema brought up to date, then its pool; `None` once the schema is
+/// up to date if `--migrate-only` asked for no more.
+pub async fn open(args: &PostgresArgs, schema: &Schema) -> Result<Option<PgPool>, RuntimeError> {
+    let pool = connect_and_migrate(args, schema).await?;
+    if args.migrate_only {
+        tracing::info!(
+            schema = schema.name,
+            "schema up to date; --migrate-only, so stopping here"
+        );
+        pool.close().await;
+        return Ok(None);
+    }
+    Ok(Some(pool))
+}
+
+async fn create_if_missing(pool: &PgPool, schema: &str) -> Result<(), RuntimeError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(pool)
+            .await
+            .map_err(|error| {
+                RuntimeError::Schema(format!("looking for schema {schema}: {error}"))
+            })?;
+    if exists {
+        return Ok(());
+    }
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(pool)
+        .await
+        .map_err(|error| {
+            RuntimeError::Schema(format!(
+                "creating schema {schema}: {error}; if this role may not create schemas, have \
+                 an administrator run CREATE SCHEMA {schema} AUTHORIZATION <this role>"
+            ))
+        })?;
+    Ok(())
 }
 
 /// The settings without connecting (`--check-config`): the URL (or its file) parses, the TLS
@@ -88,6 +143,7 @@ mod tests {
             database_url_file: None,
             database_max_connections: 1,
             database_acquire_timeout_ms: 1,
+            migrate_only: false,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The start every service binary shares, so its `main.rs` only names its service: with
 //! `--check-config`, check the configuration and stop; otherwise start telemetry, bind the gRPC
-//! listen address and install the SIGINT/SIGTERM handler, in that order.
+//! listen address (an ephemeral loopback port with `--migrate-only`, which serves nothing) and
+//! install the SIGINT/SIGTERM handler, in that order.
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,13 @@ pub async fn start(
         return checked.map(|()| None);
     }
     let telemetry = crate::telemetry::init(&process.telemetry, binary)?;
+    // `--migrate-only` serves nothing: a port nobody reaches, so that a migration cannot fail
+    // on a listen address in use (the service's own, still serving during an upgrade).
+    let listen = if process.postgres.migrate_only {
+        "127.0.0.1:0"
+    } else {
+        listen
+    };
     let listener = crate::bind(listen).await?;
     Ok(Some(Started {
         listener,

@@ -6,7 +6,7 @@ its binary *reads*. That says nothing of whether the binary *accepts* the value:
 property it refuses, a log filter it cannot parse, a key file that is no PEM, a path that names no
 mounted file. Only the binary can tell, so this runs it: for several value sets (the defaults,
 ci/all-features-values.yaml and the scenarios check_chart.py renders), every container of every
-Deployment and of the migration Job is started as
+Deployment and of the three migration Jobs (one per PostgreSQL schema) is started as
 
     <target>/debug/<basename of command[0]> <the container's args> --check-config
 
@@ -31,12 +31,20 @@ What the container would see is rebuilt without a cluster:
 Secrets and ConfigMaps the chart only names (existingSecret, tlsCa, …) get test fixtures, real
 material made once per run with openssl: a self-signed CA certificate for a CA key, an EC P-256
 or RSA public key for an ES256 or RS256 JWT key, random text for an HS256 one, a static tokens
-file as runtime/src/auth.rs parses it, URLs for the database and Redis URLs, plain text for
-passwords, tokens and anything unrecognised (-v lists every fixture and what it stood in for).
+file as runtime/src/auth.rs parses it, URLs for the database (one per Secret entry, naming it, so
+that two Secrets never look alike) and Redis URLs, plain text for passwords, tokens and anything
+unrecognised (-v lists every fixture and what it stood in for).
+
+Before a binary starts, its wiring is checked against the values of the run: a Deployment runs its
+component's binary without --migrate-only, a migration Job runs its schema's binary (order-api,
+inventory-svc, notify-svc) with --migrate-only, and the file ORDERFLOW_DATABASE_URL_FILE names
+holds the URL of the workload's own schema (postgresql.schemas.<schema>, else the default), as
+written there or as the fixture of the Secret entry the values name. A miss fails the run.
 
 So that a harness that cannot fail does not pass, the all-features order-api container is also
-run with three mutations that its binary must refuse ("expected refusal"): a Kafka property
-without `=`, an unknown flag (exit 2), a JWT key file that is no PEM.
+run with four mutations that must be refused ("expected refusal"): by its binary, a Kafka
+property without `=`, an unknown flag (exit 2), a JWT key file that is no PEM; by the wiring
+check, a database URL file holding another schema's URL.
 
 Usage: check_binaries.py --helm PATH --chart PATH --target-dir PATH [-v]
 (scripts/check-chart.sh runs it after `cargo build --workspace --bins`). Prints one line per run
@@ -105,9 +113,10 @@ def value_sets() -> list[ValueSet]:
         ValueSet("all-features", yaml.safe_load(chart.ALL_FEATURES.read_text())),
         *(ValueSet(name, override) for name, override in chart.SCENARIO_VALUES.items()),
         ValueSet("release-name", {}, release="orderflow-prod"),
-        # rollout-on-change's two renders besides the defaults.
+        # rollout-on-change's three renders besides the defaults.
         ValueSet("other-brokers", {"kafka": {"brokers": "other:9092"}}),
         ValueSet("other-database", {"postgresql": {"url": "postgres://u:p@elsewhere:5432/db"}}),
+        ValueSet("other-schema-url", {"postgresql": {"schemas": {"notify": {"url": "postgres://notify_owner:p@elsewhere:5432/db"}}}}),
     ]
 
 
@@ -151,6 +160,12 @@ class Fixtures:
                                 "RS256": (rsa.read_bytes(), "RSA public key PEM (RS256)")}
         self._random: dict[Source, bytes] = {}
 
+    @staticmethod
+    def database_url(source: Source) -> bytes:
+        """The database URL standing in for an existing Secret's entry: its user names the entry, so
+        that the URL of one schema's Secret is told from another's (a role per schema)."""
+        return f"postgres://fixture-{source[1]}-{source[2]}:test-password@postgresql:5432/orderflow".encode()
+
     def random_text(self, source: Source) -> bytes:
         """Random text, the same for one entry throughout the run (as one Secret would be)."""
         return self._random.setdefault(source, f"test-{secrets.token_hex(16)}".encode())
@@ -171,7 +186,7 @@ class Fixtures:
         if re.search(r"inventory[_-]token", hints):
             return INVENTORY_TOKEN.encode(), "plain text (the inventory token of the static tokens file)"
         if "url" in hints and re.search(r"database|postgres", hints):
-            return b"postgres://orderflow:test-password@postgresql:5432/orderflow", "postgres:// URL"
+            return self.database_url(source), "postgres:// URL (its user names the Secret entry)"
         if "url" in hints and "redis" in hints:
             # A Redis CA is used only with TLS: a binary may well refuse it with redis://.
             if REDIS_CA_VARIABLE in env:
@@ -335,14 +350,26 @@ class Invocation:
     notes: list[str]          # what stood in for what (printed with -v)
     after_check: tuple[str, ...] = ()    # args after --check-config (a negative control's)
     refusal: Refusal | None = None
+    wiring: tuple[str, ...] = ()          # what the workload runs wrongly (binary, args), found by prepare
+    expected: tuple[Expectation, ...] = ()  # files that must hold given content when the binary starts
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A file the container must see with this content (as written under the root)."""
+    path: str                 # the container's path
+    content: str
+    what: str                 # for messages: whose content it must be
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """A negative control: the binary must refuse, naming one of `mentions` on stderr."""
+    """A negative control: the binary must refuse, naming one of `mentions` on stderr (or, with
+    harness=True, the wiring check must, naming one of them, before the binary starts)."""
     what: str
     mentions: tuple[str, ...]
     exit_code: int | None = None      # the exact code, when one is promised (clap: 2)
+    harness: bool = False
 
 
 def binary_path(target_dir: Path, ctr: dict) -> Path:
@@ -357,9 +384,53 @@ def jwt_algorithm_default(binary: str) -> str:
     return (settings.env.get(JWT_ALGORITHM_VARIABLE) if settings else None) or "RS256"
 
 
-def prepare(value_set: str, r: chart.Render, workload: dict, ctr: dict, target_dir: Path, root: Path,
+def chart_prefix(r: chart.Render) -> str:
+    """The render's resource prefix, from its ConfigMap <prefix>-config."""
+    names = [cm["metadata"]["name"] for cm in r.kind("ConfigMap")
+             if (cm["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "config"]
+    if len(names) != 1 or not names[0].endswith("-config"):
+        raise HarnessError(f"cannot tell the resource prefix from the ConfigMaps {names}")
+    return names[0].removesuffix("-config")
+
+
+def wiring(values: dict, r: chart.Render, workload: dict, ctr: dict, env: dict[str, str],
+           fixtures: Fixtures) -> tuple[list[str], list[Expectation]]:
+    """What the workload must run and read under `values`: problems with its binary and args, and
+    the database URL its file must hold (its schema's, see check_chart.schema_database)."""
+    prefix = chart_prefix(r)
+    name, binary = workload["metadata"]["name"], Path((ctr.get("command") or ["?"])[0]).name
+    args = ctr.get("args") or []
+    problems = []
+    if workload["kind"] == "Job":
+        schema = next((s for s in chart.SCHEMAS if chart.job_name(s, prefix) == name), None)
+        if schema is None:
+            return [f"Job {name} is none of the migration Jobs {[chart.job_name(s, prefix) for s in chart.SCHEMAS]}"], []
+        migrator = chart.SCHEMAS[schema][0]
+        if binary != migrator or "--migrate-only" not in args:
+            problems.append(f"runs {binary} {' '.join(args)}, want {migrator} --migrate-only (the {schema} schema's owner)")
+    else:
+        component = (workload["spec"]["template"]["metadata"].get("labels") or {}).get("app.kubernetes.io/component", "")
+        schema = chart.COMPONENT_SCHEMA.get(component)
+        if schema is None:
+            return [f"Deployment {name}: component {component!r} is none of the four services"], []
+        if binary != component or "--migrate-only" in args:
+            problems.append(f"runs {binary} {' '.join(args)}, want {component} serving (no --migrate-only)")
+    source, url = chart.schema_database(values, schema, prefix)
+    if url is not None:
+        content, what = url, f"the {schema} schema's URL from the values"
+    else:
+        content, what = fixtures.database_url(source).decode(), f"the {schema} schema's URL from Secret {source[1]} key {source[2]}"
+    path = env.get("ORDERFLOW_DATABASE_URL_FILE")
+    if not path:
+        problems.append("no ORDERFLOW_DATABASE_URL_FILE")
+        return problems, []
+    return problems, [Expectation(path, content, what)]
+
+
+def prepare(value_set: str, r: chart.Render, values: dict, workload: dict, ctr: dict, target_dir: Path, root: Path,
             fixtures: Fixtures) -> Invocation:
-    """Writes the container's files under `root` (a new directory) and works out its args and environment."""
+    """Writes the container's files under `root` (a new directory) and works out its args and environment,
+    and what its wiring must be under `values` (the merged values of the render)."""
     pod = workload["spec"]["template"]["spec"]
     labels = workload["spec"]["template"]["metadata"].get("labels") or {}
     component = labels.get("app.kubernetes.io/component", ctr["name"])
@@ -392,8 +463,10 @@ def prepare(value_set: str, r: chart.Render, workload: dict, ctr: dict, target_d
         host.write_bytes(rewrite(text).encode("latin-1"))
         files[path] = host
     clean = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
+    problems, expected = wiring(values, r, workload, ctr, env, fixtures)
     return Invocation(value_set, f"{workload['kind']}/{workload['metadata']['name']}", ctr["name"], binary,
-                      [rewrite(a) for a in args], {**clean, **{k: rewrite(v) for k, v in env.items()}}, root, files, notes)
+                      [rewrite(a) for a in args], {**clean, **{k: rewrite(v) for k, v in env.items()}}, root, files, notes,
+                      wiring=tuple(problems), expected=tuple(replace(e, content=rewrite(e.content)) for e in expected))
 
 
 # --- Running ---------------------------------------------------------------------------------------
@@ -408,9 +481,30 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "(nothing on stderr)")
 
 
+def wiring_problems(inv: Invocation) -> list[str]:
+    """The workload's wiring problems, and each expected file that does not hold its content now."""
+    problems = list(inv.wiring)
+    for e in inv.expected:
+        host = inv.files.get(e.path)
+        if host is None:
+            problems.append(f"{e.path} is no mounted file, want {e.what}")
+        elif host.read_bytes().decode("latin-1") != e.content:
+            problems.append(f"database URL file {e.path} does not hold {e.what}")
+    return problems
+
+
 def execute(inv: Invocation) -> Outcome:
     argv = [str(inv.binary), *inv.args, "--check-config", *inv.after_check]
     command = f"$ {' '.join(argv)}"
+    problems = wiring_problems(inv)
+    if inv.refusal is not None and inv.refusal.harness:
+        if not problems:
+            return Outcome(False, f"{inv.refusal.what}: the wiring check found nothing, want a refusal", command)
+        if not any(m in p for p in problems for m in inv.refusal.mentions):
+            return Outcome(False, f"{inv.refusal.what}: the wiring check names none of {list(inv.refusal.mentions)}: {problems[0]}", command)
+        return Outcome(True, f"(expected refusal: {inv.refusal.what})", "\n".join(problems))
+    if problems:
+        return Outcome(False, f"wiring: {'; '.join(problems)}", command)
     try:
         out = subprocess.run(argv, env=inv.env, cwd=inv.root, capture_output=True, text=True,
                              timeout=RUN_TIMEOUT_SECS, check=False)
@@ -471,7 +565,16 @@ def not_a_pem(inv: Invocation) -> Invocation:
     return replace(inv, refusal=Refusal(f"{path.name} is 'not a pem'", mentions))
 
 
-NEGATIVE_CONTROLS: list[Callable[[Invocation], Invocation]] = [bad_kafka_property, unknown_flag, not_a_pem]
+def other_schema_url(inv: Invocation) -> Invocation:
+    """The database URL file overwritten with the URL of another schema's role."""
+    if not inv.expected:
+        raise HarnessError("no database URL file to overwrite")
+    path = inv.files[inv.expected[0].path]
+    path.write_text("postgres://notify_owner:test-password@postgresql:5432/orderflow")
+    return replace(inv, refusal=Refusal("the notify schema's URL in order-api's database URL file", ("database URL file",), harness=True))
+
+
+NEGATIVE_CONTROLS: list[Callable[[Invocation], Invocation]] = [bad_kafka_property, unknown_flag, not_a_pem, other_schema_url]
 
 
 # --- The runs --------------------------------------------------------------------------------------
@@ -480,6 +583,7 @@ class Target:
     """A container of a rendered Deployment or Job."""
     value_set: str
     render: chart.Render
+    values: dict              # the merged values the render used
     workload: dict
     container: dict
 
@@ -491,10 +595,10 @@ class Target:
 def collect_targets(helm_bin: str, sets: list[ValueSet]) -> list[Target]:
     targets = []
     for vs in sets:
-        r, _ = chart.render_values(helm_bin, vs.override, release=vs.release)
+        r, values = chart.render_values(helm_bin, vs.override, release=vs.release)
         for workload in r.kind("Deployment") + r.kind("Job"):
             for ctr in workload["spec"]["template"]["spec"]["containers"]:
-                targets.append(Target(vs.name, r, workload, ctr))
+                targets.append(Target(vs.name, r, values, workload, ctr))
     return targets
 
 
@@ -571,7 +675,7 @@ def main() -> int:
         def start(t: Target) -> Invocation:
             # Each run gets a root of its own: a control's corrupted file must not leak into another.
             root = Path(tempfile.mkdtemp(prefix="root-", dir=work))
-            return prepare(t.value_set, t.render, t.workload, t.container, target_dir, root, fixtures)
+            return prepare(t.value_set, t.render, t.values, t.workload, t.container, target_dir, root, fixtures)
 
         for t in targets:
             report.run(t, lambda t=t: start(t))

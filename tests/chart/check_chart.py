@@ -64,6 +64,15 @@ COMPONENTS = {
     "consumer-worker": ("consumerWorker", 50054, "ORDERFLOW_WORKER_LISTEN", "orderflow.consumer.v1.ConsumerStatusService", False),
 }
 API_SERVICES = [c for c, spec in COMPONENTS.items() if spec[4]]
+# PostgreSQL schema → (the binary its migration Job runs with --migrate-only, the services that work
+# in it): each gets the schema's URL (postgresql.schemas.<schema>, else the default postgresql.url /
+# existingSecret). check_sources reads the same out of the Rust sources.
+SCHEMAS = {
+    "orders": ("order-api", ("order-api", "consumer-worker")),
+    "inventory": ("inventory-svc", ("inventory-svc",)),
+    "notify": ("notify-svc", ("notify-svc",)),
+}
+COMPONENT_SCHEMA = {component: schema for schema, (_, components) in SCHEMAS.items() for component in components}
 STANDARD_LABELS = [
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -73,8 +82,10 @@ STANDARD_LABELS = [
     "app.kubernetes.io/part-of",
 ]
 CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PodMonitor"}
-# Credentials in ci/all-features-values.yaml: they may appear in Secrets only.
-ALL_FEATURES_SECRETS = ["ci-Pg-Passw0rd", "ci-Redis-Passw0rd", "ci-Webhook-S3cret"]
+# Credentials in ci/all-features-values.yaml and in the schema-roles scenario: they may appear in
+# Secrets only.
+ALL_FEATURES_SECRETS = ["ci-Pg-Passw0rd", "ci-Orders-Passw0rd", "ci-Redis-Passw0rd", "ci-Webhook-S3cret"]
+SCHEMA_ROLE_SECRETS = ["Orders-Owner-Pw", "Inventory-Owner-Pw", "Notify-Owner-Pw"]
 URL_WITH_PASSWORD = re.compile(r"://[^/\s@:]*:[^/\s@]+@")
 
 
@@ -173,6 +184,19 @@ SCENARIO_VALUES: dict[str, dict] = {
         "tracing": {"enabled": False, "otlpEndpoint": "http://otel:4317", "headers": {"existingSecret": "h"}}},
     "metrics-off": {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
     "migration-off": {"migration": {"enabled": False}, "tests": {"enabled": False}},
+    # A database role per schema, URLs as values (TLS with the CA from a Secret): no default URL.
+    "schema-roles": {
+        "postgresql": {
+            "url": "", "tlsCa": {"secret": "pg-ca"},
+            "schemas": {schema: {"url": f"postgres://{schema}_owner:{schema.capitalize()}-Owner-Pw@pg.db:5432/orderflow"
+                                        "?sslmode=verify-full&sslrootcert=/etc/orderflow/postgresql/ca.pem"}
+                        for schema in SCHEMAS}}},
+    # A database role per schema, each URL in an existing Secret of its own (under another key
+    # for one); postgresql.url stays the unused example.
+    "schema-existing-secrets": {
+        "postgresql": {"schemas": {"orders": {"existingSecret": "orders-db"},
+                                   "inventory": {"existingSecret": "inventory-db", "existingSecretKey": "url"},
+                                   "notify": {"existingSecret": "notify-db"}}}},
     # A sidecar with another label: the default key is dropped with null (Helm merges maps).
     "dashboard-own-label": {"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None, "dashboards.example.com/load": "yes"}}},
 }
@@ -188,6 +212,27 @@ def render_values(helm_bin: str, override: dict, release: str = RELEASE) -> tupl
 
 def name_of(component: str, prefix: str = PREFIX) -> str:
     return f"{prefix}-{component}"
+
+
+def job_name(schema: str, prefix: str = PREFIX) -> str:
+    """The migration Job of `schema` (and its hook Secret), cut at 63 characters like the chart's names."""
+    return f"{prefix}-migration-{schema}"[:63].rstrip("-")
+
+
+def schema_database(values: dict, schema: str, prefix: str = PREFIX) -> tuple[tuple[str, str, str], str | None]:
+    """Where the services of `schema` get their database URL under `values`: the Secret entry
+    (kind, name, key), and the URL when the chart stores it (None: an existing Secret). The
+    schema's existingSecret, else its url (the chart's Secret, database-url-<schema>), else the
+    default: postgresql.existingSecret, else postgresql.url (database-url)."""
+    pg = values["postgresql"]
+    own = pg["schemas"][schema]
+    if own["existingSecret"]:
+        return ("secret", own["existingSecret"], own["existingSecretKey"]), None
+    if own["url"]:
+        return ("secret", prefix, f"database-url-{schema}"), own["url"]
+    if pg["existingSecret"]:
+        return ("secret", pg["existingSecret"], pg["existingSecretKey"]), None
+    return ("secret", prefix, "database-url"), pg["url"]
 
 
 def env_map(container: dict) -> dict[str, dict]:
@@ -342,6 +387,28 @@ def proto_services() -> set[str]:
         for service in re.findall(r"^service\s+(\w+)", text, re.M):
             names.add(f"{package.group(1)}.{service}" if package else service)
     return names
+
+
+SCHEMA_OPEN = re.compile(r"postgres::open\(\s*[^,]+,\s*&(\w+)::SCHEMA\s*\)")
+SCHEMA_STATIC = re.compile(r'pub static SCHEMA\b[^=]*=\s*[\w:]*Schema\s*\{[^}]*?\bname:\s*"(\w+)"', re.S)
+
+
+def rust_schemas() -> dict[str, str | None]:
+    """Per binary: the PostgreSQL schema it opens (`postgres::open(…, &<crate>::SCHEMA)` in its
+    sources; `crate` is its own, `orderflow_<name>` the workspace crate <name> with dashes), read out
+    of that crate's `pub static SCHEMA … Schema { name: "…" }`."""
+    found: dict[str, str | None] = {}
+    for component in COMPONENTS:
+        text = "\n".join(path.read_text() for path in sorted((ROOT / component / "src").rglob("*.rs")))
+        opened = SCHEMA_OPEN.search(text)
+        if opened is None:
+            found[component] = None
+            continue
+        crate = opened.group(1)
+        src = ROOT / component / "src" if crate == "crate" else ROOT / crate.removeprefix("orderflow_").replace("_", "-") / "src"
+        names = [m.group(1) for path in sorted(src.rglob("*.rs")) for m in SCHEMA_STATIC.finditer(path.read_text())]
+        found[component] = names[0] if len(names) == 1 else None
+    return found
 
 
 def rust_topics() -> list[str]:
@@ -612,11 +679,9 @@ def check_wiring(c: Checker, r: Render, values: dict, where: str, component: str
 
 
 def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool = True, values: dict | None = None,
-                 db_secret: tuple[str, str] | None = None,
                  redis_secret: tuple[str, str] | None = None) -> None:
     """The facts every render must show, whatever the values (`values`: those it was rendered with)."""
     values = values or chart_values()
-    db_secret = db_secret or (prefix, "database-url")
     redis_secret = redis_secret or (prefix, "redis-url")
 
     for doc in r.docs:
@@ -625,7 +690,7 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
         c.check(len(meta["name"]) <= 63, f"{where}: name longer than 63 characters")
         check_labels(c, where, meta.get("labels") or {})
         if doc["kind"] != "Secret":
-            for secret in ALL_FEATURES_SECRETS + ["orderflow:orderflow@"]:
+            for secret in ALL_FEATURES_SECRETS + SCHEMA_ROLE_SECRETS + ["orderflow:orderflow@"]:
                 c.check(secret not in yaml.safe_dump(doc), f"{where}: contains the credential {secret!r} (only Secrets may)")
 
     # ConfigMap: settings, no credentials.
@@ -720,8 +785,14 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
             return (files.get(env.get(name, {}).get("value", "")) or {}).get("source")
 
         c.check("ORDERFLOW_DATABASE_URL" not in env, f"{cwhere}: ORDERFLOW_DATABASE_URL is an env value; the URL must be the file ORDERFLOW_DATABASE_URL_FILE")
-        c.check(file_source("ORDERFLOW_DATABASE_URL_FILE") == ("secret", *db_secret),
-                f"{cwhere}: ORDERFLOW_DATABASE_URL_FILE is {file_source('ORDERFLOW_DATABASE_URL_FILE')}, want the file of Secret {db_secret}")
+        # The URL of the service's own schema (its role), from the Secret the values name.
+        db_source, db_url = schema_database(values, COMPONENT_SCHEMA[component], prefix)
+        c.check(file_source("ORDERFLOW_DATABASE_URL_FILE") == db_source,
+                f"{cwhere}: ORDERFLOW_DATABASE_URL_FILE is {file_source('ORDERFLOW_DATABASE_URL_FILE')}, "
+                f"want the file of {db_source} (the {COMPONENT_SCHEMA[component]} schema's URL)")
+        if db_url is not None:
+            c.check(secret_text(r, file_source("ORDERFLOW_DATABASE_URL_FILE")) == db_url,
+                    f"{cwhere}: its database URL file does not hold the {COMPONENT_SCHEMA[component]} schema's URL")
         if "ORDERFLOW_REDIS_URL" in binary_settings()[component].env:
             c.check("ORDERFLOW_REDIS_URL" not in env, f"{cwhere}: ORDERFLOW_REDIS_URL is an env value; the URL must be the file ORDERFLOW_REDIS_URL_FILE")
             c.check(file_source("ORDERFLOW_REDIS_URL_FILE") == ("secret", *redis_secret),
@@ -783,9 +854,15 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
             c.check(cm["data"].get("ORDERFLOW_INVENTORY_URL") == want,
                     f"ConfigMap: ORDERFLOW_INVENTORY_URL is {cm['data'].get('ORDERFLOW_INVENTORY_URL')!r}, want {want}")
 
-    # Every Secret a container names is rendered (unless it is an existing one).
-    if prefix in (db_secret[0], redis_secret[0]):
+    # Every Secret a container names is rendered (unless it is an existing one). The chart's Secret
+    # stores exactly the database URLs some service reads: no unused one (a password for nothing).
+    databases = {schema: schema_database(values, schema, prefix) for schema in SCHEMAS}
+    if prefix == redis_secret[0] or any(source[1] == prefix for source, _ in databases.values()):
         c.check(prefix in secrets, f"Secret {prefix} missing")
+    stored = {k for k in (secrets.get(prefix, {}).get("data") or {}) if k.startswith("database-url")}
+    want_stored = {source[2] for source, url in databases.values() if url is not None}
+    c.check(stored == want_stored, f"Secret {prefix}: database URL keys {sorted(stored)}, want {sorted(want_stored)}")
+    check_schema_urls(c, r, values, prefix)
 
     # The helm test pod.
     tests = [p for p in r.kind("Pod") if "test" in hook_set(p)]
@@ -804,53 +881,112 @@ def check_common(c: Checker, r: Render, *, prefix: str = PREFIX, metrics: bool =
         c.check(pod["spec"].get("restartPolicy") == "Never", "helm test pod: restartPolicy must be Never")
 
 
-def check_migration(c: Checker, r: Render, *, prefix: str = PREFIX, existing_secret: tuple[str, str] | None = None,
-                    values: dict | None = None) -> None:
+def database_urls(r: Render) -> dict[str, object]:
+    """What each Deployment and Job container reads as its database URL (ORDERFLOW_DATABASE_URL_FILE),
+    by "Kind/name": the URL itself when the render holds its Secret, else the (kind, name, key) of
+    the existing Secret's entry, else None (no such file)."""
+    urls: dict[str, object] = {}
+    for doc in r.kind("Deployment") + r.kind("Job"):
+        pod = doc["spec"]["template"]["spec"]
+        ctr = pod["containers"][0]
+        path = env_map(ctr).get("ORDERFLOW_DATABASE_URL_FILE", {}).get("value", "")
+        source = (mounted_files(pod, ctr).get(path) or {}).get("source")
+        urls[f"{doc['kind']}/{doc['metadata']['name']}"] = secret_text(r, source) if r.get("Secret", (source or ("", ""))[1]) else source
+    return urls
+
+
+def check_schema_urls(c: Checker, r: Render, values: dict, prefix: str = PREFIX) -> None:
+    """Each schema's URL reaches its own services and its migration Job: when the three schemas'
+    URLs differ (a role per schema), exactly those and no other workload."""
+    got = database_urls(r)
+    migration = bool(r.kind("Job"))
+    wanted = {}
+    for schema, (_, components) in SCHEMAS.items():
+        source, url = schema_database(values, schema, prefix)
+        users = {f"Deployment/{name_of(x, prefix)}" for x in components} | ({f"Job/{job_name(schema, prefix)}"} if migration else set())
+        wanted[schema] = (url if url is not None else source, users)
+    distinct = len({repr(identity) for identity, _ in wanted.values()}) == len(wanted)
+    for schema, (identity, users) in wanted.items():
+        reached = {w for w, v in got.items() if v == identity}
+        shown = "URL" if isinstance(identity, str) else f"URL (existing Secret {identity[1]}, key {identity[2]})"
+        if distinct:
+            c.check(reached == users, f"the {schema} schema's {shown} reaches {sorted(reached)}, want exactly {sorted(users)}")
+        else:
+            c.check(users <= reached, f"the {schema} schema's {shown} reaches {sorted(reached)}, want {sorted(users)} among them")
+
+
+def check_migration(c: Checker, r: Render, *, prefix: str = PREFIX, values: dict | None = None) -> None:
+    """One hook Job per schema, running its binary with --migrate-only and the schema's URL (from an
+    existing Secret or from a hook Secret of its own, created first), with the migration.* settings."""
     values = values or chart_values()
-    jobs = r.kind("Job")
-    if not c.check(len(jobs) == 1, f"want one migration Job, got {len(jobs)}"):
-        return
-    job = jobs[0]
-    where = f"Job/{job['metadata']['name']}"
-    c.check(hook_set(job) == {"pre-install", "pre-upgrade"}, f"{where}: helm.sh/hook is {hook_set(job)}, want pre-install,pre-upgrade")
-    c.check({"before-hook-creation", "hook-succeeded"} <= hook_set(job, "helm.sh/hook-delete-policy"),
-            f"{where}: hook-delete-policy must include before-hook-creation,hook-succeeded")
-    pod = job["spec"]["template"]["spec"]
-    ctr = pod["containers"][0]
-    argv = (ctr.get("command") or []) + (ctr.get("args") or [])
-    c.check(argv[:1] == ["/usr/local/bin/order-api"] and "--migrate-only" in argv, f"{where}: runs {argv}, want order-api --migrate-only")
-    c.check(pod.get("restartPolicy") == "Never", f"{where}: restartPolicy must be Never")
-    check_security(c, where, pod, ctr)
-    check_tmp(c, where, pod, ctr)
-    # At hook time the release's own Secret, ConfigMap and ServiceAccount do not exist yet.
-    c.check(not ctr.get("envFrom"), f"{where}: envFrom would need the ConfigMap, which does not exist before install")
-    c.check(pod.get("serviceAccountName") != prefix, f"{where}: uses the chart's ServiceAccount, which does not exist before install")
-    # The URL is a file of the Secret, as in the services; so is PostgreSQL's CA when there is one.
-    check_files(c, r, where, pod, ctr)
-    files = mounted_files(pod, ctr)
-    env = env_map(ctr)
-    c.check("ORDERFLOW_DATABASE_URL" not in env, f"{where}: ORDERFLOW_DATABASE_URL is an env value; the URL must be a file")
-    kind, name, key = (files.get(env.get("ORDERFLOW_DATABASE_URL_FILE", {}).get("value", "")) or {}).get("source") or ("", "", "")
-    c.check(kind == "secret", f"{where}: ORDERFLOW_DATABASE_URL_FILE is no file of a mounted Secret")
-    ref = {"name": name, "key": key}
-    pg_ca = ca_source(values["postgresql"]["tlsCa"])
-    c.check((files.get("/etc/orderflow/postgresql/ca.pem") or {}).get("source") == pg_ca,
-            f"{where}: /etc/orderflow/postgresql/ca.pem is {(files.get('/etc/orderflow/postgresql/ca.pem') or {}).get('source')}, want {pg_ca}")
-    # Nothing else: the Job runs no server (no auth, no traces) and talks to PostgreSQL only.
-    c.check(not {n for n in env if n in FEATURE_VARIABLES or n.startswith("OTEL_")}, f"{where}: gets feature variables {sorted(env)}")
-    c.check(set(files) <= {"/etc/orderflow/postgresql/url", "/etc/orderflow/postgresql/ca.pem"}, f"{where}: mounts {sorted(files)}, want PostgreSQL's files only")
-    job_weight = int((job["metadata"].get("annotations") or {}).get("helm.sh/hook-weight", "0"))
-    if existing_secret:
-        c.check((ref.get("name"), ref.get("key")) == existing_secret, f"{where}: database URL from {ref}, want {existing_secret}")
-        c.check(r.get("Secret", f"{prefix}-migration") is None, "no hook Secret expected with postgresql.existingSecret")
-    else:
-        hook_secret = r.get("Secret", ref.get("name", ""))
-        if c.check(hook_secret is not None, f"{where}: its database URL Secret {ref.get('name')!r} is not rendered"):
-            c.check({"pre-install", "pre-upgrade"} <= hook_set(hook_secret),
-                    f"Secret/{ref['name']}: must be a pre-install,pre-upgrade hook (the Job runs before ordinary resources)")
-            weight = int((hook_secret["metadata"].get("annotations") or {}).get("helm.sh/hook-weight", "0"))
-            c.check(weight < job_weight, f"Secret/{ref['name']}: hook-weight {weight} must be below the Job's {job_weight}")
-            c.check(ref.get("key") in (hook_secret.get("data") or {}), f"Secret/{ref['name']}: key {ref.get('key')} missing")
+    m = values["migration"]
+    jobs = {j["metadata"]["name"]: j for j in r.kind("Job")}
+    c.check(set(jobs) == {job_name(s, prefix) for s in SCHEMAS}, f"migration Jobs are {sorted(jobs)}, want one per schema {sorted(SCHEMAS)}")
+    hook_secrets = {s["metadata"]["name"] for s in r.kind("Secret") if hook_set(s)}
+    want_hook_secrets = {job_name(s, prefix) for s in SCHEMAS if schema_database(values, s, prefix)[1] is not None}
+    c.check(hook_secrets == want_hook_secrets, f"hook Secrets are {sorted(hook_secrets)}, want {sorted(want_hook_secrets)} "
+            "(one per Job whose URL the chart stores)")
+    for schema, (binary, _) in SCHEMAS.items():
+        job = jobs.get(job_name(schema, prefix))
+        if job is None:
+            continue
+        where = f"Job/{job['metadata']['name']}"
+        c.check(hook_set(job) == {"pre-install", "pre-upgrade"}, f"{where}: helm.sh/hook is {hook_set(job)}, want pre-install,pre-upgrade")
+        c.check({"before-hook-creation", "hook-succeeded"} <= hook_set(job, "helm.sh/hook-delete-policy"),
+                f"{where}: hook-delete-policy must include before-hook-creation,hook-succeeded")
+        pod = job["spec"]["template"]["spec"]
+        if not c.check(len(pod["containers"]) == 1, f"{where}: want one container, got {len(pod['containers'])}"):
+            continue
+        ctr = pod["containers"][0]
+        argv = (ctr.get("command") or []) + (ctr.get("args") or [])
+        c.check(argv == [f"/usr/local/bin/{binary}", "--migrate-only"], f"{where}: runs {argv}, want {binary} --migrate-only (the {schema} schema's owner)")
+        c.check(pod.get("restartPolicy") == "Never", f"{where}: restartPolicy must be Never")
+        check_security(c, where, pod, ctr)
+        check_tmp(c, where, pod, ctr)
+        # At hook time the release's own Secret, ConfigMap and ServiceAccount do not exist yet.
+        c.check(not ctr.get("envFrom"), f"{where}: envFrom would need the ConfigMap, which does not exist before install")
+        c.check(pod.get("serviceAccountName") != prefix, f"{where}: uses the chart's ServiceAccount, which does not exist before install")
+        # The same migration.* settings for the three Jobs.
+        c.check(job["spec"].get("backoffLimit") == m["backoffLimit"] and job["spec"].get("activeDeadlineSeconds") == m["activeDeadlineSeconds"],
+                f"{where}: backoffLimit/activeDeadlineSeconds differ from migration.*")
+        c.check(pod.get("serviceAccountName") == (m["serviceAccountName"] or None), f"{where}: serviceAccountName is {pod.get('serviceAccountName')!r}, want migration.serviceAccountName")
+        c.check(ctr.get("resources") == m["resources"], f"{where}: resources differ from migration.resources")
+        for key in ("nodeSelector", "tolerations", "affinity"):
+            c.check(pod.get(key) == (m[key] or None), f"{where}: {key} is {pod.get(key)!r}, want migration.{key}")
+        annotations = job["spec"]["template"]["metadata"].get("annotations") or {}
+        c.check(annotations == (m["podAnnotations"] or {}), f"{where}: pod annotations {annotations}, want migration.podAnnotations")
+        # The URL is a file of the Secret, as in the services; so is PostgreSQL's CA when there is one.
+        check_files(c, r, where, pod, ctr)
+        files = mounted_files(pod, ctr)
+        env = env_map(ctr)
+        for extra in m["extraEnv"]:
+            c.check(env.get(extra["name"]) == extra, f"{where}: migration.extraEnv {extra['name']} not applied")
+        c.check("ORDERFLOW_DATABASE_URL" not in env, f"{where}: ORDERFLOW_DATABASE_URL is an env value; the URL must be a file")
+        kind, name, key = (files.get(env.get("ORDERFLOW_DATABASE_URL_FILE", {}).get("value", "")) or {}).get("source") or ("", "", "")
+        c.check(kind == "secret", f"{where}: ORDERFLOW_DATABASE_URL_FILE is no file of a mounted Secret")
+        pg_ca = ca_source(values["postgresql"]["tlsCa"])
+        c.check((files.get("/etc/orderflow/postgresql/ca.pem") or {}).get("source") == pg_ca,
+                f"{where}: /etc/orderflow/postgresql/ca.pem is {(files.get('/etc/orderflow/postgresql/ca.pem') or {}).get('source')}, want {pg_ca}")
+        # Nothing else: the Job runs no server (no auth, no traces) and talks to PostgreSQL only.
+        c.check(not {n for n in env if n in FEATURE_VARIABLES or n.startswith("OTEL_")}, f"{where}: gets feature variables {sorted(env)}")
+        c.check(set(files) <= {"/etc/orderflow/postgresql/url", "/etc/orderflow/postgresql/ca.pem"}, f"{where}: mounts {sorted(files)}, want PostgreSQL's files only")
+        job_weight = int((job["metadata"].get("annotations") or {}).get("helm.sh/hook-weight", "0"))
+        source, url = schema_database(values, schema, prefix)
+        if url is None:
+            c.check((kind, name, key) == source, f"{where}: database URL from {(kind, name, key)}, want the existing Secret's {source}")
+        else:
+            # The URL the chart stores, in a hook Secret of the Job's own (the release's Secret does not exist yet).
+            c.check(name == job_name(schema, prefix), f"{where}: database URL from Secret {name!r}, want its own hook Secret {job_name(schema, prefix)!r}")
+            hook_secret = r.get("Secret", name)
+            if c.check(hook_secret is not None, f"{where}: its database URL Secret {name!r} is not rendered"):
+                c.check({"pre-install", "pre-upgrade"} <= hook_set(hook_secret),
+                        f"Secret/{name}: must be a pre-install,pre-upgrade hook (the Job runs before ordinary resources)")
+                weight = int((hook_secret["metadata"].get("annotations") or {}).get("helm.sh/hook-weight", "0"))
+                c.check(weight < job_weight, f"Secret/{name}: hook-weight {weight} must be below the Job's {job_weight}")
+                c.check({"before-hook-creation", "hook-succeeded"} <= hook_set(hook_secret, "helm.sh/hook-delete-policy"),
+                        f"Secret/{name}: hook-delete-policy must include before-hook-creation,hook-succeeded (the URL must not linger)")
+                c.check(key in (hook_secret.get("data") or {}), f"Secret/{name}: key {key} missing")
+                c.check(secret_text(r, (kind, name, key)) == url, f"Secret/{name}: {key} is not the {schema} schema's URL")
 
 
 def check_defaults(c: Checker, r: Render) -> None:
@@ -892,6 +1028,10 @@ def check_all_features(c: Checker, r: Render) -> None:
                         ("kafka.sasl.passwordSecret", bool(values["kafka"]["sasl"]["passwordSecret"])),
                         ("kafka.tlsCa", bool(ca_source(values["kafka"]["tlsCa"]))), ("redis.tlsCa", bool(ca_source(values["redis"]["tlsCa"]))),
                         ("postgresql.tlsCa", bool(ca_source(values["postgresql"]["tlsCa"]))),
+                        # The three ways to a schema's URL at once: its own url, its own Secret, the default.
+                        ("postgresql.schemas.orders.url", bool(values["postgresql"]["schemas"]["orders"]["url"])),
+                        ("postgresql.schemas.inventory.existingSecret", bool(values["postgresql"]["schemas"]["inventory"]["existingSecret"])),
+                        ("postgresql.schemas.notify on the default", not any(values["postgresql"]["schemas"]["notify"].get(k) for k in ("url", "existingSecret"))),
                         ("grafanaDashboard.enabled", values["grafanaDashboard"]["enabled"]),
                         ("grafanaDashboard.annotations", bool(values["grafanaDashboard"]["annotations"])),
                         ("grafanaDashboard.namespace", bool(values["grafanaDashboard"]["namespace"]))):
@@ -904,6 +1044,9 @@ def check_all_features(c: Checker, r: Render) -> None:
     if c.check(secret is not None, f"Secret {PREFIX} missing"):
         decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
         c.check(decoded.get("database-url") == values["postgresql"]["url"], "Secret: database-url differs from postgresql.url")
+        c.check(decoded.get("database-url-orders") == values["postgresql"]["schemas"]["orders"]["url"],
+                "Secret: database-url-orders differs from postgresql.schemas.orders.url")
+        c.check("database-url-inventory" not in decoded, "Secret: stores an inventory URL although it comes from an existing Secret")
         c.check(decoded.get("redis-url") == values["redis"]["url"], "Secret: redis-url differs from redis.url")
         c.check(decoded.get("webhook-secret") == values["notifySvc"]["webhook"]["secret"], "Secret: webhook-secret differs")
     for credential in ALL_FEATURES_SECRETS:
@@ -1025,16 +1168,21 @@ def check_all_features(c: Checker, r: Render) -> None:
     c.check(pdbs.get(name_of("order-api"), {}).get("spec", {}).get("minAvailable") == 2
             and "maxUnavailable" not in pdbs.get(name_of("order-api"), {}).get("spec", {}), "order-api PDB: minAvailable 2 alone expected")
     c.check(cm["data"].get("ORDERFLOW_CONSUMER_BATCH_MAX_MESSAGES") == "1000000", "ConfigMap: config entries must keep integers exact")
-    job = (r.kind("Job") or [{}])[0]
-    if job:
-        c.check(job["spec"]["template"]["spec"].get("serviceAccountName") == "orderflow-migrator", "migration.serviceAccountName not applied")
+    jobs = r.kind("Job")
+    c.check(len(jobs) == len(SCHEMAS) and all(j["spec"]["template"]["spec"].get("serviceAccountName") == "orderflow-migrator" for j in jobs),
+            "migration.serviceAccountName not applied to every migration Job")
 
 
 def check_existing_secrets(c: Checker, helm_bin: str) -> None:
     c.scenario = "existing-secrets"
     r, values = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
-    check_common(c, r, values=values, db_secret=("pg-credentials", "url"), redis_secret=("redis-credentials", "redis-url"))
-    check_migration(c, r, values=values, existing_secret=("pg-credentials", "url"))
+    check_common(c, r, values=values, redis_secret=("redis-credentials", "redis-url"))
+    check_migration(c, r, values=values)
+    for doc in r.kind("Deployment") + r.kind("Job"):
+        pod = doc["spec"]["template"]["spec"]
+        path = env_map(pod["containers"][0]).get("ORDERFLOW_DATABASE_URL_FILE", {}).get("value", "")
+        source = (mounted_files(pod, pod["containers"][0]).get(path) or {}).get("source")
+        c.check(source == ("secret", "pg-credentials", "url"), f"{doc['kind']}/{doc['metadata']['name']}: database URL from {source}, want postgresql.existingSecret")
     c.check(not r.kind("Secret"), f"no chart Secret expected when every credential is in an existing one, got {sorted(r.names('Secret'))}")
     notify = r.get("Deployment", name_of("notify-svc"))
     if notify:
@@ -1042,6 +1190,62 @@ def check_existing_secrets(c: Checker, helm_bin: str) -> None:
         path = env_map(ctr).get("ORDERFLOW_NOTIFY_WEBHOOK_SECRET_FILE", {}).get("value", "")
         c.check((mounted_files(notify["spec"]["template"]["spec"], ctr).get(path) or {}).get("source") == ("secret", "webhook-credentials", "webhook-secret"),
                 "notify-svc: webhook key not mounted from notifySvc.webhook.existingSecret")
+
+
+def check_schema_variants(c: Checker, helm_bin: str) -> None:
+    """A database role per schema: URLs as values, then existing Secrets; and that check_schema_urls
+    catches a service or Job given another schema's URL."""
+    c.scenario = "schema-roles"
+    r, values = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
+    check_common(c, r, values=values)
+    check_migration(c, r, values=values)
+    secret = r.get("Secret", PREFIX)
+    if c.check(secret is not None, f"Secret {PREFIX} missing"):
+        decoded = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        for schema in SCHEMAS:
+            c.check(decoded.get(f"database-url-{schema}") == values["postgresql"]["schemas"][schema]["url"],
+                    f"Secret: database-url-{schema} differs from postgresql.schemas.{schema}.url")
+        c.check("database-url" not in decoded, "Secret: stores a default database URL, which no schema uses")
+    # Each role's password reaches its own schema's workloads only.
+    urls = database_urls(r)
+    for schema, (_, components) in SCHEMAS.items():
+        password = f"{schema.capitalize()}-Owner-Pw"
+        holders = {w for w, url in urls.items() if isinstance(url, str) and f":{password}@" in url}
+        want = {f"Deployment/{name_of(x)}" for x in components} | {f"Job/{job_name(schema)}"}
+        c.check(holders == want, f"the {schema} role's URL reaches {sorted(holders)}, want exactly {sorted(want)}")
+
+    c.scenario = "schema-url-check-bites"
+    probe_render, _ = render_values(helm_bin, SCENARIO_VALUES["schema-roles"])
+
+    def pg_source(doc: dict) -> dict:
+        volume = next(v for v in doc["spec"]["template"]["spec"]["volumes"] if v["name"] == "postgresql-files")
+        return next(s["secret"] for s in volume["projected"]["sources"] if "secret" in s)
+
+    pg_source(probe_render.get("Deployment", name_of("consumer-worker")))["items"][0]["key"] = "database-url-inventory"
+    pg_source(probe_render.get("Job", job_name("notify")))["name"] = job_name("inventory")
+    probe = Checker()
+    check_schema_urls(probe, probe_render, values)
+    for schema in SCHEMAS:
+        c.check(any(f"the {schema} schema's URL reaches" in f for f in probe.failures), f"check_schema_urls does not catch the {schema} schema's misrouted URL")
+    c.check(len(probe.failures) == 3, f"check_schema_urls: want exactly the 3 failures of the 2 planted mistakes, got {probe.failures}")
+
+    c.scenario = "schema-existing-secrets"
+    r, values = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
+    check_common(c, r, values=values)
+    check_migration(c, r, values=values)
+    secret = r.get("Secret", PREFIX) or {}
+    c.check(not [k for k in (secret.get("data") or {}) if k.startswith("database-url")],
+            f"Secret {PREFIX}: stores database URLs {sorted(secret.get('data') or {})} although every schema has an existing Secret")
+    for schema, (_, components) in SCHEMAS.items():
+        own = values["postgresql"]["schemas"][schema]
+        for workload in [r.get("Deployment", name_of(x)) for x in components] + [r.get("Job", job_name(schema))]:
+            if workload is None:
+                continue
+            pod = workload["spec"]["template"]["spec"]
+            path = env_map(pod["containers"][0]).get("ORDERFLOW_DATABASE_URL_FILE", {}).get("value", "")
+            source = (mounted_files(pod, pod["containers"][0]).get(path) or {}).get("source")
+            c.check(source == ("secret", own["existingSecret"], own["existingSecretKey"]),
+                    f"{workload['kind']}/{workload['metadata']['name']}: database URL from {source}, want postgresql.schemas.{schema}'s Secret")
 
 
 def check_feature_variants(c: Checker, helm_bin: str) -> None:
@@ -1072,7 +1276,8 @@ def check_variants(c: Checker, helm_bin: str) -> None:
 
     c.scenario = "migration-off"
     r, _ = render_values(helm_bin, SCENARIO_VALUES[c.scenario])
-    c.check(not r.kind("Job") and r.get("Secret", f"{PREFIX}-migration") is None, "migration Job or its Secret rendered with migration.enabled=false")
+    c.check(not r.kind("Job") and not [s for s in r.kind("Secret") if hook_set(s)],
+            "migration Jobs or their hook Secrets rendered with migration.enabled=false")
     c.check(not r.kind("Pod"), "helm test pod rendered with tests.enabled=false")
 
     c.scenario = "release-name"
@@ -1095,6 +1300,8 @@ def check_variants(c: Checker, helm_bin: str) -> None:
     c.check(annotations(base)["checksum/config"] != annotations(config_changed)["checksum/config"], "checksum/config does not change with the ConfigMap")
     c.check(annotations(base)["checksum/secret"] != annotations(secret_changed)["checksum/secret"], "checksum/secret does not change with the Secret")
     c.check(annotations(base)["checksum/secret"] == annotations(config_changed)["checksum/secret"], "checksum/secret changes without a Secret change")
+    schema_changed = render(helm_bin, "--set", "postgresql.schemas.notify.url=postgres://notify_owner:p@elsewhere:5432/db")
+    c.check(annotations(base)["checksum/secret"] != annotations(schema_changed)["checksum/secret"], "checksum/secret does not change with a schema's URL")
 
 
 # The custom resources kubernetes-validate has no schema for: the fields their CRDs require, and
@@ -1475,7 +1682,12 @@ def check_sources(c: Checker) -> None:
         default = settings[component].env.get(listen_env) or ""
         c.check(default.endswith(f":{port}"), f"{component}: reads no {listen_env} defaulting to port {port} (got {default!r})")
         c.check(grpc_service in services, f"{component}: readiness service {grpc_service} is not a service in proto/")
-    c.check("--migrate-only" in settings["order-api"].flags, "order-api has no --migrate-only flag (the migration Job runs it)")
+    for schema, (binary, _) in SCHEMAS.items():
+        c.check("--migrate-only" in settings[binary].flags, f"{binary} has no --migrate-only flag (the {schema} migration Job runs it)")
+    schemas = rust_schemas()
+    for component in COMPONENTS:
+        c.check(schemas.get(component) == COMPONENT_SCHEMA[component],
+                f"{component} works in the schema {schemas.get(component)!r} (its postgres::open), the chart gives it the {COMPONENT_SCHEMA[component]} schema's URL")
     for component in COMPONENTS:
         c.check("OTEL_EXPORTER_OTLP_ENDPOINT" in settings[component].env,
                 f"{component}: reads no OTEL_EXPORTER_OTLP_ENDPOINT (the chart's tracing.otlpEndpoint)")
@@ -1565,7 +1777,8 @@ def check_cross_settings(c: Checker, r: Render, prefix: str = PREFIX) -> None:
 
 
 def check_env_check_bites(c: Checker, helm_bin: str) -> None:
-    """check_env_is_read really fails on drift: a made-up variable, one of another binary, a bad flag, a misspelt OTEL_ one."""
+    """check_env_is_read really fails on drift: a made-up variable, one of another binary (in each
+    migration Job, whose three binaries do not read it), a bad flag, a misspelt OTEL_ one."""
     c.scenario = "env-drift-caught"
     r = render(helm_bin,
                "--set", "notifySvc.extraEnv[0].name=ORDERFLOW_NOT_A_SETTING", "--set-string", "notifySvc.extraEnv[0].value=1",
@@ -1576,11 +1789,14 @@ def check_env_check_bites(c: Checker, helm_bin: str) -> None:
     r.kind("Job")[0]["spec"]["template"]["spec"]["containers"][0]["args"].append("--migrate-onyl")
     probe = Checker()
     check_env_is_read(probe, r)
-    for needle in ("sets ORDERFLOW_NOT_A_SETTING", "consumer-worker container consumer-worker: sets ORDERFLOW_REDIS_TIMEOUT_MS",
-                   "container migrate: sets ORDERFLOW_WORKER_GROUP_ID", "ORDERFLOW_READ_BY_NOBODY is read by none", "passes --migrate-onyl",
-                   "inventory-svc container inventory-svc: sets OTEL_SERVICE_NAM"):
+    needles = ["sets ORDERFLOW_NOT_A_SETTING", "consumer-worker container consumer-worker: sets ORDERFLOW_REDIS_TIMEOUT_MS",
+               *(f"Job/{job_name(schema)} container migrate: sets ORDERFLOW_WORKER_GROUP_ID" for schema in SCHEMAS),
+               "ORDERFLOW_READ_BY_NOBODY is read by none", "passes --migrate-onyl",
+               "inventory-svc container inventory-svc: sets OTEL_SERVICE_NAM"]
+    for needle in needles:
         c.check(any(needle in f for f in probe.failures), f"check_env_is_read does not catch: {needle}")
-    c.check(len(probe.failures) == 6, f"check_env_is_read: want exactly the 6 planted failures, got {probe.failures}")
+    c.check(len(probe.failures) == len(needles),
+            f"check_env_is_read: want exactly the {len(needles)} failures of the 6 planted mistakes (one in each of the {len(SCHEMAS)} migration Jobs), got {probe.failures}")
 
 
 def check_chart_mentions(c: Checker) -> None:
@@ -1624,6 +1840,13 @@ BAD_VALUES = [
     ("a dashboard namespace that is no DNS label", "grafanaDashboard:\n  namespace: Monitoring\n", "namespace"),
     ("webhook without a signing key", "notifySvc:\n  webhook:\n    url: http://hooks:8080/x\n", "webhook"),
     ("no PostgreSQL URL nor existing Secret", "postgresql:\n  url: \"\"\n", "postgresql"),
+    ("no default PostgreSQL URL while a schema has none of its own",
+     "postgresql:\n  url: \"\"\n  schemas:\n    orders:\n      url: postgres://orders_owner@db/orderflow\n"
+     "    inventory:\n      existingSecret: inventory-db\n", "postgresql"),
+    ("an unknown schema", "postgresql:\n  schemas:\n    billing:\n      url: postgres://billing_owner@db/orderflow\n", "billing"),
+    ("an unknown key in a schema", "postgresql:\n  schemas:\n    orders:\n      role: orders_owner\n", "role"),
+    ("a schema URL that is no postgres:// URL", "postgresql:\n  schemas:\n    notify:\n      url: mysql://notify_owner@db/orderflow\n", "url"),
+    ("a schema's Secret name that is no DNS name", "postgresql:\n  schemas:\n    inventory:\n      existingSecret: Inventory_DB\n", "existingSecret"),
     # Authentication.
     ("an environment outside the enum", "auth:\n  environment: staging\n", "environment"),
     ("authentication without a JWT key or static tokens", "auth:\n  enabled: true\n  inventoryToken:\n    existingSecret: t\n", "auth"),
@@ -1661,6 +1884,16 @@ BAD_RENDERS = [
      "auth:\n  environment: production\n  enabled: true\n", "auth.enabled: set auth.jwt.existingSecret"),
     ("a Redis CA without rediss://", "redis:\n  tlsCa:\n    secret: redis-ca\n", "redis.url is not rediss://"),
     ("a PostgreSQL CA the URL does not use", "postgresql:\n  tlsCa:\n    configMap: pg-ca\n", "sslrootcert=/etc/orderflow/postgresql/ca.pem"),
+    ("a PostgreSQL CA a schema's URL does not use",
+     "postgresql:\n  url: postgres://db/orderflow?sslmode=verify-full&sslrootcert=/etc/orderflow/postgresql/ca.pem\n  tlsCa:\n    secret: pg-ca\n"
+     "  schemas:\n    notify:\n      url: postgres://notify_owner:Notify-Pw-1@db/orderflow\n",
+     "sslrootcert=/etc/orderflow/postgresql/ca.pem to the query of postgresql.schemas.notify.url"),
+    ("a schema with both a URL and an existing Secret",
+     "postgresql:\n  schemas:\n    orders:\n      url: postgres://orders_owner:Orders-Pw-1@db/orderflow\n      existingSecret: orders-db\n",
+     "postgresql.schemas.orders: set url or existingSecret, not both"),
+    ("no default PostgreSQL URL for a schema without its own, schema skipped",
+     "postgresql:\n  url: \"\"\n  schemas:\n    orders:\n      existingSecret: orders-db\n",
+     "set postgresql.url or postgresql.existingSecret (or a url or existingSecret for every schema"),
 ]
 
 
@@ -1686,6 +1919,7 @@ def check_rejections(c: Checker, helm_bin: str) -> None:
                 out = helm(helm_bin, *command)
                 ok = out.returncode != 0 and "execution error" in out.stderr and expected in out.stderr
                 c.check(ok, f"helm {command[0]} rendered bad values ({what}) or failed for another reason:\n{out.stderr.strip()[:400]}")
+                c.check(not URL_WITH_PASSWORD.search(out.stderr), f"helm {command[0]} ({what}): the error shows a URL with its password")
 
 
 def check_notes(c: Checker, helm_bin: str) -> None:
@@ -1698,7 +1932,8 @@ def check_notes(c: Checker, helm_bin: str) -> None:
                    "grpcurl -plaintext localhost:50051 list",
                    "orderflow.order.v1.OrderService/CreateOrder",
                    "grpc.health.v1.Health/Check",
-                   f"helm test {RELEASE}"):
+                   f"helm test {RELEASE}",
+                   f"{job_name('orders')}, -inventory and -notify"):
         c.check(needle in notes, f"NOTES.txt lacks {needle!r}")
 
 
@@ -1758,6 +1993,7 @@ def main() -> int:
     check_defaults(c, defaults)
     check_all_features(c, render(args.helm, "-f", str(ALL_FEATURES)))
     check_existing_secrets(c, args.helm)
+    check_schema_variants(c, args.helm)
     check_feature_variants(c, args.helm)
     check_variants(c, args.helm)
     check_env_check_bites(c, args.helm)

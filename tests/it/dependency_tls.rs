@@ -51,6 +51,7 @@ fn postgres_args(url: String) -> PostgresArgs {
         database_url_file: None,
         database_max_connections: 2,
         database_acquire_timeout_ms: 5_000,
+        migrate_only: false,
     }
 }
 
@@ -63,9 +64,12 @@ async fn postgres_over_tls_verifying_the_server() {
         postgres.url,
         pki.path("ca.pem")
     );
-    let pool = orderflow_runtime::postgres::connect_and_migrate(&postgres_args(url))
-        .await
-        .expect("connecting over TLS and migrating");
+    let pool = orderflow_runtime::postgres::connect_and_migrate(
+        &postgres_args(url),
+        &inventory_svc::SCHEMA,
+    )
+    .await
+    .expect("connecting over TLS and migrating");
     let encrypted: bool =
         sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
             .fetch_one(&pool)
@@ -80,9 +84,12 @@ async fn postgres_over_tls_verifying_the_server() {
         stranger.path("ca.pem")
     );
     assert!(
-        orderflow_runtime::postgres::connect_and_migrate(&postgres_args(untrusted))
-            .await
-            .is_err(),
+        orderflow_runtime::postgres::connect_and_migrate(
+            &postgres_args(untrusted),
+            &inventory_svc::SCHEMA
+        )
+        .await
+        .is_err(),
         "a client that does not trust the server's CA connected"
     );
 }

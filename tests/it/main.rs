@@ -21,6 +21,7 @@ mod pipeline;
 mod protection;
 mod redis_cluster;
 mod redis_outage;
+mod schemas;
 mod security;
 mod servers;
 mod tracing;

@@ -135,37 +135,41 @@ async fn grpcurl_sees_each_servers_own_service_through_reflection() {
     }
 }
 
-/// The Helm chart's migration Job: `order-api --migrate-only` applies the schema to an empty
-/// database and exits 0 without serving (no Redis, broker or port needed).
+/// The Helm chart's migration Jobs: `<service> --migrate-only` applies that service's schema to
+/// an empty database and exits 0 without serving (no Redis, broker or port needed: nothing is
+/// reached at those addresses).
 #[tokio::test]
-async fn migrate_only_applies_the_schema_and_exits() {
+async fn migrate_only_applies_each_schema_and_exits() {
     let id = orderflow_tests::unique_id();
-    let (database_url, db) = orderflow_tests::deps::fresh_database(&id).await;
-    for statement in ["DROP SCHEMA public CASCADE", "CREATE SCHEMA public"] {
-        sqlx::query(statement)
-            .execute(&db)
+    let database_url = orderflow_tests::deps::empty_database_on(
+        &orderflow_tests::deps::postgres_server(),
+        &format!("orderflow_t_{id}"),
+    )
+    .await;
+    let db = sqlx::PgPool::connect(&database_url)
+        .await
+        .expect("connecting");
+    for (binary, table) in [
+        ("order-api", "orders.orders"),
+        ("inventory-svc", "inventory.skus"),
+        ("notify-svc", "notify.notifications"),
+    ] {
+        let path = orderflow_tests::process::workspace_binary(binary);
+        let exit = tokio::process::Command::new(&path)
+            .args([
+                "--migrate-only",
+                &format!("--database-url={database_url}"),
+                "--kafka-brokers=127.0.0.1:1",
+                "--log=warn",
+            ])
+            .status()
             .await
-            .unwrap_or_else(|error| panic!("{statement}: {error}"));
+            .unwrap_or_else(|error| panic!("running {}: {error}", path.display()));
+        assert!(exit.success(), "{binary} --migrate-only exited with {exit}");
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&db)
+            .await
+            .unwrap_or_else(|error| panic!("{binary} did not create {table}: {error}"));
+        assert_eq!(rows, 0);
     }
-    let binary = orderflow_tests::process::workspace_binary("order-api");
-    let exit = tokio::process::Command::new(&binary)
-        .args([
-            "--migrate-only",
-            &format!("--database-url={database_url}"),
-            "--redis-url=redis://127.0.0.1:1",
-            "--kafka-brokers=127.0.0.1:1",
-            "--log=warn",
-        ])
-        .status()
-        .await
-        .unwrap_or_else(|error| panic!("running {}: {error}", binary.display()));
-    assert!(
-        exit.success(),
-        "order-api --migrate-only exited with {exit}"
-    );
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&db)
-        .await
-        .expect("the orders table exists again");
-    assert_eq!(orders, 0);
 }

@@ -8,9 +8,12 @@
 //! | `ORDERFLOW_TANSU` | `$HOME/.local/orderflow/bin/tansu` (for tests that run a broker of their own) |
 //! | `ORDERFLOW_GRPCURL` | `$HOME/.local/orderflow/bin/grpcurl` (the reflection test calls the real grpcurl) |
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use orderflow_runtime::config::PostgresArgs;
+use orderflow_runtime::postgres::Schema;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
 pub const HOW_TO_START: &str = "start the local stack with `make test` (or `scripts/stack.sh`)";
@@ -52,14 +55,122 @@ pub fn grpcurl_binary() -> String {
     installed_tool("ORDERFLOW_GRPCURL", "grpcurl")
 }
 
-/// Creates a database of its own for one test, with the schema applied, and returns its URL
-/// and a pool on it.
+/// The schema of every service, in the order of `SEARCH_PATH`.
+pub fn schemas() -> [&'static Schema; 3] {
+    [
+        &orderflow_order_rows::SCHEMA,
+        &inventory_svc::SCHEMA,
+        &notify_svc::SCHEMA,
+    ]
+}
+
+/// The `search_path` of the tests' and loadgen's own connections: they check invariants across
+/// every service's tables (no table name is in two schemas), which no service itself may do.
+pub const SEARCH_PATH: &str = "orders,inventory,notify";
+
+/// Options to connect to `url` seeing every service's tables unqualified.
+pub fn every_schema(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?.options([("search_path", SEARCH_PATH)]))
+}
+
+/// Creates a database of its own for one test, with every service's schema applied, and
+/// returns its URL and a pool on it that sees every schema.
 pub async fn fresh_database(id: &str) -> (String, PgPool) {
     fresh_database_on(&postgres_server(), id).await
 }
 
 /// As `fresh_database`, on the PostgreSQL server at `server` (a URL without a database).
 pub async fn fresh_database_on(server: &str, id: &str) -> (String, PgPool) {
+    let name = format!("orderflow_t_{id}");
+    let url = empty_database_on(server, &name).await;
+    for schema in schemas() {
+        migrate(&url, schema).await;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(every_schema(&url).expect("the URL of a test database"))
+        .await
+        .unwrap_or_else(|error| panic!("connecting to test database {name}: {error}"));
+    (url, pool)
+}
+
+/// The database URL each service connects with, and the tests' own.
+#[derive(Debug, Clone)]
+pub struct ServiceDatabases {
+    /// The tests' (and tools') URL: a role that may read every schema.
+    pub admin: String,
+    /// order-api and consumer-worker.
+    pub orders: String,
+    pub inventory: String,
+    pub notify: String,
+}
+
+impl ServiceDatabases {
+    /// Every service connects as the same role (the local default).
+    pub fn shared(url: &str) -> Self {
+        Self {
+            admin: url.to_owned(),
+            orders: url.to_owned(),
+            inventory: url.to_owned(),
+            notify: url.to_owned(),
+        }
+    }
+}
+
+/// As `fresh_database`, set up as docs/deployment.md sets up production: each schema is created
+/// by an administrator `AUTHORIZATION` a role of its own (`orderflow_t_<id>_<schema>`) and
+/// migrated by that role. The tests' role is made a member of the three, to check invariants
+/// across them. `scripts/test.sh` drops the roles of earlier runs.
+pub async fn fresh_database_with_roles(id: &str) -> (ServiceDatabases, PgPool) {
+    let server = postgres_server();
+    let name = format!("orderflow_t_{id}");
+    let url = empty_database_on(&server, &name).await;
+    let mut admin = sqlx::PgConnection::connect(&url)
+        .await
+        .unwrap_or_else(|error| panic!("connecting to test database {name}: {error}"));
+    let role_url = |schema: &Schema| {
+        let role = format!("{name}_{}", schema.name);
+        let statements = [
+            format!("CREATE ROLE {role} LOGIN PASSWORD '{role}'"),
+            format!("GRANT {role} TO CURRENT_USER"),
+            format!("CREATE SCHEMA {} AUTHORIZATION {role}", schema.name),
+        ];
+        let (scheme, rest) = server.split_once("://").expect("a URL with a scheme");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        (
+            statements,
+            format!("{scheme}://{role}:{role}@{host}/{name}"),
+        )
+    };
+    let mut urls = Vec::new();
+    for schema in schemas() {
+        let (statements, schema_url) = role_url(schema);
+        for statement in statements {
+            sqlx::query(&statement)
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|error| panic!("{statement}: {error}"));
+        }
+        migrate(&schema_url, schema).await;
+        urls.push(schema_url);
+    }
+    let [orders, inventory, notify] = <[String; 3]>::try_from(urls).expect("three schemas");
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(every_schema(&url).expect("the URL of a test database"))
+        .await
+        .unwrap_or_else(|error| panic!("connecting to test database {name}: {error}"));
+    let databases = ServiceDatabases {
+        admin: url,
+        orders,
+        inventory,
+        notify,
+    };
+    (databases, pool)
+}
+
+/// Creates the database `name` on `server`, with nothing in it; its URL.
+pub async fn empty_database_on(server: &str, name: &str) -> String {
     let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
         .await
         .unwrap_or_else(|error| {
@@ -68,22 +179,27 @@ pub async fn fresh_database_on(server: &str, id: &str) -> (String, PgPool) {
                 orderflow_runtime::config::redact_url(server)
             )
         });
-    let name = format!("orderflow_t_{id}");
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await
         .unwrap_or_else(|error| panic!("creating test database {name}: {error}"));
-    let url = format!("{server}/{name}");
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
+    format!("{server}/{name}")
+}
+
+/// Applies `schema` to the database at `url` as its service does at start-up.
+pub async fn migrate(url: &str, schema: &Schema) {
+    let args = PostgresArgs {
+        database_url: url.to_owned(),
+        database_url_file: None,
+        database_max_connections: 1,
+        database_acquire_timeout_ms: 10_000,
+        migrate_only: true,
+    };
+    orderflow_runtime::postgres::connect_and_migrate(&args, schema)
         .await
-        .unwrap_or_else(|error| panic!("connecting to test database {name}: {error}"));
-    orderflow_runtime::postgres::MIGRATOR
-        .run(&pool)
-        .await
-        .unwrap_or_else(|error| panic!("migrating test database {name}: {error}"));
-    (url, pool)
+        .unwrap_or_else(|error| panic!("migrating schema {} at {url}: {error}", schema.name))
+        .close()
+        .await;
 }
 
 pub async fn redis(url: &str) -> redis::aio::ConnectionManager {

@@ -68,6 +68,9 @@ pub struct Options {
     pub extra_notifies: usize,
     /// More consumer-worker flags, e.g. `--batch-max-messages=1`.
     pub worker_args: Vec<String>,
+    /// Each service connects to PostgreSQL as a role of its own, which owns its schema
+    /// (`deps::fresh_database_with_roles`), as in production; else all as the tests' role.
+    pub role_per_service: bool,
     /// consumer-worker reaches PostgreSQL through a [`Link`] the test can cut
     /// (`Stack::worker_database_link`).
     pub worker_database_link: bool,
@@ -136,7 +139,7 @@ pub struct Stack {
     inventory_tls: Option<ClientTlsConfig>,
     /// The test's own database.
     pub db: PgPool,
-    database_url: String,
+    databases: deps::ServiceDatabases,
     pub redis: redis::aio::ConnectionManager,
     redis_key_prefix: String,
     kafka_brokers: String,
@@ -212,13 +215,17 @@ impl Stack {
         // The test's own connection goes to one node; the services get the whole cluster.
         let first_node = redis_url.split(',').next().unwrap_or_default();
         let redis = deps::redis(first_node).await;
-        let (database_url, db) = deps::fresh_database(&id).await;
+        let (databases, db) = if options.role_per_service {
+            deps::fresh_database_with_roles(&id).await
+        } else {
+            let (url, db) = deps::fresh_database(&id).await;
+            (deps::ServiceDatabases::shared(&url), db)
+        };
         let redis_key_prefix = format!("t{id}");
         let topic_prefix = format!("t{id}.");
 
         let shared = [
-            format!("--database-url={database_url}"),
-            "--database-max-connections=4".into(),
+            "--database-max-connections=4".to_owned(),
             "--log=warn".into(),
         ];
         let redis_args = [
@@ -267,6 +274,7 @@ impl Stack {
             .chain(redis_args.iter().cloned())
             .chain(kafka_args.iter().cloned())
             .chain([
+                format!("--database-url={}", databases.inventory),
                 metrics_listen(|all| all.inventory),
                 format!("--orders-consumer-group={worker_group}"),
             ])
@@ -310,6 +318,7 @@ impl Stack {
             .chain(order_redis_args)
             .chain(kafka_args.iter().cloned())
             .chain([
+                format!("--database-url={}", databases.orders),
                 metrics_listen(|all| all.order_api),
                 format!("--orders-consumer-group={worker_group}"),
             ])
@@ -367,6 +376,7 @@ impl Stack {
             .chain(shared.iter().cloned())
             .chain(kafka_args.iter().cloned())
             .chain([
+                format!("--database-url={}", databases.notify),
                 format!("--group-id=t{id}-notify"),
                 metrics_listen(|all| all.notify),
             ])
@@ -390,16 +400,16 @@ impl Stack {
         let notify_address = notify_addresses[0];
 
         let worker_database_link = if options.worker_database_link {
-            Some(Link::start(postgres_address(&database_url)).await)
+            Some(Link::start(postgres_address(&databases.orders)).await)
         } else {
             None
         };
         let worker_database_url =
             worker_database_link
                 .as_ref()
-                .map_or(database_url.clone(), |link| {
-                    database_url.replacen(
-                        &postgres_address(&database_url).to_string(),
+                .map_or(databases.orders.clone(), |link| {
+                    databases.orders.replacen(
+                        &postgres_address(&databases.orders).to_string(),
                         &link.address.to_string(),
                         1,
                     )
@@ -480,7 +490,7 @@ impl Stack {
             },
             metrics,
             db,
-            database_url: database_url.clone(),
+            databases: databases.clone(),
             redis,
             redis_key_prefix,
             kafka_brokers,
@@ -632,7 +642,12 @@ impl Stack {
 
     /// The URL of this test's database, for tools run against the stack (e.g. loadgen).
     pub fn database_url(&self) -> &str {
-        &self.database_url
+        &self.databases.admin
+    }
+
+    /// The URL each service connects to PostgreSQL with.
+    pub fn databases(&self) -> &deps::ServiceDatabases {
+        &self.databases
     }
 
     /// The full Redis key of `parts` under this test's prefix.

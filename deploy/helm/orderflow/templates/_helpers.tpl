@@ -10,7 +10,9 @@ Names, labels and the facts about the four services that every template shares.
 {{/*
 The full name: the prefix of every resource. <release>-<chart>, or the release name alone when
 it already contains the chart name; fullnameOverride wins. Component names append "-<component>"
-(at most 16 characters), so the prefix is cut at 46 to keep them within 63.
+(at most 16 characters), so the prefix is cut at 46 to keep them within 63; only
+"migration-inventory" is longer (19), so its Job and hook Secret lose their last characters behind
+a prefix of more than 43.
 */}}
 {{- define "orderflow.fullname" -}}
 {{- if .Values.fullnameOverride }}
@@ -88,7 +90,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 The four services: their values key, binary, gRPC port, listen variable, the gRPC service their
 readiness probe checks, whether they have a Service (and so an HPA option), and what they talk to
 (redis, kafka: whether the binary reads the Redis and Kafka settings; all four read PostgreSQL's,
-the authentication settings and the telemetry settings).
+the authentication settings and the telemetry settings), and the PostgreSQL schema it works in
+(schema: its database URL is that schema's, see "orderflow.schemas").
 Use: $components := include "orderflow.components" . | fromYaml
 */}}
 {{- define "orderflow.components" -}}
@@ -101,6 +104,7 @@ order-api:
   service: true
   redis: true
   kafka: true
+  schema: orders
 inventory-svc:
   values: inventorySvc
   binary: inventory-svc
@@ -110,6 +114,7 @@ inventory-svc:
   service: true
   redis: true
   kafka: true
+  schema: inventory
 notify-svc:
   values: notifySvc
   binary: notify-svc
@@ -119,6 +124,7 @@ notify-svc:
   service: true
   redis: false
   kafka: true
+  schema: notify
 consumer-worker:
   values: consumerWorker
   binary: consumer-worker
@@ -128,6 +134,22 @@ consumer-worker:
   service: false
   redis: false
   kafka: true
+  schema: orders
+{{- end }}
+
+{{/*
+The PostgreSQL schemas, each owned by one database role (postgresql.schemas.<schema>), and the
+binary whose `--migrate-only` applies it, in the Job "<prefix>-migration-<schema>" (the services
+that work in a schema name it as their `schema` above).
+Use: $schemas := include "orderflow.schemas" . | fromYaml
+*/}}
+{{- define "orderflow.schemas" -}}
+orders:
+  migrator: order-api
+inventory:
+  migrator: inventory-svc
+notify:
+  migrator: notify-svc
 {{- end }}
 
 {{/* The five order event topics, before kafka.topicPrefix. */}}
@@ -139,12 +161,48 @@ consumer-worker:
 - order-completed
 {{- end }}
 
-{{/* The Secret holding the PostgreSQL URL (mounted for ORDERFLOW_DATABASE_URL_FILE), and its key. */}}
-{{- define "orderflow.databaseSecretName" -}}
-{{- default (include "orderflow.fullname" .) .Values.postgresql.existingSecret }}
+{{/*
+Where a schema's database URL comes from (mounted for ORDERFLOW_DATABASE_URL_FILE), as YAML
+{secret, key, url}: postgresql.schemas.<schema>.existingSecret; else its url, stored in the
+chart's Secret under database-url-<schema>; else the default, postgresql.existingSecret or
+postgresql.url (key database-url). url is the URL the chart stores (empty for an existing
+Secret): the migration Jobs copy it into their hook Secrets.
+Use: include "orderflow.databaseSource" (dict "root" $ "schema" "orders") | fromYaml
+*/}}
+{{- define "orderflow.databaseSource" -}}
+{{- $pg := .root.Values.postgresql }}
+{{- $s := index $pg.schemas .schema }}
+{{- if $s.existingSecret }}
+{{- toYaml (dict "secret" $s.existingSecret "key" $s.existingSecretKey "url" "") }}
+{{- else if $s.url }}
+{{- toYaml (dict "secret" (include "orderflow.fullname" .root) "key" (printf "database-url-%s" .schema) "url" $s.url) }}
+{{- else if $pg.existingSecret }}
+{{- toYaml (dict "secret" $pg.existingSecret "key" $pg.existingSecretKey "url" "") }}
+{{- else }}
+{{- toYaml (dict "secret" (include "orderflow.fullname" .root) "key" "database-url" "url" $pg.url) }}
 {{- end }}
-{{- define "orderflow.databaseSecretKey" -}}
-{{- ternary .Values.postgresql.existingSecretKey "database-url" (ne .Values.postgresql.existingSecret "") }}
+{{- end }}
+
+{{/* Whether some schema falls back to postgresql.url / postgresql.existingSecret (has neither of its own). */}}
+{{- define "orderflow.databaseDefaultUsed" -}}
+{{- range $schema, $s := .Values.postgresql.schemas }}
+{{- if and (not $s.url) (not $s.existingSecret) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The PostgreSQL URLs the chart's Secret stores: key → URL (postgresql.url, the schemas' urls). */}}
+{{- define "orderflow.storedDatabaseUrls" -}}
+{{- $pg := .Values.postgresql }}
+{{- $urls := dict }}
+{{- if and (include "orderflow.databaseDefaultUsed" .) (not $pg.existingSecret) }}
+{{- $_ := set $urls "database-url" $pg.url }}
+{{- end }}
+{{- range $schema, $s := $pg.schemas }}
+{{- if and $s.url (not $s.existingSecret) }}
+{{- $_ := set $urls (printf "database-url-%s" $schema) $s.url }}
+{{- end }}
+{{- end }}
+{{- toYaml $urls }}
 {{- end }}
 
 {{/* The Secret holding the Redis URL (mounted for ORDERFLOW_REDIS_URL_FILE), and its key. */}}
@@ -165,7 +223,7 @@ consumer-worker:
 
 {{/* Whether the chart creates its own Secret (some credential is not in an existing one). */}}
 {{- define "orderflow.createSecret" -}}
-{{- if or (not .Values.postgresql.existingSecret) (not .Values.redis.existingSecret) (and .Values.notifySvc.webhook.url .Values.notifySvc.webhook.secret (not .Values.notifySvc.webhook.existingSecret)) -}}
+{{- if or (include "orderflow.storedDatabaseUrls" . | fromYaml) (not .Values.redis.existingSecret) (and .Values.notifySvc.webhook.url .Values.notifySvc.webhook.secret (not .Values.notifySvc.webhook.existingSecret)) -}}
 true
 {{- end }}
 {{- end }}
@@ -192,14 +250,18 @@ The files a container gets, by group: each group is one read-only projected volu
 "<group>-files" mounted at /etc/orderflow/<group>, each entry one file <path> in it, from a Secret
 (secret) or a ConfigMap (configMap) key, and the ORDERFLOW_*_FILE variable (env) pointing at it when
 the binary takes its path from one (the CAs of PostgreSQL and Kafka are named by the URL's
-sslrootcert and by ssl.ca.location instead). Groups with no file are left out.
-Use: include "orderflow.files" (dict "root" $ "component" "order-api" "c" $c) | fromYaml; the
-migration Job passes "job" true and its "databaseSecret": it gets the PostgreSQL group only.
+sslrootcert and by ssl.ca.location instead). Groups with no file are left out. The database URL is
+that of the service's schema ($c.schema, see "orderflow.databaseSource").
+Use: include "orderflow.files" (dict "root" $ "component" "order-api" "c" $c) | fromYaml; a
+migration Job passes "job" true and its "database" ({secret, key}: its schema's URL): it gets the
+PostgreSQL group only.
 */}}
 {{- define "orderflow.files" -}}
 {{- $v := .root.Values }}
 {{- $groups := dict }}
-{{- $pg := list (dict "env" "ORDERFLOW_DATABASE_URL_FILE" "path" "url" "secret" (.databaseSecret | default (include "orderflow.databaseSecretName" .root)) "key" (include "orderflow.databaseSecretKey" .root)) }}
+{{- $db := .database }}
+{{- if not $db }}{{ $db = include "orderflow.databaseSource" (dict "root" .root "schema" .c.schema) | fromYaml }}{{ end }}
+{{- $pg := list (dict "env" "ORDERFLOW_DATABASE_URL_FILE" "path" "url" "secret" $db.secret "key" $db.key) }}
 {{- if include "orderflow.hasCa" $v.postgresql.tlsCa }}
 {{- $pg = append $pg (dict "path" "ca.pem" "secret" $v.postgresql.tlsCa.secret "configMap" $v.postgresql.tlsCa.configMap "key" $v.postgresql.tlsCa.key) }}
 {{- end }}
@@ -297,8 +359,14 @@ reads them; 0400 would leave them to root alone.
 {{- if and $w.url (not $w.secret) (not $w.existingSecret) }}
 {{- fail "notifySvc.webhook.url is set: set notifySvc.webhook.secret or notifySvc.webhook.existingSecret too (deliveries are signed)" }}
 {{- end }}
-{{- if and (not .Values.postgresql.existingSecret) (not .Values.postgresql.url) }}
-{{- fail "set postgresql.url or postgresql.existingSecret" }}
+{{- $pg := .Values.postgresql }}
+{{- range $schema, $s := $pg.schemas }}
+{{- if and $s.url $s.existingSecret }}
+{{- fail (printf "postgresql.schemas.%s: set url or existingSecret, not both" $schema) }}
+{{- end }}
+{{- end }}
+{{- if and (include "orderflow.databaseDefaultUsed" .) (not $pg.existingSecret) (not $pg.url) }}
+{{- fail "set postgresql.url or postgresql.existingSecret (or a url or existingSecret for every schema under postgresql.schemas)" }}
 {{- end }}
 {{- if and (not .Values.redis.existingSecret) (not .Values.redis.url) }}
 {{- fail "set redis.url or redis.existingSecret" }}
@@ -325,8 +393,13 @@ reads them; 0400 would leave them to root alone.
 {{- if and (include "orderflow.hasCa" .Values.redis.tlsCa) (not .Values.redis.existingSecret) (not (hasPrefix "rediss://" .Values.redis.url)) }}
 {{- fail "redis.tlsCa is set but redis.url is not rediss://: the CA is used only for TLS" }}
 {{- end }}
-{{- if and (include "orderflow.hasCa" .Values.postgresql.tlsCa) (not .Values.postgresql.existingSecret) (not (contains "sslrootcert=/etc/orderflow/postgresql/ca.pem" .Values.postgresql.url)) }}
-{{- fail "postgresql.tlsCa is mounted at /etc/orderflow/postgresql/ca.pem: add sslmode=verify-full&sslrootcert=/etc/orderflow/postgresql/ca.pem to the query of postgresql.url" }}
+{{- if include "orderflow.hasCa" $pg.tlsCa }}
+{{- range $key, $url := include "orderflow.storedDatabaseUrls" . | fromYaml }}
+{{- if not (contains "sslrootcert=/etc/orderflow/postgresql/ca.pem" $url) }}
+{{- $value := ternary "postgresql.url" (printf "postgresql.schemas.%s.url" (trimPrefix "database-url-" $key)) (eq $key "database-url") }}
+{{- fail (printf "postgresql.tlsCa is mounted at /etc/orderflow/postgresql/ca.pem: add sslmode=verify-full&sslrootcert=/etc/orderflow/postgresql/ca.pem to the query of %s" $value) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- $k := .Values.kafka }}
 {{- $protocol := index $k.properties "security.protocol" | default "PLAINTEXT" | toString | upper }}
