@@ -105,8 +105,22 @@ async fn wait_for_the_pipeline_to_drain(stack: &Stack, worker: SocketAddr) -> Dr
         status.batches_applied
     );
     let applied = stack.rows("processed_events").await;
-    let published =
-        stack.published(topics::ORDER_CREATED).await + stack.published(topics::ORDER_PAID).await;
+    let created = stack.published(topics::ORDER_CREATED).await;
+    let paid = stack.published(topics::ORDER_PAID).await;
+    let published = created + paid;
+    // Where a shortfall is, should there be one: per topic, what the worker recorded against
+    // what the topic holds (duplicates included), and the orders and payments in PostgreSQL.
+    let by_topic: Vec<(String, i64)> =
+        sqlx::query_as("SELECT topic, count(*) FROM processed_events GROUP BY topic ORDER BY 1")
+            .fetch_all(&stack.db)
+            .await
+            .expect("processed events by topic");
+    println!(
+        "processed events by topic {by_topic:?}; published order-created {created}, order-paid \
+         {paid}; orders {}, paid orders {}",
+        count(stack, "SELECT count(*) FROM orders").await,
+        count(stack, "SELECT count(*) FROM orders WHERE payment_id IS NOT NULL").await,
+    );
     assert!(
         published >= applied,
         "{applied} events applied but only {published} published"
