@@ -1,7 +1,7 @@
 //! consumer-worker: consumes the order events from Kafka and applies them to PostgreSQL.
 //!
 //! The consume loop (batches, offsets committed only after the effects, retries, dead letters,
-//! lag, shutdown) is the shared one of `orderflow_runtime::consume`; this crate decodes the
+//! lag, shutdown) is the shared one of `orderflow_kafka::consume`; this crate decodes the
 //! events (`event`) and applies each batch in one transaction, every event exactly once
 //! (`apply`), confirming new orders' reservations with inventory-svc through its API. It serves
 //! its health and consumer status (lag per partition) over gRPC.
@@ -9,10 +9,11 @@
 mod apply;
 mod event;
 
+use orderflow_kafka::consume::{self, Subscription};
+use orderflow_kafka::{ConsumerArgs, KafkaArgs};
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::topics;
-use orderflow_runtime::config::{ConsumerArgs, InventoryClientArgs, KafkaArgs, ProcessArgs};
-use orderflow_runtime::consume::{self, Subscription};
+use orderflow_runtime::config::{InventoryClientArgs, ProcessArgs};
 use orderflow_runtime::grpc::Services;
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
@@ -73,7 +74,7 @@ impl Config {
     /// begins with it).
     pub fn validate(&self) -> Result<(), RuntimeError> {
         self.process.validate(&self.listen, &self.metrics_listen)?;
-        orderflow_runtime::kafka::check(&self.kafka, &self.group_id)?;
+        orderflow_kafka::client::check(&self.kafka, &self.group_id)?;
         orderflow_runtime::grpc::client::Outbound::to_inventory(&self.inventory).map(drop)
     }
 }

@@ -23,9 +23,10 @@ mod sweeper;
 
 use std::time::Duration;
 
+use orderflow_kafka::{KafkaArgs, OrderLogArgs};
 use orderflow_lock::{LockSettings, Locks};
 use orderflow_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use orderflow_runtime::config::{KafkaArgs, OrderLogArgs, ProcessArgs, RedisArgs};
+use orderflow_runtime::config::{ProcessArgs, RedisArgs};
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -133,7 +134,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), RuntimeError> {
         self.process.validate(&self.listen, &self.metrics_listen)?;
         orderflow_runtime::redis::check(&self.redis)?;
-        orderflow_runtime::kafka::check(&self.kafka, &self.order_log.orders_consumer_group)
+        orderflow_kafka::client::check(&self.kafka, &self.order_log.orders_consumer_group)
     }
 }
 

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use orderflow_runtime::log_barrier::{LogBarrier, Mark};
+use orderflow_kafka::log_barrier::{LogBarrier, Mark};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -147,6 +147,6 @@ impl Sweeper {
     }
 }
 
-fn barrier_error(error: orderflow_runtime::log_barrier::BarrierError) -> InventoryError {
+fn barrier_error(error: orderflow_kafka::log_barrier::BarrierError) -> InventoryError {
     InventoryError::Barrier(error.to_string())
 }

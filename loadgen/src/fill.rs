@@ -20,7 +20,7 @@ use crate::args::FillBrokerArgs;
 const IN_FLIGHT: usize = 20_000;
 
 pub async fn run(args: FillBrokerArgs) -> anyhow::Result<bool> {
-    let kafka = orderflow_runtime::config::KafkaArgs {
+    let kafka = orderflow_kafka::KafkaArgs {
         kafka_brokers: args.kafka_brokers.clone(),
         kafka_topic_prefix: String::new(),
         kafka_topic_partitions: args.partitions,
@@ -30,7 +30,7 @@ pub async fn run(args: FillBrokerArgs) -> anyhow::Result<bool> {
         kafka_properties: Vec::new(),
         kafka_sasl_password_file: None,
     };
-    orderflow_runtime::kafka::ensure_topics(&kafka, std::slice::from_ref(&args.topic))
+    orderflow_kafka::client::ensure_topics(&kafka, std::slice::from_ref(&args.topic))
         .await
         .with_context(|| format!("creating topic {}", args.topic))?;
     let producer: FutureProducer = rdkafka::ClientConfig::new()

@@ -3,13 +3,13 @@
 //! id, time, order snapshot), so the common part is read as `OrderCompleted`; the topic says
 //! which extra field (reason, tracking number, amount) the text needs.
 
+use orderflow_kafka::consume::Received;
 use orderflow_proto::events::v1::{
     OrderCancelled, OrderCompleted, OrderCreated, OrderPaid, OrderShipped,
 };
 use orderflow_proto::limits::MAX_ID_LEN;
 use orderflow_proto::order::v1::{Order, OrderStatus};
 use orderflow_proto::topics;
-use orderflow_runtime::consume::Received;
 use orderflow_runtime::validate;
 use prost::Message;
 use time::OffsetDateTime;

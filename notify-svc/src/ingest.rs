@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use orderflow_runtime::consume::{BatchError, BatchHandler, Received, Rejected};
+use orderflow_kafka::consume::{BatchError, BatchHandler, Received, Rejected};
 use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;

@@ -24,9 +24,10 @@ pub mod signature;
 
 use std::sync::Arc;
 
+use orderflow_kafka::consume::{self, Subscription};
+use orderflow_kafka::{ConsumerArgs, KafkaArgs};
 use orderflow_proto::notify::v1::notification_service_server::NotificationServiceServer;
-use orderflow_runtime::config::{ConsumerArgs, KafkaArgs, ProcessArgs};
-use orderflow_runtime::consume::{self, Subscription};
+use orderflow_runtime::config::ProcessArgs;
 use orderflow_runtime::grpc::Services;
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
@@ -90,7 +91,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), RuntimeError> {
         self.process.validate(&self.listen, &self.metrics_listen)?;
         self.delivery.plan()?;
-        orderflow_runtime::kafka::check(&self.kafka, &self.group_id)
+        orderflow_kafka::client::check(&self.kafka, &self.group_id)
     }
 }
 

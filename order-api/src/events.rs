@@ -15,12 +15,12 @@
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
+use orderflow_kafka::KafkaArgs;
 use orderflow_proto::events::v1::{
     OrderCancelled, OrderCompleted, OrderCreated, OrderPaid, OrderShipped,
 };
 use orderflow_proto::order::v1::Order;
 use orderflow_proto::topics;
-use orderflow_runtime::config::KafkaArgs;
 use orderflow_runtime::metrics::{metrics, TopicOutcome};
 use orderflow_runtime::RuntimeError;
 use prost::Message;
@@ -48,7 +48,7 @@ impl Publisher {
         Ok(Self {
             current: RwLock::new(Generation {
                 number: 0,
-                producer: orderflow_runtime::kafka::producer(kafka)?,
+                producer: orderflow_kafka::client::producer(kafka)?,
             }),
             ack_timeout: Duration::from_millis(kafka.kafka_ack_timeout_ms),
             kafka: kafka.clone(),
@@ -71,7 +71,7 @@ impl Publisher {
     /// event id, see README.)
     pub async fn publish(&self, event: &Event, deadline: Instant) -> Result<(), OrderError> {
         let topic = self.kafka.topic(event.topic);
-        let span = orderflow_runtime::kafka::send_span(&topic, &event.order_id);
+        let span = orderflow_kafka::client::send_span(&topic, &event.order_id);
         self.publish_to(&topic, event, deadline)
             .instrument(span)
             .await
@@ -90,7 +90,7 @@ impl Publisher {
         let record = FutureRecord::to(topic)
             .key(event.order_id.as_bytes())
             .payload(&event.payload)
-            .headers(orderflow_runtime::trace_context::inject_kafka(headers));
+            .headers(orderflow_kafka::with_trace_context(headers));
         let (number, producer) = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             (current.number, current.producer.clone())
@@ -130,7 +130,7 @@ impl Publisher {
         if current.number != failed {
             return;
         }
-        match orderflow_runtime::kafka::producer(&self.kafka) {
+        match orderflow_kafka::client::producer(&self.kafka) {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut current.producer, fresh);
                 current.number += 1;

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use orderflow_kafka::log_barrier::LogBarrier;
 use orderflow_runtime::config::RedisArgs;
-use orderflow_runtime::log_barrier::LogBarrier;
 use orderflow_runtime::redis::RedisConnection;
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
@@ -515,7 +515,7 @@ impl Claims {
 /// How often the rebuild asks whether consumer-worker applied the log.
 const LOG_POLL: Duration = Duration::from_millis(200);
 
-fn barrier_error(error: orderflow_runtime::log_barrier::BarrierError) -> OrderError {
+fn barrier_error(error: orderflow_kafka::log_barrier::BarrierError) -> OrderError {
     OrderError::BrokerUnavailable(error.to_string())
 }
 

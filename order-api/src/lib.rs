@@ -28,11 +28,10 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use orderflow_kafka::{KafkaArgs, OrderLogArgs};
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::order::v1::order_service_server::OrderServiceServer;
-use orderflow_runtime::config::{
-    InventoryClientArgs, KafkaArgs, OrderLogArgs, ProcessArgs, RedisArgs,
-};
+use orderflow_runtime::config::{InventoryClientArgs, ProcessArgs, RedisArgs};
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -149,7 +148,7 @@ impl Config {
         }
         self.process.validate(&self.listen, &self.metrics_listen)?;
         orderflow_runtime::redis::check(&self.redis)?;
-        orderflow_runtime::kafka::check(&self.kafka, &self.order_log.orders_consumer_group)?;
+        orderflow_kafka::client::check(&self.kafka, &self.order_log.orders_consumer_group)?;
         orderflow_runtime::grpc::client::Outbound::to_inventory(&self.inventory)?;
         #[cfg(feature = "test-faults")]
         fault::Faults::parse(self.test_fault.as_deref()).map_err(RuntimeError::Config)?;
@@ -202,7 +201,7 @@ pub async fn run(
         .iter()
         .map(|topic| config.kafka.topic(topic))
         .collect();
-    orderflow_runtime::kafka::ensure_topics(&config.kafka, &topics).await?;
+    orderflow_kafka::client::ensure_topics(&config.kafka, &topics).await?;
     let inventory = InventoryServiceClient::new(
         orderflow_runtime::grpc::client::Outbound::to_inventory(&config.inventory)?,
     );

@@ -1,16 +1,12 @@
 //! Runtime plumbing shared by every orderflow process, so each service's `main.rs` only wires
-//! things together: configuration arguments, telemetry, client set-up for PostgreSQL, Redis and
-//! Kafka, gRPC serving with health and reflection, and shutdown on signals.
+//! things together: configuration arguments, telemetry and metrics, client set-up for
+//! PostgreSQL and Redis, gRPC serving with health and reflection, and shutdown on signals.
+//! Kafka is `orderflow-kafka`'s.
 
 pub mod auth;
 pub mod backoff;
-mod blocking;
 pub mod config;
-pub mod consume;
-pub mod group_offsets;
 pub mod grpc;
-pub mod kafka;
-pub mod log_barrier;
 pub mod metrics;
 pub mod postgres;
 pub mod process;
@@ -61,7 +57,7 @@ pub enum RuntimeError {
     Kafka {
         brokers: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("creating Kafka topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },

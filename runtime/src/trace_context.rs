@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::Context;
-use rdkafka::message::{Header, OwnedHeaders};
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -53,31 +52,22 @@ pub fn extract_http(headers: &HeaderMap) -> Context {
     })
 }
 
-/// `headers` plus the current span's context, for a message about to be published.
-pub fn inject_kafka(headers: OwnedHeaders) -> OwnedHeaders {
+/// The current span's context as text-map fields (`traceparent`, `tracestate`), for the headers
+/// of a message about to be published (`orderflow_kafka::with_trace_context`); none when
+/// tracing is off.
+pub fn current_fields() -> Vec<(String, String)> {
     let context = current();
     let mut fields = KafkaInjector(Vec::new());
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut fields);
     });
-    fields.0.iter().fold(headers, |headers, (key, value)| {
-        headers.insert(Header {
-            key,
-            value: Some(value.as_str()),
-        })
-    })
+    fields.0
 }
 
 /// The current span's `traceparent`, to store with work done later (an outbox row); `None`
 /// when tracing is off.
 pub fn current_traceparent() -> Option<String> {
-    let context = current();
-    let mut fields = KafkaInjector(Vec::new());
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut fields);
-    });
-    fields
-        .0
+    current_fields()
         .into_iter()
         .find_map(|(key, value)| (key == TRACEPARENT).then_some(value))
 }
@@ -125,6 +115,7 @@ impl Extractor for HttpExtractor<'_> {
     }
 }
 
+/// Collects the fields a propagator writes (message headers, a stored `traceparent`).
 struct KafkaInjector(Vec<(String, String)>);
 
 impl Injector for KafkaInjector {

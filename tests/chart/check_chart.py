@@ -251,8 +251,10 @@ def selects(selector: dict, labels: dict) -> bool:
 # --- What the binaries read, taken from the Rust sources (grep, no compiling) -------------------
 # Every setting is a clap argument, `#[arg(long, env = "ORDERFLOW_…")]`, in a struct that derives
 # clap::Args or clap::Parser; a binary's `Config::parse()` struct flattens the shared groups of
-# runtime/src (`#[command(flatten)]`). Following those flattens gives each binary's exact list.
+# runtime/src and kafka/src (`#[command(flatten)]`). Following those flattens gives each binary's
+# exact list.
 RUNTIME_SRC = ROOT / "runtime" / "src"
+SHARED_SRCS = (RUNTIME_SRC, ROOT / "kafka" / "src")
 PROTO_DIR = ROOT / "proto"
 TOPICS_RS = ROOT / "proto" / "src" / "topics.rs"
 CLAP_STRUCT = re.compile(
@@ -309,7 +311,7 @@ def clap_groups(src: Path) -> dict[str, tuple[ClapGroup, str]]:
 @functools.lru_cache(maxsize=None)
 def binary_settings() -> dict[str, BinarySettings]:
     """Per binary (= component): every ORDERFLOW_* variable and long flag it reads."""
-    shared = clap_groups(RUNTIME_SRC)
+    shared = {name: group for src in SHARED_SRCS for name, group in clap_groups(src).items()}
     result = {}
     for component in COMPONENTS:
         groups = {**shared, **clap_groups(ROOT / component / "src")}
@@ -323,7 +325,7 @@ def binary_settings() -> dict[str, BinarySettings]:
             if name in seen:
                 continue
             if name not in groups:
-                raise SystemExit(f"{component}: flattened clap struct {name} not found under {component}/src or runtime/src")
+                raise SystemExit(f"{component}: flattened clap struct {name} not found under {component}/src, runtime/src or kafka/src")
             seen.add(name)
             group, path = groups[name]
             settings.env.update(group.env)
@@ -1672,7 +1674,7 @@ def check_sources(c: Checker) -> None:
     c.scenario = "sources"
     settings = binary_settings()
     defined = set()
-    for crate in ("runtime", *COMPONENTS):
+    for crate in ("runtime", "kafka", *COMPONENTS):
         for path in (ROOT / crate / "src").rglob("*.rs"):
             defined |= set(ENV_ATTR.findall(path.read_text()))
     missed = defined - all_read_variables()

@@ -119,7 +119,11 @@ async fn wait_for_the_pipeline_to_drain(stack: &Stack, worker: SocketAddr) -> Dr
         "processed events by topic {by_topic:?}; published order-created {created}, order-paid \
          {paid}; orders {}, paid orders {}",
         count(stack, "SELECT count(*) FROM orders").await,
-        count(stack, "SELECT count(*) FROM orders WHERE payment_id IS NOT NULL").await,
+        count(
+            stack,
+            "SELECT count(*) FROM orders WHERE payment_id IS NOT NULL"
+        )
+        .await,
     );
     assert!(
         published >= applied,

@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use orderflow_kafka::consume::dead_letter;
 use orderflow_proto::events::v1::{
     OrderCancelled, OrderCompleted, OrderCreated, OrderPaid, OrderShipped,
 };
 use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus, PayOrderRequest};
 use orderflow_proto::topics;
-use orderflow_runtime::consume::dead_letter;
 use orderflow_tests::inventory::reserve_request_for;
 use orderflow_tests::pipeline::consumer_status;
 use orderflow_tests::stack::{Options, Stack};

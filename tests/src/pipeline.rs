@@ -88,7 +88,7 @@ impl Stack {
         use rdkafka::message::Headers;
         use rdkafka::Message;
 
-        let full = orderflow_runtime::consume::dead_letter::topic(&self.topic(topic));
+        let full = orderflow_kafka::consume::dead_letter::topic(&self.topic(topic));
         let consumer: StreamConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", self.kafka_brokers())
             .set("group.id", format!("{full}-reader-{}", crate::unique_id()))
@@ -121,8 +121,7 @@ impl Stack {
                     payload: message.payload().unwrap_or_default().to_vec(),
                     headers,
                 };
-                if letter.header(orderflow_runtime::consume::dead_letter::GROUP_HEADER)
-                    == Some(group)
+                if letter.header(orderflow_kafka::consume::dead_letter::GROUP_HEADER) == Some(group)
                 {
                     found.push(letter);
                 }

@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn publish(args: &Args, prefix: &str, order_ids: &[Uuid]) -> anyhow::Result<()> {
-    let kafka = orderflow_runtime::config::KafkaArgs {
+    let kafka = orderflow_kafka::KafkaArgs {
         kafka_brokers: args.kafka_brokers.clone(),
         kafka_topic_prefix: prefix.to_owned(),
         kafka_topic_partitions: 3,
@@ -119,7 +119,7 @@ async fn publish(args: &Args, prefix: &str, order_ids: &[Uuid]) -> anyhow::Resul
         kafka_sasl_password_file: None,
     };
     let names: Vec<String> = topics::ALL.iter().map(|topic| kafka.topic(topic)).collect();
-    orderflow_runtime::kafka::ensure_topics(&kafka, &names).await?;
+    orderflow_kafka::client::ensure_topics(&kafka, &names).await?;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &args.kafka_brokers)
         .set("linger.ms", "5")

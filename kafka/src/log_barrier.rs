@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::KafkaArgs;
+use crate::args::KafkaArgs;
 use crate::group_offsets::{self, GroupReader};
-use crate::RuntimeError;
+use orderflow_runtime::RuntimeError;
 
 /// How long each of a read's few requests to the broker may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

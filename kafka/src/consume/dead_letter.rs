@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Received;
-use crate::backoff::Backoff;
-use crate::config::KafkaArgs;
-use crate::RuntimeError;
+use crate::args::KafkaArgs;
+use orderflow_runtime::backoff::Backoff;
+use orderflow_runtime::RuntimeError;
 
 /// Why the message could not be applied.
 pub const REASON_HEADER: &str = "dlq-reason";
@@ -46,7 +46,7 @@ impl DeadLetters {
         Ok(Self {
             kafka: kafka.clone(),
             group_id: group_id.to_owned(),
-            producer: crate::kafka::producer(kafka)?,
+            producer: crate::client::producer(kafka)?,
         })
     }
 
@@ -62,7 +62,7 @@ impl DeadLetters {
         let dead_letter_topic = topic(full_topic);
         let partition = message.partition.to_string();
         let offset = message.offset.to_string();
-        let failed_at = crate::timestamp::now()
+        let failed_at = orderflow_runtime::timestamp::now()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::Received;
-use crate::metrics::{metrics, GroupPartition, GroupTopic};
+use orderflow_runtime::metrics::{metrics, GroupPartition, GroupTopic};
 
 #[derive(Clone)]
 pub struct ConsumerStatus {
@@ -183,7 +183,7 @@ impl ConsumerStatusService for ConsumerStatus {
             group_id: inner.group_id.clone(),
             total_lag: total_lag(&partitions),
             partitions,
-            reported_at: reported_at.map(crate::timestamp::to_proto),
+            reported_at: reported_at.map(orderflow_runtime::timestamp::to_proto),
             messages_applied: inner.messages_applied.load(Ordering::Relaxed),
             batches_applied: inner.batches_applied.load(Ordering::Relaxed),
             messages_dead_lettered: inner.messages_dead_lettered.load(Ordering::Relaxed),

@@ -17,8 +17,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::KafkaArgs;
-use crate::RuntimeError;
+use crate::args::KafkaArgs;
+use orderflow_runtime::RuntimeError;
 
 /// One partition of a topic as the group sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,13 +69,13 @@ impl Drop for Client {
 
 impl GroupReader {
     pub fn new(kafka: &KafkaArgs, group_id: &str) -> Result<Self, RuntimeError> {
-        let client: BaseConsumer = crate::kafka::consumer_config(kafka, group_id)?
+        let client: BaseConsumer = crate::client::consumer_config(kafka, group_id)?
             // It reads the group's offsets and must never commit any.
             .set("enable.auto.commit", "false")
             .create()
             .map_err(|source| RuntimeError::Kafka {
                 brokers: kafka.kafka_brokers.clone(),
-                source,
+                source: source.into(),
             })?;
         Ok(Self {
             client: Arc::new(Client(Some(client))),

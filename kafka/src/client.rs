@@ -11,11 +11,12 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaArgs;
-use crate::RuntimeError;
+use crate::args::KafkaArgs;
+use orderflow_runtime::RuntimeError;
 
 /// The brokers, then whatever `--kafka-property` adds (security protocol, SASL, TLS, …).
 fn base_config(args: &KafkaArgs) -> Result<ClientConfig, RuntimeError> {
@@ -30,7 +31,7 @@ fn base_config(args: &KafkaArgs) -> Result<ClientConfig, RuntimeError> {
 fn kafka_error(args: &KafkaArgs) -> impl FnOnce(KafkaError) -> RuntimeError + '_ {
     move |source| RuntimeError::Kafka {
         brokers: args.kafka_brokers.clone(),
-        source,
+        source: source.into(),
     }
 }
 
@@ -74,7 +75,7 @@ pub fn check(args: &KafkaArgs, group_id: &str) -> Result<(), RuntimeError> {
     for config in [producer_config(args)?, consumer_config(args, group_id)?] {
         config.create_native_config().map_err(|error| match error {
             // librdkafka's reason quotes the value: not shown for a credential.
-            KafkaError::ClientConfig(_, _, key, _) if crate::config::is_secret_key(&key) => {
+            KafkaError::ClientConfig(_, _, key, _) if crate::args::is_secret_key(&key) => {
                 RuntimeError::Config(format!("--kafka-property {key}: refused by librdkafka"))
             }
             KafkaError::ClientConfig(_, reason, key, _) => {
@@ -86,7 +87,7 @@ pub fn check(args: &KafkaArgs, group_id: &str) -> Result<(), RuntimeError> {
     for (key, value) in args.client_properties()? {
         // `probe` asks librdkafka to search the system's usual CA locations.
         if PEM_FILE_PROPERTIES.contains(&key.as_str()) && value != "probe" {
-            crate::config::read_pem_file(
+            orderflow_runtime::config::read_pem_file(
                 &format!("--kafka-property {key}"),
                 std::path::Path::new(&value),
             )?;
@@ -116,8 +117,20 @@ pub fn consumer_config(args: &KafkaArgs, group_id: &str) -> Result<ClientConfig,
     Ok(config)
 }
 
+/// `headers` plus the current span's trace context, for a message about to be published.
+pub fn with_trace_context(headers: OwnedHeaders) -> OwnedHeaders {
+    orderflow_runtime::trace_context::current_fields()
+        .iter()
+        .fold(headers, |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            })
+        })
+}
+
 /// The producer span of one publish to `topic` (full name) keyed by `key`: its context goes
-/// into the message's headers ([`crate::trace_context::inject_kafka`]).
+/// into the message's headers ([`with_trace_context`]).
 pub fn send_span(topic: &str, key: &str) -> tracing::Span {
     tracing::info_span!(
         "kafka send",

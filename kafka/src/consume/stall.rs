@@ -30,12 +30,12 @@ use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio::time::Instant;
 
 use super::status::LagContext;
-use crate::config::KafkaArgs;
+use crate::args::KafkaArgs;
 use crate::group_offsets::{GroupReader, PartitionOffsets};
-use crate::RuntimeError;
+use orderflow_runtime::RuntimeError;
 
 /// How often librdkafka commits the stored offsets (its `auto.commit.interval.ms` default,
-/// which `crate::kafka::consumer_config` keeps).
+/// which `crate::client::consumer_config` keeps).
 pub const AUTO_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The stall window doubles at most this many times (×64).

@@ -38,11 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::backoff::Backoff;
-use crate::config::{ConsumerArgs, KafkaArgs};
-use crate::metrics::{metrics, Group, Outcome};
-use crate::RuntimeError;
+use crate::args::{ConsumerArgs, KafkaArgs};
 use dead_letter::DeadLetters;
+use orderflow_runtime::backoff::Backoff;
+use orderflow_runtime::metrics::{metrics, Group, Outcome};
+use orderflow_runtime::RuntimeError;
 use stall::{Stalled, Watch};
 use status::{ConsumerStatus, LagContext};
 
@@ -151,7 +151,7 @@ pub async fn run(
         .collect();
     let mut to_create: Vec<String> = full_names.keys().cloned().collect();
     to_create.extend(full_names.keys().map(|name| dead_letter::topic(name)));
-    crate::kafka::ensure_topics(kafka, &to_create).await?;
+    crate::client::ensure_topics(kafka, &to_create).await?;
 
     let consumer = Arc::new(create_consumer(&subscription, &status)?);
     let names: Vec<String> = full_names.keys().cloned().collect();
@@ -185,7 +185,7 @@ fn create_consumer(
     status: &ConsumerStatus,
 ) -> Result<StreamConsumer<LagContext>, RuntimeError> {
     let settings = &subscription.consumer;
-    crate::kafka::consumer_config(&subscription.kafka, &subscription.group_id)?
+    crate::client::consumer_config(&subscription.kafka, &subscription.group_id)?
         .set(
             "statistics.interval.ms",
             settings.lag_report_interval_ms.to_string(),
@@ -201,7 +201,7 @@ fn create_consumer(
         .create_with_context(LagContext::new(status.clone()))
         .map_err(|source| RuntimeError::Kafka {
             brokers: subscription.kafka.kafka_brokers.clone(),
-            source,
+            source: source.into(),
         })
 }
 
@@ -215,7 +215,7 @@ fn subscribe(
         .subscribe(&names)
         .map_err(|source| RuntimeError::Kafka {
             brokers: subscription.kafka.kafka_brokers.clone(),
-            source,
+            source: source.into(),
         })
 }
 
@@ -250,9 +250,9 @@ fn batch_span(group: &str, batch: &[Received]) -> tracing::Span {
     );
     let mut contexts = batch
         .iter()
-        .map(|message| crate::trace_context::extract_kafka(&message.headers));
+        .map(|message| orderflow_runtime::trace_context::extract_kafka(&message.headers));
     if let Some(first) = contexts.next() {
-        crate::trace_context::set_parent(&span, first);
+        orderflow_runtime::trace_context::set_parent(&span, first);
     }
     for context in contexts {
         let linked = context.span().span_context().clone();
