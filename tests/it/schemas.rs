@@ -193,4 +193,52 @@ async fn a_single_schema_installation_moves_into_the_service_schemas() {
 
     let (_, fresh) = deps::fresh_database(&orderflow_tests::unique_id()).await;
     assert_eq!(catalog(&upgraded).await, catalog(&fresh).await);
+
+    // The hand-over to a role per schema that docs/deployment.md gives for an upgraded
+    // installation, here for the orders schema: the role then migrates it (nothing to do) and
+    // writes its tables, and reaches no other schema.
+    let role = format!("orderflow_t_{id}_orders");
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{role}'"),
+        format!("GRANT {role} TO CURRENT_USER"),
+        format!("ALTER SCHEMA orders OWNER TO {role}"),
+        format!(
+            "DO $$ DECLARE t TEXT; BEGIN \
+               FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'orders' LOOP \
+                 EXECUTE format('ALTER TABLE orders.%I OWNER TO {role}', t); \
+               END LOOP; \
+             END $$"
+        ),
+    ] {
+        sqlx::query(&statement)
+            .execute(&upgraded)
+            .await
+            .unwrap_or_else(|error| panic!("{statement}: {error}"));
+    }
+    let role_url = deps::as_role(&legacy_url, &role);
+    deps::migrate(&role_url, &orderflow_order_rows::SCHEMA).await;
+    let mut as_role = PgConnection::connect(&role_url)
+        .await
+        .expect("connecting as the role");
+    let written: i64 = sqlx::query_scalar(
+        "INSERT INTO orders.order_outbox (order_id, topic, event_type, payload) \
+         VALUES ($1, 'order-cancelled', 'x', '') RETURNING id",
+    )
+    .bind(order_id)
+    .fetch_one(&mut as_role)
+    .await
+    .expect("the orders role writes its outbox");
+    assert_eq!(written, 3);
+    let foreign = sqlx::query("SELECT count(*) FROM inventory.skus")
+        .fetch_one(&mut as_role)
+        .await
+        .expect_err("the orders role read inventory's table");
+    assert_eq!(
+        foreign
+            .as_database_error()
+            .and_then(|error| error.code())
+            .as_deref(),
+        Some("42501"),
+        "{foreign}"
+    );
 }

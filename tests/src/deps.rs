@@ -135,12 +135,7 @@ pub async fn fresh_database_with_roles(id: &str) -> (ServiceDatabases, PgPool) {
             format!("GRANT {role} TO CURRENT_USER"),
             format!("CREATE SCHEMA {} AUTHORIZATION {role}", schema.name),
         ];
-        let (scheme, rest) = server.split_once("://").expect("a URL with a scheme");
-        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        (
-            statements,
-            format!("{scheme}://{role}:{role}@{host}/{name}"),
-        )
+        (statements, as_role(&format!("{server}/{name}"), &role))
     };
     let mut urls = Vec::new();
     for schema in schemas() {
@@ -167,6 +162,13 @@ pub async fn fresh_database_with_roles(id: &str) -> (ServiceDatabases, PgPool) {
         notify,
     };
     (databases, pool)
+}
+
+/// `url` with the user (and password) `role`: the test roles' password is their name.
+pub fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}:{role}@{host}")
 }
 
 /// Creates the database `name` on `server`, with nothing in it; its URL.
