@@ -61,27 +61,30 @@ pub async fn open(args: &PostgresArgs, schema: &Schema) -> Result<Option<PgPool>
 }
 
 async fn create_if_missing(pool: &PgPool, schema: &str) -> Result<(), RuntimeError> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
-            .bind(schema)
-            .fetch_one(pool)
-            .await
-            .map_err(|error| {
-                RuntimeError::Schema(format!("looking for schema {schema}: {error}"))
-            })?;
-    if exists {
+    if schema_exists(pool, schema).await? {
         return Ok(());
     }
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+    let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
         .execute(pool)
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        // Two processes of one owner starting together (order-api and consumer-worker) may both
+        // try: IF NOT EXISTS does not stop the second from failing on the catalog's unique key.
+        Err(_) if schema_exists(pool, schema).await? => Ok(()),
+        Err(error) => Err(RuntimeError::Schema(format!(
+            "creating schema {schema}: {error}; if this role may not create schemas, have an \
+             administrator run CREATE SCHEMA {schema} AUTHORIZATION <this role>"
+        ))),
+    }
+}
+
+async fn schema_exists(pool: &PgPool, schema: &str) -> Result<bool, RuntimeError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(pool)
         .await
-        .map_err(|error| {
-            RuntimeError::Schema(format!(
-                "creating schema {schema}: {error}; if this role may not create schemas, have \
-                 an administrator run CREATE SCHEMA {schema} AUTHORIZATION <this role>"
-            ))
-        })?;
-    Ok(())
+        .map_err(|error| RuntimeError::Schema(format!("looking for schema {schema}: {error}")))
 }
 
 /// The settings without connecting (`--check-config`): the URL (or its file) parses, the TLS

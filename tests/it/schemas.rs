@@ -242,3 +242,24 @@ async fn a_single_schema_installation_moves_into_the_service_schemas() {
         "{foreign}"
     );
 }
+
+/// order-api and consumer-worker share the orders schema and may start together on an empty
+/// database: both create it if missing and migrate it, and neither fails.
+#[tokio::test]
+async fn two_processes_of_one_owner_starting_together_both_start() {
+    let server = deps::postgres_server();
+    for round in 0..5 {
+        let id = orderflow_tests::unique_id();
+        let url = deps::empty_database_on(&server, &format!("orderflow_t_{id}")).await;
+        let schema = &orderflow_order_rows::SCHEMA;
+        tokio::join!(deps::migrate(&url, schema), deps::migrate(&url, schema));
+        let pool = PgPool::connect_with(deps::every_schema(&url).expect("a URL"))
+            .await
+            .expect("connecting");
+        let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: no orders table: {error}"));
+        assert_eq!(orders, 0);
+    }
+}
