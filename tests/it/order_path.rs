@@ -203,7 +203,8 @@ async fn concurrent_buyers_never_oversell() {
 
 /// The refusal for too little stock carries its figures as an `ErrorInfo`; a SKU inventory-svc
 /// reported short is refused from order-api's memo (no reservation asked for), for as long as
-/// `--sold-out-memo-ms`, even when stock came back meanwhile.
+/// `--sold-out-memo-ms`, even when stock came back meanwhile; a placed order's retry still gets
+/// its order.
 #[tokio::test]
 async fn a_sold_out_sku_is_refused_from_the_memo_with_its_figures() {
     let stack = Stack::start_with(Options {
@@ -212,7 +213,7 @@ async fn a_sold_out_sku_is_refused_from_the_memo_with_its_figures() {
     })
     .await;
     stack.set_stock("MEMO-1", 1, 100).await;
-    stack
+    let last_unit = stack
         .create_order(order_request("k", "first", &[("MEMO-1", 1)]))
         .await
         .expect("the last unit");
@@ -249,6 +250,13 @@ async fn a_sold_out_sku_is_refused_from_the_memo_with_its_figures() {
         (5, 1),
         "the memo's refusal reserved nothing"
     );
+    // The key is claimed before the memo is asked: a retry of the order that got the last unit
+    // is answered that order, not "sold out".
+    let retried = stack
+        .create_order(order_request("k", "first", &[("MEMO-1", 1)]))
+        .await
+        .expect("the retry of a placed order");
+    assert_eq!(retried.order_id, last_unit.order_id);
 }
 
 /// With the default memo, stock that comes back is sold again moments later.
