@@ -287,6 +287,19 @@ impl Claims {
         })
     }
 
+    /// Whether the key is bound to no order while Redis is known to hold every claim of the
+    /// retention period (the memory marker): a refusal may then be answered without claiming
+    /// the key. A read: both lookups in one round trip.
+    pub async fn unbound(&self, user_id: &str, idempotency_key: &str) -> Result<bool, OrderError> {
+        let (claim_key, _) = self.keys(user_id, idempotency_key);
+        let (bound, complete): (bool, bool) = redis::pipe()
+            .exists(claim_key)
+            .exists(self.memory_key())
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(!bound && complete)
+    }
+
     /// Unless a rebuild runs already in this process, starts one in the background: every
     /// order of the retention period persisted in PostgreSQL gets its placed claim back (claims
     /// Redis still has are kept), then the memory marker is set.

@@ -93,9 +93,12 @@ impl Placement {
                 )
                 .await??;
         }
+        let claims = &self.parts.claims;
+        if let Some(refusal) = self.sold_out_unclaimed(&new_order, deadline).await? {
+            return Err(refusal);
+        }
         let record = ClaimRecord::new(new_order.fingerprint());
         let lease = Lease::new();
-        let claims = &self.parts.claims;
         let claim = deadline
             .run(
                 "claiming the idempotency key in Redis",
@@ -163,6 +166,38 @@ impl Placement {
         tokio::spawn(place_or_leave(parts, attempt, deadline).in_current_span())
             .await
             .map_err(|error| OrderError::Internal(format!("placement task: {error}")))?
+    }
+
+    /// The memo's refusal of an order for a SKU inventory-svc reported short moments ago, if
+    /// its key is bound to no order: a retry of a placed or placing order goes on to its claim
+    /// and gets that order, whatever the memo says. One read instead of a claim and its release.
+    async fn sold_out_unclaimed(
+        &self,
+        new_order: &NewOrder,
+        deadline: CallDeadline,
+    ) -> Result<Option<OrderError>, OrderError> {
+        let requested = new_order
+            .lines
+            .iter()
+            .map(|line| (line.sku.as_str(), line.quantity));
+        let Some(shortage) = self.parts.sold_out.shortage(requested, Instant::now()) else {
+            return Ok(None);
+        };
+        let unbound = deadline
+            .run(
+                "looking up the idempotency key in Redis",
+                self.parts
+                    .claims
+                    .unbound(&new_order.user_id, &new_order.idempotency_key),
+            )
+            .await??;
+        if !unbound {
+            return Ok(None);
+        }
+        orderflow_runtime::metrics::metrics()
+            .sold_out_from_memo
+            .inc();
+        Ok(Some(OrderError::InsufficientStock(shortage)))
     }
 
     /// While Redis may have forgotten keys: the order PostgreSQL has under this key, which the
