@@ -92,7 +92,11 @@ async fn wait_for_the_pipeline_to_drain(stack: &Stack, worker: SocketAddr) -> Dr
                 .reported_at
                 .and_then(|at| SystemTime::try_from(at).ok())
                 .is_some_and(|at| at > all_published);
-            (reported_after_publishing && status.total_lag == 0 && !status.partitions.is_empty())
+            // Every partition: lag 0 over some of them says nothing of the others, which a
+            // killed predecessor may still hold until the coordinator drops it.
+            (reported_after_publishing
+                && status.total_lag == 0
+                && status.partitions.len() == EVERY_PARTITION)
                 .then_some(status)
         },
     )
