@@ -27,11 +27,20 @@ step "Building and running every test (cargo test; the first build takes a few m
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-# The inventory tests run the real service binaries, so they are built first.
+# The inventory tests run the real service binaries, so they are built first. Every wait in a
+# test has its own deadline, so a run normally ends within minutes; the overall limit turns a test
+# that hangs anyway into a failure that names it (cargo test reports each test still running
+# after 60 s) instead of a run that waits for CI's own limit.
+test_limit=${ORDERFLOW_TEST_LIMIT:-45m}
 { cargo build --workspace --bins --color never &&
-  cargo test --workspace --all-targets --no-fail-fast --color never; } 2>&1 | tee "$log"
+  timeout --kill-after=30s "$test_limit" \
+    cargo test --workspace --all-targets --no-fail-fast --color never; } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+if ((status == 124)); then
+  echo "error: the tests were stopped after $test_limit; a test reported running for over 60 s" \
+    "above without a result is the one that hung" | tee -a "$log" >&2
+fi
 
 # Checks against a stack of their own, from the binaries just built, that count as tests: the
 # client examples in other languages (Python, Node.js, an events consumer) and the chart's
