@@ -19,7 +19,7 @@ use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(name = "consumer-worker", version, about = "orderflow consumer worker")]
 pub struct Config {
     /// gRPC listen address of the health and consumer status services.

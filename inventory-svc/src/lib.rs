@@ -41,7 +41,7 @@ pub static SCHEMA: orderflow_runtime::postgres::Schema = orderflow_runtime::post
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(name = "inventory-svc", version, about = "orderflow inventory service")]
 pub struct Config {
     /// gRPC listen address.

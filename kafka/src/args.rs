@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use orderflow_runtime::config::secret_or_file;
 use orderflow_runtime::RuntimeError;
 
-#[derive(Clone, clap::Args)]
+#[derive(Clone, clap::Args, serde::Serialize)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma separated.
     #[arg(
@@ -116,7 +116,7 @@ impl KafkaArgs {
 }
 
 /// How a process consumes order events (see `consume`).
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct ConsumerArgs {
     /// Most messages applied together in one PostgreSQL transaction; 1 turns batching off.
     #[arg(
@@ -165,7 +165,7 @@ pub struct ConsumerArgs {
 /// that every `order-created` event the log held at some instant is applied (see
 /// `log_barrier`). inventory-svc waits for it before returning an unconfirmed reservation's
 /// stock; order-api before placing new keys while Redis restores the ones it lost.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct OrderLogArgs {
     /// consumer-worker's Kafka consumer group (its --group-id).
     #[arg(

@@ -14,7 +14,7 @@ use orderflow_runtime::RuntimeError;
 use crate::delivery::Retries;
 use crate::sink::Target;
 
-#[derive(Clone, clap::Args)]
+#[derive(Clone, clap::Args, serde::Serialize)]
 pub struct DeliveryArgs {
     /// Webhook every notification is POSTed to (`http://` only for now). Empty: notifications
     /// are delivered to the log instead.

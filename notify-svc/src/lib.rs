@@ -45,7 +45,7 @@ pub static SCHEMA: orderflow_runtime::postgres::Schema = orderflow_runtime::post
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(name = "notify-svc", version, about = "orderflow notification service")]
 pub struct Config {
     /// gRPC listen address.

@@ -41,7 +41,7 @@ pub use error::OrderError;
 /// order-api's client of inventory-svc: traced, its context passed on.
 pub(crate) type InventoryClient = InventoryServiceClient<orderflow_runtime::grpc::client::Outbound>;
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(name = "order-api", version, about = "orderflow order API")]
 pub struct Config {
     /// gRPC listen address.

@@ -32,13 +32,14 @@ pub const SCOPE_INVENTORY: &str = "inventory";
 pub const SCOPE_ADMIN: &str = "admin";
 
 /// Whether this is a production deployment: there, nothing insecure is allowed by default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Environment {
     Development,
     Production,
 }
 
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct AuthArgs {
     /// `development` (auth may be off) or `production` (the server refuses to start without
     /// authentication).

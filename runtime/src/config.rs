@@ -3,13 +3,16 @@
 //! variable and one default that works with the local stack (`make run`).
 //!
 //! Connection URLs may carry passwords: the `Debug` impls redact them, and nothing logs them raw.
+//! The groups also derive `serde::Serialize`, which gives every value raw, passwords included: it
+//! exists to hand a typed configuration to a child process as flags (the integration tests start
+//! the built binaries from the same `Config` values they run in-process), never to log one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::RuntimeError;
 
-#[derive(Clone, clap::Args)]
+#[derive(Clone, clap::Args, serde::Serialize)]
 pub struct PostgresArgs {
     /// PostgreSQL connection URL (may contain a password; never logged).
     #[arg(
@@ -70,7 +73,7 @@ impl PostgresArgs {
     }
 }
 
-#[derive(Clone, clap::Args)]
+#[derive(Clone, clap::Args, serde::Serialize)]
 pub struct RedisArgs {
     /// Redis connection URL (may contain a password; never logged). With `--redis-cluster`,
     /// a comma-separated list of seed nodes.
@@ -144,7 +147,7 @@ impl fmt::Debug for RedisArgs {
 }
 
 /// How a gRPC server protects itself and stops.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct ServingArgs {
     /// Calls served at once; past it a call is refused at once with RESOURCE_EXHAUSTED (load
     /// shedding) instead of queueing. Health checks are never refused.
@@ -177,7 +180,7 @@ pub struct ServingArgs {
     pub auth: crate::auth::AuthArgs,
 }
 
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct TelemetryArgs {
     /// Log filter in `tracing` syntax, e.g. `info` or `order_api=debug,info`. sqlx is quieted
     /// by default: it reports every migration check at INFO.
@@ -196,7 +199,8 @@ pub struct TelemetryArgs {
     pub otlp_endpoint: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     Pretty,
     Json,
@@ -205,7 +209,7 @@ pub enum LogFormat {
 /// `--check-config`: the whole configuration checked as a start would check it, and nothing
 /// started. The Helm chart's rendered settings are tested this way (scripts/check-chart.sh), and
 /// an operator can try a changed setting before rolling it out.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct CheckArgs {
     /// Parse and check the whole configuration (every file it names read and parsed: secrets,
     /// certificates, keys, token files; URLs; librdkafka properties; the log filter), connect to
@@ -234,7 +238,7 @@ impl CheckArgs {
 /// What every orderflow service process has, whatever it serves: how it serves gRPC, its
 /// PostgreSQL, its telemetry, and `--check-config`. (Its listen addresses are its own: their
 /// flags are shared but their defaults differ per service.)
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct ProcessArgs {
     #[command(flatten)]
     pub serving: ServingArgs,
@@ -455,7 +459,7 @@ mod tests {
 
 /// How a service reaches inventory-svc (order-api to reserve and settle stock, consumer-worker
 /// to confirm the reservations of the orders it persists).
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct InventoryClientArgs {
     /// URL of inventory-svc.
     #[arg(

@@ -6,7 +6,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::RuntimeError;
 
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default, clap::Args, serde::Serialize)]
 pub struct ServerTlsArgs {
     /// PEM certificate chain of this server; with --tls-key-file, the server speaks only TLS.
     #[arg(long, env = "ORDERFLOW_TLS_CERT_FILE", requires = "tls_key_file")]
