@@ -16,6 +16,7 @@ use super::args::{self, ChaosArgs, Target, Victims};
 use super::drive::Rng;
 use super::Disrupted;
 use orderflow_tests::private::PrivateBroker;
+use orderflow_tests::service::Configure;
 use orderflow_tests::stack::{Options, Stack};
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
@@ -44,12 +45,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         extra_order_apis: 1,
         extra_workers: usize::from(consumers),
         extra_notifies: usize::from(consumers),
-        inventory_args: vec![
-            "--orphan-grace-ms=1000".into(),
-            "--reservation-sweep-interval-ms=200".into(),
+        inventory_config: Configure::new(|config: &mut inventory_svc::Config| {
+            config.orphan_grace_ms = 1000;
+            config.reservation_sweep_interval_ms = 200;
             // An admission its killed process never recorded comes back in seconds.
-            "--unrecorded-grace-secs=2".into(),
-        ],
+            config.unrecorded_grace_secs = 2;
+        }),
         ..Options::default()
     })
     .await;

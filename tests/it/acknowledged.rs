@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use orderflow_proto::inventory::v1::ReleaseRequest;
 use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
-use orderflow_proto::order::v1::{CancelOrderRequest, OrderStatus};
+use orderflow_proto::order::v1::OrderStatus;
 use orderflow_proto::topics;
 use orderflow_tests::link::Link;
 use orderflow_tests::pipeline::WorkerProcess;
+use orderflow_tests::service::Configure;
 use orderflow_tests::stack::{channel, Options, Stack};
 use orderflow_tests::{assert_status, eventually, order_request};
 use tonic::Code;
@@ -42,7 +43,7 @@ async fn killed_right_after_the_ack_its_retry_answers_that_same_order_once() {
     let stack = Stack::start_with(short_placements()).await;
     stack.set_stock("ACK-1", 10, 100).await;
     let mut doomed = stack
-        .start_order_api(&["--test-fault=after-ack:crash"])
+        .start_order_api(|config| config.test_fault = Some("after-ack:crash".into()))
         .await;
     let request = order_request("k-crash", "ann", &[("ACK-1", 2)]);
     OrderServiceClient::new(channel(doomed.address))
@@ -90,16 +91,16 @@ async fn a_placement_killed_before_its_event_gives_its_units_back_and_an_acknowl
 ) {
     let stack = Stack::start_with(Options {
         external_worker: true,
-        inventory_args: vec![
-            "--orphan-grace-ms=500".into(),
-            "--reservation-sweep-interval-ms=200".into(),
-        ],
+        inventory_config: Configure::new(|config: &mut inventory_svc::Config| {
+            config.orphan_grace_ms = 500;
+            config.reservation_sweep_interval_ms = 200;
+        }),
         ..short_placements()
     })
     .await;
     stack.set_stock("ORPH-1", 10, 100).await;
     let mut doomed = stack
-        .start_order_api(&["--test-fault=before-publish:crash"])
+        .start_order_api(|config| config.test_fault = Some("before-publish:crash".into()))
         .await;
     OrderServiceClient::new(channel(doomed.address))
         .create_order(order_request("k-orphan", "bea", &[("ORPH-1", 3)]))
@@ -154,7 +155,9 @@ async fn a_placement_killed_before_its_event_gives_its_units_back_and_an_acknowl
 async fn redis_failing_right_after_the_ack_leaves_the_order_standing(fail: fn(&Link)) {
     let stack = Stack::start_with(Options {
         order_redis_link: true,
-        order_args: vec!["--test-fault=after-ack:pause=1500".into()],
+        order_config: Configure::new(|config: &mut order_api::Config| {
+            config.test_fault = Some("after-ack:pause=1500".into());
+        }),
         ..short_placements()
     })
     .await;
@@ -272,11 +275,11 @@ async fn a_cached_order_whose_stock_was_given_back_is_persisted_voided_and_canno
 async fn paid_orders_keep_their_stock_through_an_inventory_outage_longer_than_any_hold() {
     let stack = Stack::start_with(Options {
         inventory_link: true,
-        inventory_args: vec![
-            "--reservation-ttl-secs=1".into(),
-            "--orphan-grace-ms=200".into(),
-            "--reservation-sweep-interval-ms=100".into(),
-        ],
+        inventory_config: Configure::new(|config: &mut inventory_svc::Config| {
+            config.reservation_ttl_secs = 1;
+            config.orphan_grace_ms = 200;
+            config.reservation_sweep_interval_ms = 100;
+        }),
         ..short_placements()
     })
     .await;
@@ -333,12 +336,7 @@ async fn a_cancel_reason_equal_to_the_void_marker_does_not_free_the_key() {
         .await
         .expect("CreateOrder");
     stack
-        .order
-        .clone()
-        .cancel_order(CancelOrderRequest {
-            order_id: order.order_id.clone(),
-            reason: "stock_not_held".into(),
-        })
+        .cancel_order(&order.order_id, "stock_not_held")
         .await
         .expect("CancelOrder");
     assert_eq!(
@@ -368,12 +366,7 @@ async fn a_nul_in_a_cancel_reason_is_invalid_not_unavailable() {
         .await
         .expect("CreateOrder");
     let refused = stack
-        .order
-        .clone()
-        .cancel_order(CancelOrderRequest {
-            order_id: order.order_id.clone(),
-            reason: "changed\0mind".into(),
-        })
+        .cancel_order(&order.order_id, "changed\0mind")
         .await
         .unwrap_err();
     assert_status(

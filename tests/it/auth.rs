@@ -18,7 +18,8 @@ use orderflow_proto::order::v1::{
     BatchGetOrdersRequest, GetOrderRequest, ListOrdersRequest, Order, PayOrderRequest,
     ShipOrderRequest,
 };
-use orderflow_tests::stack::{channel, Options, Stack};
+use orderflow_runtime::auth::AuthArgs;
+use orderflow_tests::stack::{channel, no_authentication, Options, Stack};
 use orderflow_tests::{assert_status, order_request};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -32,10 +33,10 @@ fn secrets_dir() -> PathBuf {
     dir
 }
 
-fn write(dir: &std::path::Path, name: &str, contents: &str) -> String {
+fn write(dir: &std::path::Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).expect("writing a secret file");
-    path.display().to_string()
+    path
 }
 
 /// `message` with `authorization: Bearer <token>`.
@@ -92,15 +93,6 @@ async fn get(stack: &Stack, token: &str, order_id: &str) -> Result<Order, tonic:
         .map(|answer| answer.into_inner().order.expect("an order"))
 }
 
-fn auth_args(flags: &[String]) -> Options {
-    Options {
-        order_args: flags.to_vec(),
-        inventory_args: flags.to_vec(),
-        notify_args: flags.to_vec(),
-        ..Options::default()
-    }
-}
-
 #[tokio::test]
 async fn static_tokens_scopes_and_ownership() {
     let dir = secrets_dir();
@@ -116,14 +108,11 @@ async fn static_tokens_scopes_and_ownership() {
     );
     let service_token = write(&dir, "order-api-token", "t-order-api\n");
     let worker_token = write(&dir, "worker-token", "t-worker\n");
-    let mut options = auth_args(&[format!("--auth-tokens-file={tokens}")]);
-    options
-        .order_args
-        .push(format!("--inventory-token-file={service_token}"));
-    options
-        .worker_args
-        .push(format!("--inventory-token-file={worker_token}"));
-    let stack = Stack::start_with(options).await;
+    let auth = AuthArgs {
+        auth_tokens_file: Some(tokens),
+        ..no_authentication()
+    };
+    let stack = Stack::start_with(Options::authenticated(auth, service_token, worker_token)).await;
 
     // No token, a malformed one, an unknown one: UNAUTHENTICATED, before anything is done.
     let missing = orders(&stack)
@@ -385,18 +374,13 @@ async fn jwts_are_verified_and_expire() {
         "worker-token",
         &jwt(&key, "consumer-worker", "inventory", issuer, 3600),
     );
-    let mut options = auth_args(&[
-        format!("--auth-jwt-key-file={public_key}"),
-        "--auth-jwt-algorithm=ES256".into(),
-        format!("--auth-jwt-issuer={issuer}"),
-    ]);
-    options
-        .order_args
-        .push(format!("--inventory-token-file={service_token}"));
-    options
-        .worker_args
-        .push(format!("--inventory-token-file={worker_token}"));
-    let stack = Stack::start_with(options).await;
+    let auth = AuthArgs {
+        auth_jwt_key_file: Some(public_key),
+        auth_jwt_algorithm: "ES256".into(),
+        auth_jwt_issuer: issuer.into(),
+        ..no_authentication()
+    };
+    let stack = Stack::start_with(Options::authenticated(auth, service_token, worker_token)).await;
 
     let admin = jwt(&key, "ops", "admin", issuer, 600);
     set_stock(&stack, &admin, "AUTH-1")

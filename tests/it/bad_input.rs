@@ -4,7 +4,7 @@ use orderflow_proto::inventory::v1::{
     BatchGetStockRequest, CommitRequest, ConfirmReservationsRequest, ReleaseRequest,
     SetStockRequest,
 };
-use orderflow_proto::order::v1::{CreateOrderRequest, GetOrderRequest};
+use orderflow_proto::order::v1::CreateOrderRequest;
 use orderflow_tests::inventory::reserve_request_for;
 use orderflow_tests::stack::Stack;
 use orderflow_tests::{assert_status, order_request};
@@ -151,12 +151,7 @@ async fn bad_orders_are_refused_naming_the_field_and_leave_nothing_behind() {
             "not found",
         ),
     ] {
-        let status = stack
-            .order
-            .clone()
-            .get_order(GetOrderRequest { order_id })
-            .await
-            .unwrap_err();
+        let status = stack.get_order(&order_id).await.unwrap_err();
         assert_status(name, &status, code, message);
     }
 

@@ -3,8 +3,9 @@
 //! that very order, the waiting events are published, and the units of a refused placement nobody
 //! retried come back. Uses a broker of its own: the shared one stays up.
 
-use orderflow_proto::order::v1::{OrderStatus, PayOrderRequest};
+use orderflow_proto::order::v1::OrderStatus;
 use orderflow_tests::private::PrivateBroker;
+use orderflow_tests::service::Configure;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, order_request};
 use tonic::Code;
@@ -16,10 +17,10 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
         kafka_brokers: Some(broker.address.clone()),
         kafka_ack_timeout_ms: Some(2_000),
         create_timeout_ms: Some(6_000),
-        inventory_args: vec![
-            "--orphan-grace-ms=500".into(),
-            "--reservation-sweep-interval-ms=200".into(),
-        ],
+        inventory_config: Configure::new(|config: &mut inventory_svc::Config| {
+            config.orphan_grace_ms = 500;
+            config.reservation_sweep_interval_ms = 200;
+        }),
         ..Options::default()
     })
     .await;
@@ -37,18 +38,9 @@ async fn an_unreachable_broker_means_unavailable_and_nothing_reserved() {
     broker.kill().await;
     // No broker on a status change's path: it commits, and its event waits in the outbox.
     let paid = stack
-        .order
-        .clone()
-        .pay_order(PayOrderRequest {
-            order_id: before.order_id.clone(),
-            payment_id: "p".into(),
-            amount_cents: before.total_cents,
-        })
+        .pay_order(&before, "p")
         .await
-        .expect("PayOrder with the broker down")
-        .into_inner()
-        .order
-        .expect("an order");
+        .expect("PayOrder with the broker down");
     assert_eq!(paid.status(), OrderStatus::Paid);
     let during = order_request("during", "frank", &[("SKU-B", 2)]);
     let refused = stack.create_order(during.clone()).await.unwrap_err();

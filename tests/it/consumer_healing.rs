@@ -16,6 +16,7 @@ use futures::StreamExt;
 use orderflow_proto::topics;
 use orderflow_tests::pipeline::{consumer_status, WorkerProcess};
 use orderflow_tests::private::PrivateBroker;
+use orderflow_tests::service::Configure;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{eventually, order_request};
 use tokio::time::Instant;
@@ -190,13 +191,16 @@ const EXIT_BOUND: Duration = Duration::from_millis(DRAIN_MS + 2_000 + 6_000);
 
 async fn consumers_stop_in_time(outage: Outage) {
     let mut broker = PrivateBroker::start().await;
-    let drain = format!("--drain-timeout-ms={DRAIN_MS}");
     let mut stack = stack_on(
         &broker,
         Options {
             processes: Some(Vec::new()),
-            worker_args: vec![drain.clone()],
-            notify_args: vec![drain],
+            worker_config: Configure::new(|config: &mut consumer_worker::Config| {
+                config.process.serving.drain_timeout_ms = DRAIN_MS;
+            }),
+            notify_config: Configure::new(|config: &mut notify_svc::Config| {
+                config.process.serving.drain_timeout_ms = DRAIN_MS;
+            }),
             ..Options::default()
         },
     )

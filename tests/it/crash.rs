@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use orderflow_proto::order::v1::{Order, PayOrderRequest};
+use orderflow_proto::order::v1::Order;
 use orderflow_proto::topics;
 use orderflow_tests::pipeline::{consumer_status, WorkerProcess};
 use orderflow_tests::private::PrivateBroker;
@@ -44,13 +44,7 @@ async fn place_and_maybe_pay(stack: &Stack, index: usize) -> Order {
         .await;
     if pay {
         stack
-            .order
-            .clone()
-            .pay_order(PayOrderRequest {
-                order_id: order.order_id.clone(),
-                payment_id: format!("pay-{index}"),
-                amount_cents: order.total_cents,
-            })
+            .pay_order(&order, &format!("pay-{index}"))
             .await
             .expect("PayOrder");
     }

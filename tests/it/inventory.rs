@@ -12,27 +12,33 @@ use orderflow_proto::inventory::v1::{
 };
 use orderflow_tests::inventory::{reserve_request, InventoryOptions, InventoryStack};
 use orderflow_tests::private::{PrivatePostgres, PrivateRedis};
+use orderflow_tests::service::Configure;
 use orderflow_tests::{assert_status, eventually};
 use tonic::Code;
 
 fn processes(count: usize) -> InventoryOptions {
-    processes_with(count, &[])
-}
-
-/// `count` processes with further flags, e.g. a short reservation TTL.
-fn processes_with(count: usize, args: &[&str]) -> InventoryOptions {
     InventoryOptions {
         processes: count,
-        args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         ..InventoryOptions::default()
     }
 }
 
+/// `count` processes, their configuration changed by `change`, e.g. a short reservation TTL.
+fn processes_with(
+    count: usize,
+    change: impl Fn(&mut inventory_svc::Config) + Send + Sync + 'static,
+) -> InventoryOptions {
+    InventoryOptions {
+        config: Configure::new(change),
+        ..processes(count)
+    }
+}
+
 /// Sweeps every 100 ms and settles unrecorded admissions after 1 s.
-const QUICK_SWEEPS: [&str; 2] = [
-    "--unrecorded-grace-secs=1",
-    "--reservation-sweep-interval-ms=100",
-];
+fn quick_sweeps(config: &mut inventory_svc::Config) {
+    config.unrecorded_grace_secs = 1;
+    config.reservation_sweep_interval_ms = 100;
+}
 
 /// Sends every request concurrently, spread over the stack's processes; the number reserved.
 /// Any answer but a reservation or "insufficient stock" fails the test.
@@ -216,14 +222,11 @@ async fn retries_reserve_once_and_settlements_follow_the_state_machine() {
 
 #[tokio::test]
 async fn a_reservation_no_order_confirms_returns_its_stock_and_a_confirmed_one_never_expires() {
-    let stack = InventoryStack::start(processes_with(
-        2,
-        &[
-            "--reservation-ttl-secs=1",
-            "--orphan-grace-ms=200",
-            "--reservation-sweep-interval-ms=100",
-        ],
-    ))
+    let stack = InventoryStack::start(processes_with(2, |config| {
+        config.reservation_ttl_secs = 1;
+        config.orphan_grace_ms = 200;
+        config.reservation_sweep_interval_ms = 100;
+    }))
     .await;
     stack.set_stock("EXP", 5, 100).await;
     let mut client = stack.client(0);
@@ -309,7 +312,7 @@ async fn a_reservation_no_order_confirms_returns_its_stock_and_a_confirmed_one_n
 
 #[tokio::test]
 async fn units_of_an_admission_a_dead_process_never_recorded_come_back() {
-    let stack = InventoryStack::start(processes_with(1, &QUICK_SWEEPS)).await;
+    let stack = InventoryStack::start(processes_with(1, quick_sweeps)).await;
     stack.set_stock("CRASH", 10, 100).await;
     let request = reserve_request(&[("CRASH", 3)]);
     stack
@@ -336,7 +339,7 @@ async fn units_of_an_admission_a_dead_process_never_recorded_come_back() {
 
 #[tokio::test]
 async fn killing_a_process_mid_sale_strands_and_oversells_nothing() {
-    let mut stack = InventoryStack::start(processes_with(3, &QUICK_SWEEPS)).await;
+    let mut stack = InventoryStack::start(processes_with(3, quick_sweeps)).await;
     stack.set_stock("KILL", 60, 100).await;
 
     // 400 buyers over three processes; process 0 is killed while they are in flight. Its
@@ -418,7 +421,9 @@ async fn with_postgres_down_nothing_is_reserved_anywhere() {
     let stack = InventoryStack::start(InventoryOptions {
         processes: 1,
         postgres_server: Some(postgres.url.clone()),
-        args: vec!["--database-acquire-timeout-ms=1000".into()],
+        config: Configure::new(|config: &mut inventory_svc::Config| {
+            config.process.postgres.database_acquire_timeout_ms = 1000
+        }),
         ..InventoryOptions::default()
     })
     .await;

@@ -5,67 +5,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
 use orderflow_proto::order::v1::{
-    BatchGetOrdersRequest, CancelOrderRequest, CompleteOrderRequest, GetOrderRequest,
-    ListOrdersRequest, Order, OrderStatus, PayOrderRequest, ShipOrderRequest, WatchOrderRequest,
+    BatchGetOrdersRequest, ListOrdersRequest, Order, OrderStatus, PayOrderRequest,
+    WatchOrderRequest,
 };
+use orderflow_tests::orders::{cancel, complete, get, pay, ship, OrderClient as Client};
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, eventually, order_request};
 use redis::AsyncCommands;
-use tonic::transport::Channel;
-use tonic::{Code, Status};
-
-type Client = OrderServiceClient<Channel>;
-
-async fn pay(client: &mut Client, order: &Order, payment_id: &str) -> Result<Order, Status> {
-    let answer = client
-        .pay_order(PayOrderRequest {
-            order_id: order.order_id.clone(),
-            payment_id: payment_id.into(),
-            amount_cents: order.total_cents,
-        })
-        .await?;
-    Ok(answer.into_inner().order.expect("an order"))
-}
-
-async fn cancel(client: &mut Client, order_id: &str) -> Result<Order, Status> {
-    let answer = client
-        .cancel_order(CancelOrderRequest {
-            order_id: order_id.into(),
-            reason: "changed my mind".into(),
-        })
-        .await?;
-    Ok(answer.into_inner().order.expect("an order"))
-}
-
-async fn ship(client: &mut Client, order_id: &str, tracking: &str) -> Result<Order, Status> {
-    let answer = client
-        .ship_order(ShipOrderRequest {
-            order_id: order_id.into(),
-            tracking_number: tracking.into(),
-        })
-        .await?;
-    Ok(answer.into_inner().order.expect("an order"))
-}
-
-async fn complete(client: &mut Client, order_id: &str) -> Result<Order, Status> {
-    let answer = client
-        .complete_order(CompleteOrderRequest {
-            order_id: order_id.into(),
-        })
-        .await?;
-    Ok(answer.into_inner().order.expect("an order"))
-}
-
-async fn get(client: &mut Client, order_id: &str) -> Result<Order, Status> {
-    let answer = client
-        .get_order(GetOrderRequest {
-            order_id: order_id.into(),
-        })
-        .await?;
-    Ok(answer.into_inner().order.expect("an order"))
-}
+use tonic::Code;
 
 async fn place(stack: &Stack, key: &str, user: &str, sku: &str, quantity: i64) -> Order {
     stack
@@ -74,20 +22,11 @@ async fn place(stack: &Stack, key: &str, user: &str, sku: &str, quantity: i64) -
         .expect("CreateOrder")
 }
 
-/// (available, reserved, sold) of `sku` in PostgreSQL, the durable truth.
-async fn durable_stock(stack: &Stack, sku: &str) -> (i64, i64, i64) {
-    sqlx::query_as("SELECT available, reserved, sold FROM skus WHERE sku = $1")
-        .bind(sku)
-        .fetch_one(&stack.db)
-        .await
-        .expect("reading a SKU row")
-}
-
 async fn wait_for_stock(stack: &Stack, sku: &str, expected: (i64, i64, i64)) {
     eventually(
         &format!("{sku} at (available, reserved, sold) = {expected:?}"),
         Duration::from_secs(20),
-        || async { (durable_stock(stack, sku).await == expected).then_some(()) },
+        || async { (stack.durable_stock(sku).await == expected).then_some(()) },
     )
     .await;
     let redis = stack.stock(sku).await;
@@ -130,7 +69,7 @@ async fn every_status_change_and_every_refusal() {
     for (case, refused) in [
         (
             "cancel a paid order",
-            cancel(&mut client, &order.order_id).await,
+            cancel(&mut client, &order.order_id, "changed my mind").await,
         ),
         (
             "complete a paid order",
@@ -158,7 +97,9 @@ async fn every_status_change_and_every_refusal() {
         .await
         .unwrap_err();
     assert_status("reship", &reship, Code::FailedPrecondition, "SF123");
-    let cancel_shipped = cancel(&mut client, &order.order_id).await.unwrap_err();
+    let cancel_shipped = cancel(&mut client, &order.order_id, "changed my mind")
+        .await
+        .unwrap_err();
     assert_status(
         "cancel shipped",
         &cancel_shipped,
@@ -174,7 +115,9 @@ async fn every_status_change_and_every_refusal() {
         .await
         .unwrap_err();
     assert_eq!(reopen.code(), Code::FailedPrecondition);
-    let cancel_done = cancel(&mut client, &order.order_id).await.unwrap_err();
+    let cancel_done = cancel(&mut client, &order.order_id, "changed my mind")
+        .await
+        .unwrap_err();
     assert_status(
         "cancel completed",
         &cancel_done,
@@ -200,11 +143,15 @@ async fn every_status_change_and_every_refusal() {
         Code::FailedPrecondition,
         "is PENDING; it cannot become COMPLETED",
     );
-    let cancelled = cancel(&mut client, &second.order_id).await.unwrap();
+    let cancelled = cancel(&mut client, &second.order_id, "changed my mind")
+        .await
+        .unwrap();
     assert_eq!(cancelled.status(), OrderStatus::Cancelled);
     assert_eq!(cancelled.cancel_reason, "changed my mind");
     assert_eq!(
-        cancel(&mut client, &second.order_id).await.unwrap(),
+        cancel(&mut client, &second.order_id, "changed my mind")
+            .await
+            .unwrap(),
         cancelled
     );
     wait_for_stock(&stack, "LIFE-1", (8, 0, 2)).await;
@@ -237,13 +184,17 @@ async fn every_status_change_and_every_refusal() {
     let unknown = uuid::Uuid::now_v7().to_string();
     assert_status(
         "unknown",
-        &cancel(&mut client, &unknown).await.unwrap_err(),
+        &cancel(&mut client, &unknown, "changed my mind")
+            .await
+            .unwrap_err(),
         Code::NotFound,
         &unknown,
     );
     assert_status(
         "bad id",
-        &cancel(&mut client, "nope").await.unwrap_err(),
+        &cancel(&mut client, "nope", "changed my mind")
+            .await
+            .unwrap_err(),
         Code::InvalidArgument,
         "order_id",
     );
@@ -261,11 +212,7 @@ async fn every_status_change_and_every_refusal() {
         Code::InvalidArgument,
         "tracking_number",
     );
-    let long_reason = client
-        .cancel_order(CancelOrderRequest {
-            order_id: second.order_id.clone(),
-            reason: "x".repeat(10_000),
-        })
+    let long_reason = cancel(&mut client, &second.order_id, &"x".repeat(10_000))
         .await
         .unwrap_err();
     assert_status("long reason", &long_reason, Code::InvalidArgument, "reason");
@@ -316,7 +263,7 @@ async fn payment_racing_cancellation_has_exactly_one_winner() {
             tokio::spawn(async move {
                 tokio::join!(
                     async move { pay(&mut payer, &to_pay, "p").await },
-                    async move { cancel(&mut canceller, &to_cancel).await }
+                    async move { cancel(&mut canceller, &to_cancel, "changed my mind").await }
                 )
             })
         })
@@ -766,9 +713,13 @@ async fn replicas_expire_each_order_once_and_watchers_see_every_replicas_changes
             .version,
         1
     );
-    cancel(&mut clients[1].clone(), &watched.order_id)
-        .await
-        .unwrap();
+    cancel(
+        &mut clients[1].clone(),
+        &watched.order_id,
+        "changed my mind",
+    )
+    .await
+    .unwrap();
     let cancelled = tokio::time::timeout(Duration::from_secs(20), stream.message())
         .await
         .expect("the watcher hears of the change made through another replica")
@@ -844,14 +795,14 @@ async fn a_change_stands_while_inventory_is_unreachable_and_its_stock_settles_la
         OrderStatus::Paid
     );
     assert_eq!(
-        cancel(&mut client, &to_cancel.order_id)
+        cancel(&mut client, &to_cancel.order_id, "changed my mind")
             .await
             .unwrap()
             .status(),
         OrderStatus::Cancelled
     );
     assert_eq!(stack.rows("stock_settlements").await, 2);
-    assert_eq!(durable_stock(&stack, "LINK-1").await, (5, 5, 0));
+    assert_eq!(stack.durable_stock("LINK-1").await, (5, 5, 0));
 
     link.restore();
     wait_for_stock(&stack, "LINK-1", (8, 0, 2)).await;

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use orderflow_runtime::auth::AuthArgs;
 use orderflow_tests::private::PrivateBroker;
 use orderflow_tests::process::workspace_binary;
-use orderflow_tests::stack::{Options, Stack};
+use orderflow_tests::stack::{no_authentication, Options, Stack};
 use serde_json::{json, Value};
 
 /// Runs loadgen with `args` against `stack` (at most 90 s).
@@ -139,18 +140,11 @@ async fn with_authentication_on_it_sends_the_buyer_and_admin_tokens() {
     std::fs::write(&service_token, "t-order-api\n").expect("writing order-api's token");
     let worker_token = dir.join("worker-token");
     std::fs::write(&worker_token, "t-worker\n").expect("writing the worker's token");
-    let auth = format!("--auth-tokens-file={}", tokens.display());
-    let stack = Stack::start_with(Options {
-        order_args: vec![
-            auth.clone(),
-            format!("--inventory-token-file={}", service_token.display()),
-        ],
-        inventory_args: vec![auth.clone()],
-        notify_args: vec![auth],
-        worker_args: vec![format!("--inventory-token-file={}", worker_token.display())],
-        ..Options::default()
-    })
-    .await;
+    let auth = AuthArgs {
+        auth_tokens_file: Some(tokens),
+        ..no_authentication()
+    };
+    let stack = Stack::start_with(Options::authenticated(auth, service_token, worker_token)).await;
     // Without a token SetStock is refused, and loadgen says it could not make the run.
     let refused = run_loadgen(
         &stack,

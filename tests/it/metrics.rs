@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use orderflow_proto::order::v1::{GetOrderRequest, PayOrderRequest};
 use orderflow_tests::pipeline::WorkerProcess;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{eventually, order_request};
@@ -99,24 +98,8 @@ async fn every_service_serves_metrics_that_move_with_traffic() {
         .await
         .expect_err("no user");
     assert_eq!(invalid.code(), Code::InvalidArgument);
-    stack
-        .order
-        .clone()
-        .get_order(GetOrderRequest {
-            order_id: order.order_id.clone(),
-        })
-        .await
-        .expect("GetOrder");
-    stack
-        .order
-        .clone()
-        .pay_order(PayOrderRequest {
-            order_id: order.order_id.clone(),
-            payment_id: "pay-m".into(),
-            amount_cents: order.total_cents,
-        })
-        .await
-        .expect("PayOrder");
+    stack.get_order(&order.order_id).await.expect("GetOrder");
+    stack.pay_order(&order, "pay-m").await.expect("PayOrder");
 
     let after = scrape(addresses.order_api).await;
     for (series, at_least) in [

@@ -14,11 +14,10 @@ use orderflow_proto::events::v1::OrderPaid;
 use orderflow_proto::notify::v1::{
     ListNotificationsRequest, Notification, SubscribeNotificationsRequest,
 };
-use orderflow_proto::order::v1::{
-    CancelOrderRequest, CompleteOrderRequest, Order, OrderItem, OrderStatus, PayOrderRequest,
-    ShipOrderRequest,
-};
+use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus};
 use orderflow_proto::topics;
+use orderflow_tests::orders;
+use orderflow_tests::service::Configure;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, eventually, order_request};
 use prost::Message;
@@ -96,7 +95,7 @@ fn created_micros(notification: &Notification) -> i128 {
 async fn an_orders_life_becomes_notifications_listed_newest_first() {
     let stack = Stack::start().await;
     stack.set_stock("NOTE-1", 10, 9_950).await;
-    let mut orders = stack.order.clone();
+    let mut client = stack.order.clone();
     let user = "nina";
 
     // One step at a time, each stored before the next happens, so "newest first" is known.
@@ -106,27 +105,15 @@ async fn an_orders_life_becomes_notifications_listed_newest_first() {
         .expect("CreateOrder");
     let id = order.order_id.clone();
     wait_for_notifications(&stack, user, 1).await;
-    orders
-        .pay_order(PayOrderRequest {
-            order_id: id.clone(),
-            payment_id: "pay-n1".into(),
-            amount_cents: order.total_cents,
-        })
+    orders::pay(&mut client, &order, "pay-n1")
         .await
         .expect("PayOrder");
     wait_for_notifications(&stack, user, 2).await;
-    orders
-        .ship_order(ShipOrderRequest {
-            order_id: id.clone(),
-            tracking_number: "SF-1001".into(),
-        })
+    orders::ship(&mut client, &id, "SF-1001")
         .await
         .expect("ShipOrder");
     wait_for_notifications(&stack, user, 3).await;
-    orders
-        .complete_order(CompleteOrderRequest {
-            order_id: id.clone(),
-        })
+    orders::complete(&mut client, &id)
         .await
         .expect("CompleteOrder");
     wait_for_notifications(&stack, user, 4).await;
@@ -135,11 +122,7 @@ async fn an_orders_life_becomes_notifications_listed_newest_first() {
         .await
         .expect("CreateOrder");
     wait_for_notifications(&stack, user, 5).await;
-    orders
-        .cancel_order(CancelOrderRequest {
-            order_id: other.order_id.clone(),
-            reason: "changed my mind".into(),
-        })
+    orders::cancel(&mut client, &other.order_id, "changed my mind")
         .await
         .expect("CancelOrder");
     let listed = wait_for_notifications(&stack, user, 6).await;
@@ -559,17 +542,22 @@ async fn delivery(stack: &Stack, user_id: &str) -> Option<(String, i32, Option<S
     .ok()?
 }
 
-fn webhook_options(receiver: &Receiver, extra: &[&str]) -> Options {
-    let mut notify_args = vec![
-        format!("--webhook-url={}", receiver.url()),
-        "--webhook-secret=s3cret".into(),
-        "--webhook-min-backoff-ms=100".into(),
-        "--webhook-max-backoff-ms=200".into(),
-        "--delivery-interval-ms=100".into(),
-    ];
-    notify_args.extend(extra.iter().map(|flag| (*flag).to_owned()));
+/// notify-svc delivers to `receiver` with a secret, retrying quickly; `webhook_max_attempts`
+/// unless `None`.
+fn webhook_options(receiver: &Receiver, webhook_max_attempts: Option<u32>) -> Options {
+    let url = receiver.url();
     Options {
-        notify_args,
+        notify_config: Configure::new(move |config: &mut notify_svc::Config| {
+            let delivery = &mut config.delivery;
+            delivery.webhook_url = url.clone();
+            delivery.webhook_secret = "s3cret".into();
+            delivery.webhook_min_backoff_ms = 100;
+            delivery.webhook_max_backoff_ms = 200;
+            delivery.delivery_interval_ms = 100;
+            if let Some(attempts) = webhook_max_attempts {
+                delivery.webhook_max_attempts = attempts;
+            }
+        }),
         ..Options::default()
     }
 }
@@ -578,7 +566,7 @@ fn webhook_options(receiver: &Receiver, extra: &[&str]) -> Options {
 async fn the_webhook_gets_signed_deliveries_retried_until_accepted() {
     // 500 twice, then 200.
     let receiver = Receiver::start(|n| if n < 2 { 500 } else { 200 }).await;
-    let stack = Stack::start_with(webhook_options(&receiver, &[])).await;
+    let stack = Stack::start_with(webhook_options(&receiver, None)).await;
     stack.set_stock("HOOK-1", 10, 19_900).await;
     let order = stack
         .create_order(order_request("w1", "wendy", &[("HOOK-1", 1)]))
@@ -659,7 +647,7 @@ async fn the_webhook_gets_signed_deliveries_retried_until_accepted() {
 #[tokio::test]
 async fn a_webhook_that_keeps_failing_is_given_up_on() {
     let receiver = Receiver::start(|_| 500).await;
-    let stack = Stack::start_with(webhook_options(&receiver, &["--webhook-max-attempts=2"])).await;
+    let stack = Stack::start_with(webhook_options(&receiver, Some(2))).await;
     stack.set_stock("HOOK-2", 10, 100).await;
     stack
         .create_order(order_request("f1", "fred", &[("HOOK-2", 1)]))
@@ -710,7 +698,9 @@ async fn an_https_webhook_is_refused_at_start_up() {
 async fn events_arriving_together_list_in_the_order_they_happened() {
     // A wide batch window, so the three events land in one batch.
     let stack = Stack::start_with(Options {
-        notify_args: vec!["--batch-max-wait-ms=1000".into()],
+        notify_config: Configure::new(|config: &mut notify_svc::Config| {
+            config.consumer.batch_max_wait_ms = 1000
+        }),
         ..Options::default()
     })
     .await;

@@ -2,29 +2,14 @@
 
 use std::time::Duration;
 
-use orderflow_proto::order::v1::{GetOrderRequest, Order, OrderStatus};
+use orderflow_proto::order::v1::OrderStatus;
 use orderflow_proto::refusals::Shortage;
+use orderflow_tests::service::Configure;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, eventually, order_request};
 use redis::AsyncCommands;
 use sqlx::Row;
 use tonic::Code;
-
-async fn get_order(stack: &Stack, order_id: &str) -> Result<Order, tonic::Status> {
-    stack
-        .order
-        .clone()
-        .get_order(GetOrderRequest {
-            order_id: order_id.into(),
-        })
-        .await
-        .map(|response| {
-            response
-                .into_inner()
-                .order
-                .expect("GetOrder answered no order")
-        })
-}
 
 #[tokio::test]
 async fn an_order_travels_the_whole_path() {
@@ -48,7 +33,7 @@ async fn an_order_travels_the_whole_path() {
     assert_eq!(created.items[0].unit_price_cents, 1999);
 
     // Readable at once, before the worker persisted it (from the Redis cache).
-    assert_eq!(get_order(&stack, &created.order_id).await.unwrap(), created);
+    assert_eq!(stack.get_order(&created.order_id).await.unwrap(), created);
     let tea = stack.stock("TEA-1").await;
     assert_eq!((tea.available, tea.reserved), (8, 2));
 
@@ -72,7 +57,7 @@ async fn an_order_travels_the_whole_path() {
     let cache_key = stack.redis_key(&["order", &created.order_id]);
     let mut redis = stack.redis.clone();
     let _: i64 = redis.del(&cache_key).await.unwrap();
-    assert_eq!(get_order(&stack, &created.order_id).await.unwrap(), created);
+    assert_eq!(stack.get_order(&created.order_id).await.unwrap(), created);
     eventually(
         "GetOrder to refill the cache from PostgreSQL",
         Duration::from_secs(10),
@@ -208,7 +193,9 @@ async fn concurrent_buyers_never_oversell() {
 #[tokio::test]
 async fn a_sold_out_sku_is_refused_from_the_memo_with_its_figures() {
     let stack = Stack::start_with(Options {
-        order_args: vec!["--sold-out-memo-ms=600000".into()],
+        order_config: Configure::new(|config: &mut order_api::Config| {
+            config.sold_out_memo_ms = 600_000
+        }),
         ..Options::default()
     })
     .await;

@@ -9,7 +9,7 @@ use orderflow_kafka::consume::dead_letter;
 use orderflow_proto::events::v1::{
     OrderCancelled, OrderCompleted, OrderCreated, OrderPaid, OrderShipped,
 };
-use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus, PayOrderRequest};
+use orderflow_proto::order::v1::{Order, OrderItem, OrderStatus};
 use orderflow_proto::topics;
 use orderflow_tests::inventory::reserve_request_for;
 use orderflow_tests::pipeline::consumer_status;
@@ -470,13 +470,7 @@ async fn two_workers_share_the_partitions_and_apply_each_event_once() {
     }
     for order in placed.iter().step_by(2) {
         stack
-            .order
-            .clone()
-            .pay_order(PayOrderRequest {
-                order_id: order.order_id.clone(),
-                payment_id: format!("pay-{}", order.order_id),
-                amount_cents: order.total_cents,
-            })
+            .pay_order(order, &format!("pay-{}", order.order_id))
             .await
             .expect("PayOrder");
     }

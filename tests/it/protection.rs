@@ -2,6 +2,8 @@
 //! checks exempt), the cap on open server streams, the request size limit, the per-user rate
 //! limit, and the drain on SIGTERM.
 
+use orderflow_tests::orders;
+use orderflow_tests::service::Configure;
 use orderflow_tests::stack::{Options, Stack};
 use orderflow_tests::{assert_status, order_request};
 use tonic::Code;
@@ -12,7 +14,9 @@ use tonic_health::pb::HealthCheckRequest;
 #[tokio::test]
 async fn calls_past_the_concurrency_limit_are_shed_at_once_and_health_checks_never() {
     let stack = Stack::start_with(Options {
-        order_args: vec!["--max-concurrent-requests=2".into()],
+        order_config: Configure::new(|config: &mut order_api::Config| {
+            config.process.serving.max_concurrent_requests = 2
+        }),
         ..Options::default()
     })
     .await;
@@ -94,7 +98,9 @@ async fn calls_past_the_concurrency_limit_are_shed_at_once_and_health_checks_nev
 #[tokio::test]
 async fn an_oversized_request_is_refused_before_it_is_decoded() {
     let stack = Stack::start_with(Options {
-        order_args: vec!["--max-message-bytes=4096".into()],
+        order_config: Configure::new(|config: &mut order_api::Config| {
+            config.process.serving.max_message_bytes = 4096
+        }),
         ..Options::default()
     })
     .await;
@@ -124,11 +130,11 @@ async fn an_oversized_request_is_refused_before_it_is_decoded() {
 #[tokio::test]
 async fn the_per_user_rate_limit_holds_across_replicas() {
     let stack = Stack::start_with(Options {
-        order_args: vec![
+        order_config: Configure::new(|config: &mut order_api::Config| {
             // One token every 5 s: the burst below never refills by accident on a busy machine.
-            "--rate-limit-per-second=0.2".into(),
-            "--rate-limit-burst=3".into(),
-        ],
+            config.rate_limit_per_second = 0.2;
+            config.rate_limit_burst = 3;
+        }),
         extra_order_apis: 1,
         ..Options::default()
     })
@@ -170,7 +176,6 @@ async fn the_per_user_rate_limit_holds_across_replicas() {
 
 #[tokio::test]
 async fn sigterm_drains_the_calls_in_flight_and_refuses_new_ones() {
-    use orderflow_proto::order::v1::PayOrderRequest;
     use std::time::Duration;
 
     let mut stack = Stack::start_with(Options {
@@ -194,15 +199,7 @@ async fn sigterm_drains_the_calls_in_flight_and_refuses_new_ones() {
         .expect("locking the order");
     let in_flight = tokio::spawn({
         let (mut client, order) = (stack.order.clone(), order.clone());
-        async move {
-            client
-                .pay_order(PayOrderRequest {
-                    order_id: order.order_id.clone(),
-                    payment_id: "pay-drain".into(),
-                    amount_cents: order.total_cents,
-                })
-                .await
-        }
+        async move { orders::pay(&mut client, &order, "pay-drain").await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     stack.signal_terminate("order-api").await;
@@ -237,10 +234,7 @@ async fn sigterm_drains_the_calls_in_flight_and_refuses_new_ones() {
         .await
         .expect("the call's task")
         .expect("PayOrder finished during the drain");
-    assert_eq!(
-        paid.into_inner().order.expect("an order").payment_id,
-        "pay-drain"
-    );
+    assert_eq!(paid.payment_id, "pay-drain");
     stack.stop().await;
 }
 
@@ -251,8 +245,12 @@ async fn open_streams_count_against_a_per_server_limit() {
     use orderflow_proto::order::v1::WatchOrderRequest;
 
     let stack = Stack::start_with(Options {
-        order_args: vec!["--max-open-streams=2".into()],
-        notify_args: vec!["--max-open-streams=1".into()],
+        order_config: Configure::new(|config: &mut order_api::Config| {
+            config.process.serving.max_open_streams = 2
+        }),
+        notify_config: Configure::new(|config: &mut notify_svc::Config| {
+            config.process.serving.max_open_streams = 1
+        }),
         ..Options::default()
     })
     .await;

@@ -8,6 +8,7 @@ use orderflow_proto::inventory::v1::{BatchGetStockRequest, CommitRequest};
 use orderflow_tests::assert_status;
 use orderflow_tests::inventory::{reserve_request, InventoryOptions, InventoryStack};
 use orderflow_tests::locking::assert_mutual_exclusion;
+use orderflow_tests::orders;
 use orderflow_tests::private::PrivateRedisCluster;
 use tonic::Code;
 
@@ -94,9 +95,7 @@ async fn inventory_and_locks_work_on_a_redis_cluster() {
 
 #[tokio::test]
 async fn the_order_lifecycle_works_on_a_redis_cluster() {
-    use orderflow_proto::order::v1::{
-        BatchGetOrdersRequest, GetOrderRequest, OrderStatus, PayOrderRequest, WatchOrderRequest,
-    };
+    use orderflow_proto::order::v1::{BatchGetOrdersRequest, OrderStatus, WatchOrderRequest};
     use orderflow_tests::order_request;
     use orderflow_tests::stack::{Options, Stack};
 
@@ -126,27 +125,14 @@ async fn the_order_lifecycle_works_on_a_redis_cluster() {
         .await
         .unwrap()
         .into_inner();
-    let paid = client
-        .pay_order(PayOrderRequest {
-            order_id: order.order_id.clone(),
-            payment_id: "p".into(),
-            amount_cents: order.total_cents,
-        })
+    let paid = orders::pay(&mut client, &order, "p")
         .await
-        .expect("PayOrder")
-        .into_inner()
-        .order
-        .unwrap();
+        .expect("PayOrder");
     assert_eq!(paid.status(), OrderStatus::Paid);
-    let read = client
-        .get_order(GetOrderRequest {
-            order_id: order.order_id.clone(),
-        })
+    let read = orders::get(&mut client, &order.order_id)
         .await
-        .unwrap()
-        .into_inner()
-        .order;
-    assert_eq!(read.as_ref(), Some(&paid));
+        .expect("GetOrder");
+    assert_eq!(read, paid);
     let batch = client
         .batch_get_orders(BatchGetOrdersRequest {
             order_ids: vec![order.order_id.clone()],

@@ -2,7 +2,6 @@
 //! changes answer UNAVAILABLE without changing or publishing anything (a change that could not
 //! mark the cache could leave it stale). Uses a Redis of its own: the shared one stays up.
 
-use orderflow_proto::order::v1::{GetOrderRequest, PayOrderRequest};
 use orderflow_proto::topics::ORDER_CREATED;
 use orderflow_tests::private::PrivateRedis;
 use orderflow_tests::stack::{Options, Stack};
@@ -26,27 +25,12 @@ async fn without_redis_reads_fall_back_to_postgres_and_orders_are_refused() {
 
     redis.kill().await;
     let read = stack
-        .order
-        .clone()
-        .get_order(GetOrderRequest {
-            order_id: created.order_id.clone(),
-        })
+        .get_order(&created.order_id)
         .await
-        .expect("GetOrder answers from PostgreSQL without Redis")
-        .into_inner()
-        .order;
-    assert_eq!(read, Some(created.clone()));
+        .expect("GetOrder answers from PostgreSQL without Redis");
+    assert_eq!(read, created);
 
-    let refused = stack
-        .order
-        .clone()
-        .pay_order(PayOrderRequest {
-            order_id: created.order_id.clone(),
-            payment_id: "p".into(),
-            amount_cents: created.total_cents,
-        })
-        .await
-        .unwrap_err();
+    let refused = stack.pay_order(&created, "p").await.unwrap_err();
     assert_status("pay without Redis", &refused, Code::Unavailable, "Redis");
     let status: String = sqlx::query_scalar("SELECT status FROM orders")
         .fetch_one(&stack.db)

@@ -3,8 +3,10 @@
 
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::GetStockRequest;
+use orderflow_runtime::config::InventoryClientArgs;
 use orderflow_tests::order_request;
 use orderflow_tests::pki::Pki;
+use orderflow_tests::service::Configure;
 use orderflow_tests::stack::{channel_with, Options, Stack};
 
 async fn get_stock(
@@ -35,11 +37,9 @@ fn assert_handshake_failed(status: &tonic::Status) {
 async fn tls_serves_only_clients_that_trust_the_server() {
     let pki = Pki::generate();
     let stack = Stack::start_with(Options {
-        inventory_args: pki.server_args(false),
+        inventory_config: serving_tls(&pki, false),
         inventory_client_tls: Some(pki.client(false)),
-        order_args: vec![format!("--inventory-ca-file={}", pki.path("ca.pem"))],
-        worker_args: vec![format!("--inventory-ca-file={}", pki.path("ca.pem"))],
-        ..Options::default()
+        ..reaching_inventory_over_tls(&pki, false)
     })
     .await;
     stack.set_stock("TLS-1", 5, 100).await;
@@ -75,11 +75,9 @@ async fn tls_serves_only_clients_that_trust_the_server() {
 async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
     let pki = Pki::generate();
     let stack = Stack::start_with(Options {
-        inventory_args: pki.server_args(true),
+        inventory_config: serving_tls(&pki, true),
         inventory_client_tls: Some(pki.client(true)),
-        order_args: client_certificate_args(&pki),
-        worker_args: client_certificate_args(&pki),
-        ..Options::default()
+        ..reaching_inventory_over_tls(&pki, true)
     })
     .await;
     stack.set_stock("TLS-1", 5, 100).await;
@@ -122,10 +120,40 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
 }
 
 /// A client of inventory-svc that trusts its CA and presents a certificate from it.
-fn client_certificate_args(pki: &Pki) -> Vec<String> {
-    vec![
-        format!("--inventory-ca-file={}", pki.path("ca.pem")),
-        format!("--inventory-client-cert-file={}", pki.path("client.pem")),
-        format!("--inventory-client-key-file={}", pki.path("client-key.pem")),
-    ]
+/// inventory-svc serves TLS with the test certificate; with `mutual`, only to clients whose
+/// certificate the test CA signed.
+fn serving_tls(pki: &Pki, mutual: bool) -> Configure<inventory_svc::Config> {
+    let tls = pki.server_tls(mutual);
+    Configure::new(move |config: &mut inventory_svc::Config| {
+        config.process.serving.tls = tls.clone();
+    })
+}
+
+/// order-api and consumer-worker reach inventory-svc trusting the test CA, presenting the
+/// client certificate when `identity`.
+fn reaching_inventory_over_tls(pki: &Pki, identity: bool) -> Options {
+    let ca = Some(pki.path("ca.pem"));
+    let (cert, key) = if identity {
+        (
+            Some(pki.path("client.pem")),
+            Some(pki.path("client-key.pem")),
+        )
+    } else {
+        (None, None)
+    };
+    let client = move |inventory: &mut InventoryClientArgs| {
+        inventory.inventory_ca_file = ca.clone();
+        inventory.inventory_client_cert_file = cert.clone();
+        inventory.inventory_client_key_file = key.clone();
+    };
+    let for_worker = client.clone();
+    Options {
+        order_config: Configure::new(move |config: &mut order_api::Config| {
+            client(&mut config.inventory)
+        }),
+        worker_config: Configure::new(move |config: &mut consumer_worker::Config| {
+            for_worker(&mut config.inventory)
+        }),
+        ..Options::default()
+    }
 }

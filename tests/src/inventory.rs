@@ -2,8 +2,6 @@
 //! one database and one Redis (shared, private or a cluster), isolated from every other test.
 //! Inventory tests need neither the broker nor the other services.
 
-use std::net::SocketAddr;
-
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{ReserveItem, ReserveRequest, SetStockRequest};
 use orderflow_runtime::config::RedisArgs;
@@ -12,7 +10,7 @@ use sqlx::PgPool;
 use tonic::transport::Channel;
 
 use crate::deps;
-use crate::process::ServiceProcess;
+use crate::service::{Configure, Launcher, Mode};
 
 #[derive(Debug, Clone, Default)]
 pub struct InventoryOptions {
@@ -23,8 +21,8 @@ pub struct InventoryOptions {
     pub redis_cluster: bool,
     /// Another PostgreSQL server than the shared one (e.g. a `PrivatePostgres`'s URL).
     pub postgres_server: Option<String>,
-    /// Further flags for every process, e.g. `--reservation-ttl-secs=1`.
-    pub args: Vec<String>,
+    /// A change to every process's configuration, e.g. a short `reservation_ttl_secs`.
+    pub config: Configure<inventory_svc::Config>,
 }
 
 pub struct InventoryStack {
@@ -34,7 +32,7 @@ pub struct InventoryStack {
     /// This test's Redis and key prefix, as the services see them.
     pub redis_args: RedisArgs,
     pub redis: RedisConnection,
-    processes: Vec<ServiceProcess>,
+    launcher: Launcher,
 }
 
 impl InventoryStack {
@@ -45,47 +43,31 @@ impl InventoryStack {
             .clone()
             .unwrap_or_else(deps::postgres_server);
         let (database_url, db) = deps::fresh_database_on(&server, &id).await;
+        let mut config = crate::service::defaults::<inventory_svc::Config>();
+        config.process.postgres.database_url = database_url;
+        config.process.postgres.database_max_connections = 4;
+        config.redis.redis_url = options.redis_url.clone().unwrap_or_else(deps::redis_url);
+        config.redis.redis_cluster = options.redis_cluster;
+        config.redis.redis_key_prefix = format!("t{id}");
+        // No order log of its own: its orphan sweep asks an empty one.
+        config.kafka.kafka_brokers = deps::kafka_brokers();
+        config.kafka.kafka_topic_prefix = format!("t{id}.");
+        config.order_log.orders_consumer_group = format!("t{id}-worker");
+        // Several processes per test: each takes a free port for its /metrics.
+        config.metrics_listen = "127.0.0.1:0".into();
+        options.config.apply(&mut config);
+        // The test's own connection; the services keep their default timeout.
         let redis_args = RedisArgs {
-            redis_url: options.redis_url.clone().unwrap_or_else(deps::redis_url),
-            redis_url_file: None,
-            redis_tls_ca_file: None,
-            redis_cluster: options.redis_cluster,
-            redis_key_prefix: format!("t{id}"),
             redis_timeout_ms: 2000,
+            ..config.redis.clone()
         };
         let redis = orderflow_runtime::redis::connect(&redis_args)
             .await
             .unwrap_or_else(|error| panic!("{error}; {}", deps::HOW_TO_START));
-        let args = [
-            format!("--database-url={database_url}"),
-            "--database-max-connections=4".into(),
-            format!("--redis-url={}", redis_args.redis_url),
-            format!("--redis-cluster={}", redis_args.redis_cluster),
-            format!("--redis-key-prefix={}", redis_args.redis_key_prefix),
-            // No order log of its own: its orphan sweep asks an empty one.
-            format!("--kafka-brokers={}", deps::kafka_brokers()),
-            format!("--kafka-topic-prefix=t{id}."),
-            format!("--orders-consumer-group=t{id}-worker"),
-            // Several processes per test: each takes a free port for its /metrics.
-            "--metrics-listen=127.0.0.1:0".into(),
-        ]
-        .into_iter()
-        .chain(options.args.iter().cloned())
-        .collect::<Vec<_>>();
-        let mut processes = Vec::new();
+        let mut launcher = Launcher::new(Mode::Processes(Vec::new()));
         let mut clients = Vec::new();
         for _ in 0..options.processes.max(1) {
-            let address = SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
-            processes.push(
-                ServiceProcess::start(
-                    "inventory-svc",
-                    &args,
-                    &[],
-                    address,
-                    "orderflow.inventory.v1.InventoryService",
-                )
-                .await,
-            );
+            let address = launcher.start(config.clone()).await;
             clients.push(InventoryServiceClient::new(crate::stack::channel(address)));
         }
         Self {
@@ -93,7 +75,7 @@ impl InventoryStack {
             db,
             redis_args,
             redis,
-            processes,
+            launcher,
         }
     }
 
@@ -158,7 +140,12 @@ impl InventoryStack {
 
     /// Kills process `index` (SIGKILL, like a crash) and waits until it is gone.
     pub async fn kill(&mut self, index: usize) {
-        self.processes[index].kill().await;
+        self.launcher
+            .processes("inventory-svc")
+            .nth(index)
+            .unwrap_or_else(|| panic!("no inventory-svc process #{index}"))
+            .kill()
+            .await;
     }
 }
 

@@ -8,11 +8,13 @@ pub mod deps;
 pub mod inventory;
 pub mod link;
 pub mod locking;
+pub mod orders;
 pub mod otlp;
 pub mod pipeline;
 pub mod pki;
 pub mod private;
 pub mod process;
+pub mod service;
 pub mod stack;
 
 use std::future::Future;

@@ -8,9 +8,9 @@ use orderflow_proto::consumer::v1::consumer_status_service_client::ConsumerStatu
 use orderflow_proto::consumer::v1::{GetConsumerStatusRequest, GetConsumerStatusResponse};
 
 use crate::process::ServiceProcess;
-use crate::stack::{Stack, CONSUMER_STATUS};
+use crate::stack::Stack;
 
-/// The built `consumer-worker` binary running with a stack's worker flags
+/// The built `consumer-worker` binary running with a stack's worker configuration
 /// (`Options::external_worker`).
 pub struct WorkerProcess {
     process: ServiceProcess,
@@ -23,17 +23,11 @@ impl WorkerProcess {
     pub async fn start(stack: &Stack) -> Self {
         let free_address = || SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
         let (address, metrics_address) = (free_address(), free_address());
-        let args: Vec<String> = stack
-            .worker_args
-            .iter()
-            .filter(|arg| !arg.starts_with("--metrics-listen="))
-            .cloned()
-            .chain([format!("--metrics-listen={metrics_address}")])
-            .collect();
-        let process =
-            ServiceProcess::start("consumer-worker", &args, &[], address, CONSUMER_STATUS).await;
+        let mut config = stack.worker_config.clone();
+        config.listen = address.to_string();
+        config.metrics_listen = metrics_address.to_string();
         Self {
-            process,
+            process: ServiceProcess::start(config, &[]).await,
             address,
             metrics_address,
         }

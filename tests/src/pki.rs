@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use orderflow_runtime::tls::ServerTlsArgs;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -60,17 +61,14 @@ impl Pki {
         self.dir.join(name).display().to_string()
     }
 
-    /// Server flags: TLS with this server certificate, and with `mutual` clients must present
-    /// one this CA signed.
-    pub fn server_args(&self, mutual: bool) -> Vec<String> {
-        let mut args = vec![
-            format!("--tls-cert-file={}", self.path("server.pem")),
-            format!("--tls-key-file={}", self.path("server-key.pem")),
-        ];
-        if mutual {
-            args.push(format!("--tls-client-ca-file={}", self.path("ca.pem")));
+    /// A server's TLS settings: this server certificate, and with `mutual` clients must
+    /// present one this CA signed.
+    pub fn server_tls(&self, mutual: bool) -> ServerTlsArgs {
+        ServerTlsArgs {
+            tls_cert_file: Some(self.path("server.pem")),
+            tls_key_file: Some(self.path("server-key.pem")),
+            tls_client_ca_file: mutual.then(|| self.path("ca.pem")),
         }
-        args
     }
 
     /// A client that trusts this CA, presenting the client certificate when `identity`.

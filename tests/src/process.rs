@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use crate::service::Service;
+
 /// The built binary `name` next to the running test binary (`target/<profile>/deps/…`) or tool
 /// (`target/<profile>/loadgen`): `target/<profile>/<name>`.
 pub fn workspace_binary(name: &str) -> PathBuf {
@@ -34,29 +36,33 @@ pub struct ServiceProcess {
     name: String,
     pub address: SocketAddr,
     /// How it was started, to start it again.
-    args: Vec<String>,
+    flags: Vec<String>,
     env: Vec<(String, String)>,
     service: String,
 }
 
 impl ServiceProcess {
-    /// Starts binary `name` serving gRPC on `address` with `args` (any `--log=` among them is
-    /// replaced by `ORDERFLOW_TEST_LOG`, default `error`) and `env`; returns once `service`
-    /// reports SERVING there, failing the test if the process exits first.
-    pub async fn start(
-        name: &str,
-        args: &[String],
-        env: &[(String, String)],
-        address: SocketAddr,
-        service: &str,
-    ) -> Self {
+    /// Starts `config`'s binary with `config` as its flags (its log filter replaced by
+    /// `ORDERFLOW_TEST_LOG`, default `error`) and `env` added to its environment; returns once
+    /// it reports SERVING at `config`'s listen address, failing the test if it exits first.
+    pub async fn start<S: Service>(mut config: S, env: &[(String, String)]) -> Self {
+        let address: SocketAddr = config.listen().parse().unwrap_or_else(|error| {
+            panic!(
+                "{} listen address {:?}: {error}",
+                S::BINARY,
+                config.listen()
+            )
+        });
+        config.process().telemetry.log =
+            std::env::var("ORDERFLOW_TEST_LOG").unwrap_or_else(|_| "error".into());
+        let flags = crate::service::flags(&config);
         Self {
-            child: spawn(name, args, env, address, service).await,
-            name: name.to_owned(),
+            child: spawn(S::BINARY, &flags, env, address, S::HEALTH).await,
+            name: S::BINARY.to_owned(),
             address,
-            args: args.to_vec(),
+            flags,
             env: env.to_vec(),
-            service: service.to_owned(),
+            service: S::HEALTH.to_owned(),
         }
     }
 
@@ -68,7 +74,7 @@ impl ServiceProcess {
         }
         self.child = spawn(
             &self.name,
-            &self.args,
+            &self.flags,
             &self.env,
             self.address,
             &self.service,
@@ -138,20 +144,18 @@ impl ServiceProcess {
     }
 }
 
-/// Starts binary `name` (see [`ServiceProcess::start`]) and waits until it serves.
+/// Starts binary `name` with `flags` and `env` (see [`ServiceProcess::start`]) and waits until
+/// it serves `service` at `address`.
 async fn spawn(
     name: &str,
-    args: &[String],
+    flags: &[String],
     env: &[(String, String)],
     address: SocketAddr,
     service: &str,
 ) -> Child {
     let binary = workspace_binary(name);
-    let log = std::env::var("ORDERFLOW_TEST_LOG").unwrap_or_else(|_| "error".into());
     let mut child = Command::new(&binary)
-        .args(args.iter().filter(|arg| !arg.starts_with("--log=")))
-        .arg(format!("--listen={address}"))
-        .arg(format!("--log={log}"))
+        .args(flags)
         .envs(env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

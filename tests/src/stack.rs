@@ -2,22 +2,19 @@
 //! its own process), wired to the shared dependencies (or a private broker), isolated from every
 //! other test.
 
-use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{GetStockRequest, Stock};
 use orderflow_proto::notify::v1::notification_service_client::NotificationServiceClient;
 use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
-use orderflow_proto::order::v1::{CreateOrderRequest, Order, PayOrderRequest};
-use orderflow_runtime::RuntimeError;
+use orderflow_proto::order::v1::{CreateOrderRequest, Order};
+use orderflow_runtime::auth::AuthArgs;
+use orderflow_runtime::config::RedisArgs;
 use redis::AsyncCommands;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::transport::ClientTlsConfig;
 use tonic::Status;
@@ -28,6 +25,10 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::deps;
 use crate::link::Link;
 use crate::process::ServiceProcess;
+use crate::service::{
+    Configure, Launcher, Mode, Service, CONSUMER_STATUS, INVENTORY_SERVICE, NOTIFY_SERVICE,
+    ORDER_SERVICE,
+};
 
 /// Settings a test may change; everything else is isolated and defaulted.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +41,7 @@ pub struct Options {
     pub redis_cluster: bool,
     pub kafka_ack_timeout_ms: Option<u64>,
     pub create_timeout_ms: Option<u64>,
-    /// order-api's `--payment-deadline-secs` (short, to see orders expire).
+    /// order-api's `payment_deadline_secs` (short, to see orders expire).
     pub payment_deadline_secs: Option<u64>,
     /// More order-api replicas besides the first (same database, Redis prefix and topics), as
     /// a deployment with several would run; reachable through `Stack::replicas`.
@@ -50,24 +51,24 @@ pub struct Options {
     /// order-api reaches Redis through a [`Link`] the test can cut or stall
     /// (`Stack::order_redis_link`); not with a Redis Cluster.
     pub order_redis_link: bool,
-    /// More inventory-svc flags, e.g. `--tls-cert-file=…`.
-    pub inventory_args: Vec<String>,
+    /// A change to inventory-svc's configuration, e.g. its TLS files.
+    pub inventory_config: Configure<inventory_svc::Config>,
     /// inventory-svc speaks TLS: order-api and the test reach it over `https://`, the test's own
-    /// client with this configuration (order-api's TLS files go in `order_args`).
+    /// client with this configuration (order-api's TLS files go in `order_config`).
     pub inventory_client_tls: Option<ClientTlsConfig>,
-    /// More order-api flags, e.g. `--max-concurrent-requests=1`.
-    pub order_args: Vec<String>,
-    /// More notify-svc flags, e.g. `--webhook-url=…`.
-    pub notify_args: Vec<String>,
-    /// No consumer-worker in-process: the test runs its own (`WorkerProcess`, with
-    /// `Stack::worker_args`), e.g. to kill it.
+    /// A change to order-api's configuration, e.g. a lower `max_concurrent_requests`.
+    pub order_config: Configure<order_api::Config>,
+    /// A change to notify-svc's configuration, e.g. a webhook.
+    pub notify_config: Configure<notify_svc::Config>,
+    /// No consumer-worker in-process: the test runs its own (`WorkerProcess`, from
+    /// `Stack::worker_config`), e.g. to kill it.
     pub external_worker: bool,
     /// More in-process consumer-workers in the same group (`Stack::workers`).
     pub extra_workers: usize,
     /// More notify-svc processes or tasks in the same group (for rebalances).
     pub extra_notifies: usize,
-    /// More consumer-worker flags, e.g. `--batch-max-messages=1`.
-    pub worker_args: Vec<String>,
+    /// A change to consumer-worker's configuration, e.g. batches of one message.
+    pub worker_config: Configure<consumer_worker::Config>,
     /// Each service connects to PostgreSQL as a role of its own, which owns its schema
     /// (`deps::fresh_database_with_roles`), as in production; else all as the tests' role.
     pub role_per_service: bool,
@@ -84,6 +85,39 @@ pub struct Options {
     pub processes: Option<Vec<(String, String)>>,
 }
 
+impl Options {
+    /// order-api, inventory-svc and notify-svc authenticate their callers as `auth` says;
+    /// order-api and consumer-worker present the tokens in the files `order_api_token` and
+    /// `worker_token` to inventory-svc.
+    pub fn authenticated(auth: AuthArgs, order_api_token: PathBuf, worker_token: PathBuf) -> Self {
+        let (for_orders, for_inventory, for_notify) = (auth.clone(), auth.clone(), auth);
+        Self {
+            order_config: Configure::new(move |config: &mut order_api::Config| {
+                config.process.serving.auth = for_orders.clone();
+                config.inventory.inventory_token_file = Some(order_api_token.clone());
+            }),
+            inventory_config: Configure::new(move |config: &mut inventory_svc::Config| {
+                config.process.serving.auth = for_inventory.clone();
+            }),
+            notify_config: Configure::new(move |config: &mut notify_svc::Config| {
+                config.process.serving.auth = for_notify.clone();
+            }),
+            worker_config: Configure::new(move |config: &mut consumer_worker::Config| {
+                config.inventory.inventory_token_file = Some(worker_token.clone());
+            }),
+            ..Self::default()
+        }
+    }
+}
+
+/// The services' authentication when nothing changes it: none (a development deployment).
+pub fn no_authentication() -> AuthArgs {
+    crate::service::defaults::<order_api::Config>()
+        .process
+        .serving
+        .auth
+}
+
 /// Where the in-process services serve `/metrics` (`Options::metrics`). In-process services
 /// share one registry: each endpoint shows the whole test process.
 #[derive(Debug, Clone, Copy)]
@@ -93,12 +127,6 @@ pub struct MetricsAddresses {
     pub notify: SocketAddr,
     pub worker: SocketAddr,
 }
-
-/// The gRPC service every consumer-worker serves (with health).
-pub const CONSUMER_STATUS: &str = "orderflow.consumer.v1.ConsumerStatusService";
-const ORDER_SERVICE: &str = "orderflow.order.v1.OrderService";
-const INVENTORY_SERVICE: &str = "orderflow.inventory.v1.InventoryService";
-const NOTIFY_SERVICE: &str = "orderflow.notify.v1.NotificationService";
 
 /// `host:port` of a PostgreSQL URL such as `postgres://u:p@127.0.0.1:5432/db`.
 fn postgres_address(url: &str) -> SocketAddr {
@@ -124,19 +152,18 @@ pub struct Stack {
     pub inventory_link: Option<Link>,
     /// The link between order-api and Redis (`Options::order_redis_link`).
     pub order_redis_link: Option<Link>,
-    /// The flags of this stack's order-api, except `--listen` (for [`Stack::start_order_api`]).
-    pub order_args: Vec<String>,
+    /// This stack's order-api configuration (for [`Stack::start_order_api`]).
+    pub order_config: order_api::Config,
     /// The link between consumer-worker and PostgreSQL (`Options::worker_database_link`).
     pub worker_database_link: Option<Link>,
-    /// The flags of this stack's consumer-worker, except `--listen`.
-    pub worker_args: Vec<String>,
+    /// This stack's consumer-worker configuration (for `WorkerProcess`).
+    pub worker_config: consumer_worker::Config,
     /// Health and consumer status addresses of the in-process consumer-workers.
     pub workers: Vec<SocketAddr>,
     pub inventory: InventoryServiceClient<Channel>,
     pub notify: NotificationServiceClient<Channel>,
     pub addresses: Addresses,
     pub metrics: Option<MetricsAddresses>,
-    inventory_tls: Option<ClientTlsConfig>,
     /// The test's own database.
     pub db: PgPool,
     databases: deps::ServiceDatabases,
@@ -144,45 +171,7 @@ pub struct Stack {
     redis_key_prefix: String,
     kafka_brokers: String,
     topic_prefix: String,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<Result<(), RuntimeError>>>,
-    processes: Vec<ServiceProcess>,
-}
-
-/// Starts each service in-process (a task on the test's runtime) or, with
-/// `Options::processes`, as its own process.
-struct Launcher {
-    process_env: Option<Vec<(String, String)>>,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<Result<(), RuntimeError>>>,
-    processes: Vec<ServiceProcess>,
-}
-
-impl Launcher {
-    /// Serves `service` on `listener` with `args`, which start with the binary's name (as clap
-    /// parses them); `run` is the service's in-process entry point.
-    async fn launch<Run, Served>(
-        &mut self,
-        args: Vec<String>,
-        listener: TcpListener,
-        service: &str,
-        run: Run,
-    ) where
-        Run: FnOnce(Vec<String>, TcpListener, CancellationToken) -> Served,
-        Served: Future<Output = Result<(), RuntimeError>> + Send + 'static,
-    {
-        match &self.process_env {
-            None => self
-                .tasks
-                .push(tokio::spawn(run(args, listener, self.shutdown.clone()))),
-            Some(env) => {
-                let address = listener.local_addr().expect("local address");
-                drop(listener);
-                let process = ServiceProcess::start(&args[0], &args[1..], env, address, service);
-                self.processes.push(process.await);
-            }
-        }
-    }
+    launcher: Launcher,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -192,10 +181,51 @@ pub struct Addresses {
     pub notify: SocketAddr,
 }
 
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a loopback port")
+/// What every service of one stack shares, and what isolates the stack from other tests.
+struct Isolation {
+    kafka_brokers: String,
+    topic_prefix: String,
+    kafka_ack_timeout_ms: Option<u64>,
+    redis_url: String,
+    redis_key_prefix: String,
+    redis_cluster: bool,
+    worker_group: String,
+    metrics: Option<MetricsAddresses>,
+}
+
+impl Isolation {
+    /// `S`'s defaults with this stack's PostgreSQL (`database_url`), broker, topics and metrics
+    /// address (`metrics`'s pick, or any free port), logging warnings only.
+    fn config<S: Service>(
+        &self,
+        database_url: &str,
+        metrics: fn(&MetricsAddresses) -> SocketAddr,
+    ) -> S {
+        let mut config = crate::service::defaults::<S>();
+        let process = config.process();
+        process.postgres.database_url = database_url.to_owned();
+        process.postgres.database_max_connections = 4;
+        process.telemetry.log = "warn".into();
+        let kafka = config.kafka();
+        kafka.kafka_brokers = self.kafka_brokers.clone();
+        kafka.kafka_topic_prefix = self.topic_prefix.clone();
+        kafka.kafka_topic_partitions = 2;
+        if let Some(ms) = self.kafka_ack_timeout_ms {
+            kafka.kafka_ack_timeout_ms = ms;
+        }
+        *config.metrics_listen() = self
+            .metrics
+            .as_ref()
+            .map_or("127.0.0.1:0".to_owned(), |all| metrics(all).to_string());
+        config
+    }
+
+    /// This stack's Redis, at `url`.
+    fn redis(&self, redis: &mut RedisArgs, url: &str) {
+        redis.redis_url = url.to_owned();
+        redis.redis_key_prefix = self.redis_key_prefix.clone();
+        redis.redis_cluster = self.redis_cluster;
+    }
 }
 
 impl Stack {
@@ -221,78 +251,36 @@ impl Stack {
             let (url, db) = deps::fresh_database(&id).await;
             (deps::ServiceDatabases::shared(&url), db)
         };
-        let redis_key_prefix = format!("t{id}");
-        let topic_prefix = format!("t{id}.");
-
-        let shared = [
-            "--database-max-connections=4".to_owned(),
-            "--log=warn".into(),
-        ];
-        let redis_args = [
-            format!("--redis-url={redis_url}"),
-            format!("--redis-key-prefix={redis_key_prefix}"),
-            format!("--redis-cluster={}", options.redis_cluster),
-        ];
-        let mut kafka_args = vec![
-            format!("--kafka-brokers={kafka_brokers}"),
-            format!("--kafka-topic-prefix={topic_prefix}"),
-            "--kafka-topic-partitions=2".into(),
-        ];
-        if let Some(ms) = options.kafka_ack_timeout_ms {
-            kafka_args.push(format!("--kafka-ack-timeout-ms={ms}"));
-        }
-
-        let metrics = options.metrics.then(|| {
-            let port = || SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
-            MetricsAddresses {
-                order_api: port(),
-                inventory: port(),
-                notify: port(),
-                worker: port(),
-            }
+        let isolation = Isolation {
+            kafka_brokers: kafka_brokers.clone(),
+            topic_prefix: format!("t{id}."),
+            kafka_ack_timeout_ms: options.kafka_ack_timeout_ms,
+            redis_url: redis_url.clone(),
+            redis_key_prefix: format!("t{id}"),
+            redis_cluster: options.redis_cluster,
+            worker_group: format!("t{id}-worker"),
+            metrics: options.metrics.then(|| {
+                let port = || SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
+                MetricsAddresses {
+                    order_api: port(),
+                    inventory: port(),
+                    notify: port(),
+                    worker: port(),
+                }
+            }),
+        };
+        let mut launcher = Launcher::new(match options.processes.clone() {
+            None => Mode::InProcess,
+            Some(env) => Mode::Processes(env),
         });
-        let metrics_listen = |pick: fn(&MetricsAddresses) -> SocketAddr| {
-            let address = metrics
-                .as_ref()
-                .map_or("127.0.0.1:0".to_owned(), |all| pick(all).to_string());
-            format!("--metrics-listen={address}")
-        };
 
-        let shutdown = CancellationToken::new();
-        let mut launcher = Launcher {
-            process_env: options.processes.clone(),
-            shutdown: shutdown.clone(),
-            tasks: Vec::new(),
-            processes: Vec::new(),
-        };
+        let mut inventory: inventory_svc::Config =
+            isolation.config(&databases.inventory, |all| all.inventory);
+        isolation.redis(&mut inventory.redis, &isolation.redis_url);
+        inventory.order_log.orders_consumer_group = isolation.worker_group.clone();
+        options.inventory_config.apply(&mut inventory);
+        let inventory_address = launcher.start(inventory).await;
 
-        let inventory_listener = listener().await;
-        let inventory_address = inventory_listener.local_addr().expect("local address");
-        let worker_group = format!("t{id}-worker");
-        let inventory_args = std::iter::once("inventory-svc".to_owned())
-            .chain(shared.iter().cloned())
-            .chain(redis_args.iter().cloned())
-            .chain(kafka_args.iter().cloned())
-            .chain([
-                format!("--database-url={}", databases.inventory),
-                metrics_listen(|all| all.inventory),
-                format!("--orders-consumer-group={worker_group}"),
-            ])
-            .chain(options.inventory_args.iter().cloned())
-            .collect();
-        launcher
-            .launch(
-                inventory_args,
-                inventory_listener,
-                INVENTORY_SERVICE,
-                |args, listener, stop| {
-                    inventory_svc::run(inventory_svc::Config::parse_from(args), listener, stop)
-                },
-            )
-            .await;
-
-        let order_listener = listener().await;
-        let order_address = order_listener.local_addr().expect("local address");
         let order_redis_link = if options.order_redis_link {
             let address = redis_url
                 .trim_start_matches("redis://")
@@ -303,99 +291,46 @@ impl Stack {
         } else {
             None
         };
-        let order_redis_args: Vec<String> = match &order_redis_link {
-            Some(link) => redis_args
-                .iter()
-                .map(|arg| match arg.strip_prefix("--redis-url=") {
-                    Some(_) => format!("--redis-url=redis://{}", link.address),
-                    None => arg.clone(),
-                })
-                .collect(),
-            None => redis_args.to_vec(),
-        };
-        let mut order_args: Vec<String> = std::iter::once("order-api".to_owned())
-            .chain(shared.iter().cloned())
-            .chain(order_redis_args)
-            .chain(kafka_args.iter().cloned())
-            .chain([
-                format!("--database-url={}", databases.orders),
-                metrics_listen(|all| all.order_api),
-                format!("--orders-consumer-group={worker_group}"),
-            ])
-            .chain(options.order_args.iter().cloned())
-            .collect();
         let inventory_link = if options.inventory_link {
             Some(Link::start(inventory_address).await)
         } else {
             None
         };
-        let inventory_for_orders = inventory_link
-            .as_ref()
-            .map_or(inventory_address, |link| link.address);
         let inventory_scheme = if options.inventory_client_tls.is_some() {
             "https"
         } else {
             "http"
         };
-        order_args.push(format!(
-            "--inventory-url={inventory_scheme}://{inventory_for_orders}"
-        ));
+        let mut order: order_api::Config = isolation.config(&databases.orders, |all| all.order_api);
+        let order_redis_url = order_redis_link.as_ref().map_or(redis_url.clone(), |link| {
+            format!("redis://{}", link.address)
+        });
+        isolation.redis(&mut order.redis, &order_redis_url);
+        order.order_log.orders_consumer_group = isolation.worker_group.clone();
+        let inventory_for_orders = inventory_link
+            .as_ref()
+            .map_or(inventory_address, |link| link.address);
+        order.inventory.inventory_url = format!("{inventory_scheme}://{inventory_for_orders}");
         if let Some(ms) = options.create_timeout_ms {
-            order_args.push(format!("--create-timeout-ms={ms}"));
+            order.create_timeout_ms = ms;
         }
         if let Some(secs) = options.payment_deadline_secs {
-            order_args.push(format!("--payment-deadline-secs={secs}"));
-            order_args.push("--expiry-interval-ms=200".into());
+            order.payment_deadline_secs = secs;
+            order.expiry_interval_ms = 200;
         }
-        let run_order_api = |args: Vec<String>, listener, stop| {
-            order_api::run(order_api::Config::parse_from(args), listener, stop)
-        };
-        launcher
-            .launch(
-                order_args.clone(),
-                order_listener,
-                ORDER_SERVICE,
-                run_order_api,
-            )
-            .await;
-        let mut replica_addresses = Vec::new();
-        for _ in 0..options.extra_order_apis {
-            let replica_listener = listener().await;
-            replica_addresses.push(replica_listener.local_addr().expect("local address"));
-            launcher
-                .launch(
-                    order_args.clone(),
-                    replica_listener,
-                    ORDER_SERVICE,
-                    run_order_api,
-                )
-                .await;
+        options.order_config.apply(&mut order);
+        let mut order_api_addresses = Vec::new();
+        for _ in 0..=options.extra_order_apis {
+            order_api_addresses.push(launcher.start(order.clone()).await);
         }
+        let order_address = order_api_addresses[0];
 
-        let notify_args: Vec<String> = std::iter::once("notify-svc".to_owned())
-            .chain(shared.iter().cloned())
-            .chain(kafka_args.iter().cloned())
-            .chain([
-                format!("--database-url={}", databases.notify),
-                format!("--group-id=t{id}-notify"),
-                metrics_listen(|all| all.notify),
-            ])
-            .chain(options.notify_args.iter().cloned())
-            .collect();
+        let mut notify: notify_svc::Config = isolation.config(&databases.notify, |all| all.notify);
+        notify.group_id = format!("t{id}-notify");
+        options.notify_config.apply(&mut notify);
         let mut notify_addresses = Vec::new();
         for _ in 0..=options.extra_notifies {
-            let notify_listener = listener().await;
-            notify_addresses.push(notify_listener.local_addr().expect("local address"));
-            launcher
-                .launch(
-                    notify_args.clone(),
-                    notify_listener,
-                    NOTIFY_SERVICE,
-                    |args, listener, stop| {
-                        notify_svc::run(notify_svc::Config::parse_from(args), listener, stop)
-                    },
-                )
-                .await;
+            notify_addresses.push(launcher.start(notify.clone()).await);
         }
         let notify_address = notify_addresses[0];
 
@@ -414,21 +349,14 @@ impl Stack {
                         1,
                     )
                 });
-        let worker_args: Vec<String> = [
-            format!("--database-url={worker_database_url}"),
-            "--database-max-connections=4".into(),
-            "--log=warn".into(),
-            format!("--group-id={worker_group}"),
-            format!("--inventory-url={inventory_scheme}://{inventory_address}"),
-            "--max-backoff-ms=1000".into(),
-            "--lag-report-interval-ms=500".into(),
-            "--session-timeout-ms=6000".into(),
-            metrics_listen(|all| all.worker),
-        ]
-        .into_iter()
-        .chain(kafka_args.iter().cloned())
-        .chain(options.worker_args.iter().cloned())
-        .collect();
+        let mut worker: consumer_worker::Config =
+            isolation.config(&worker_database_url, |all| all.worker);
+        worker.group_id = isolation.worker_group.clone();
+        worker.inventory.inventory_url = format!("{inventory_scheme}://{inventory_address}");
+        worker.consumer.max_backoff_ms = 1000;
+        worker.consumer.lag_report_interval_ms = 500;
+        worker.consumer.session_timeout_ms = 6000;
+        options.worker_config.apply(&mut worker);
         let in_process_workers = if options.external_worker {
             0
         } else {
@@ -436,199 +364,113 @@ impl Stack {
         };
         let mut worker_addresses = Vec::new();
         for _ in 0..in_process_workers {
-            let worker_listener = listener().await;
-            worker_addresses.push(worker_listener.local_addr().expect("local address"));
-            let args = std::iter::once("consumer-worker".to_owned())
-                .chain(worker_args.iter().cloned())
-                .collect();
-            launcher
-                .launch(
-                    args,
-                    worker_listener,
-                    CONSUMER_STATUS,
-                    |args, listener, stop| {
-                        consumer_worker::run(
-                            consumer_worker::Config::parse_from(args),
-                            listener,
-                            stop,
-                        )
-                    },
-                )
-                .await;
+            worker_addresses.push(launcher.start(worker.clone()).await);
         }
 
-        let mut stack = Self {
+        let servers = std::iter::once((inventory_address, INVENTORY_SERVICE))
+            .chain(
+                order_api_addresses
+                    .iter()
+                    .map(|address| (*address, ORDER_SERVICE)),
+            )
+            .chain(
+                notify_addresses
+                    .iter()
+                    .map(|address| (*address, NOTIFY_SERVICE)),
+            )
+            .chain(
+                worker_addresses
+                    .iter()
+                    .map(|address| (*address, CONSUMER_STATUS)),
+            );
+        for (address, service) in servers {
+            let tls = options
+                .inventory_client_tls
+                .as_ref()
+                .filter(|_| address == inventory_address);
+            launcher
+                .wait_serving(channel_with(address, tls), address, service)
+                .await;
+        }
+        // Every other process of this stack (a worker or order-api a test starts) chooses its
+        // own ports.
+        order.metrics_listen = "127.0.0.1:0".into();
+        worker.metrics_listen = "127.0.0.1:0".into();
+        Self {
             order: OrderServiceClient::new(channel(order_address)),
             inventory_link,
             order_redis_link,
-            order_args: order_args
-                .iter()
-                .skip(1)
-                .filter(|arg| !arg.starts_with("--metrics-listen="))
-                .cloned()
-                .collect(),
+            order_config: order,
             worker_database_link,
-            worker_args,
-            workers: worker_addresses.clone(),
-            replicas: replica_addresses
+            worker_config: worker,
+            workers: worker_addresses,
+            replicas: order_api_addresses[1..]
                 .iter()
                 .map(|address| OrderServiceClient::new(channel(*address)))
                 .collect(),
-            order_api_addresses: std::iter::once(order_address)
-                .chain(replica_addresses.iter().copied())
-                .collect(),
+            order_api_addresses,
             inventory: InventoryServiceClient::new(channel_with(
                 inventory_address,
                 options.inventory_client_tls.as_ref(),
             )),
-            inventory_tls: options.inventory_client_tls.clone(),
             notify: NotificationServiceClient::new(channel(notify_address)),
             addresses: Addresses {
                 order_api: order_address,
                 inventory: inventory_address,
                 notify: notify_address,
             },
-            metrics,
+            metrics: isolation.metrics,
             db,
-            databases: databases.clone(),
+            databases,
             redis,
-            redis_key_prefix,
+            redis_key_prefix: isolation.redis_key_prefix,
             kafka_brokers,
-            topic_prefix,
-            shutdown,
-            tasks: launcher.tasks,
-            processes: launcher.processes,
-        };
-        let servers = [
-            (inventory_address, INVENTORY_SERVICE),
-            (order_address, ORDER_SERVICE),
-        ]
-        .into_iter()
-        .chain(
-            replica_addresses
-                .iter()
-                .map(|address| (*address, ORDER_SERVICE)),
-        )
-        .chain(
-            notify_addresses
-                .iter()
-                .map(|address| (*address, NOTIFY_SERVICE)),
-        )
-        .chain(
-            worker_addresses
-                .iter()
-                .map(|address| (*address, CONSUMER_STATUS)),
-        );
-        for (address, service) in servers {
-            stack.wait_serving(address, service).await;
+            topic_prefix: isolation.topic_prefix,
+            launcher,
         }
-        stack
-    }
-
-    /// Waits until `service` reports SERVING, failing at once if a service task has died.
-    async fn wait_serving(&mut self, address: SocketAddr, service: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let tls = self
-            .inventory_tls
-            .as_ref()
-            .filter(|_| address == self.addresses.inventory);
-        let mut health = HealthClient::new(channel_with(address, tls));
-        loop {
-            self.fail_if_a_service_died().await;
-            if serving(&mut health, service).await {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{service} at {address} did not become SERVING within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn fail_if_a_service_died(&mut self) {
-        if let Some(index) = self.tasks.iter().position(JoinHandle::is_finished) {
-            let outcome = self.tasks.remove(index).await;
-            panic!("a service stopped during start-up: {outcome:?}");
-        }
-        assert!(
-            !self.processes.iter_mut().any(ServiceProcess::has_exited),
-            "a service process exited during start-up; run with ORDERFLOW_TEST_LOG=warn to see why"
-        );
     }
 
     /// SIGTERM to the process of `binary` (`Options::processes`), as Kubernetes stops a pod,
     /// without waiting for it: the test watches it drain. `Stack::stop` waits for its exit.
     pub async fn signal_terminate(&mut self, binary: &str) {
-        self.processes
-            .iter_mut()
-            .find(|process| process.name() == binary)
-            .unwrap_or_else(|| panic!("no {binary} process in this stack"))
-            .send_terminate()
-            .await;
+        self.process(binary, 0).send_terminate().await;
     }
 
     /// How many processes of `binary` the stack runs (`Options::processes`).
-    pub fn process_count(&self, binary: &str) -> usize {
-        self.processes
-            .iter()
-            .filter(|process| process.name() == binary)
-            .count()
+    pub fn process_count(&mut self, binary: &str) -> usize {
+        self.launcher.processes(binary).count()
     }
 
     /// The `index`th process of `binary` (`Options::processes`).
     pub fn process(&mut self, binary: &str, index: usize) -> &mut ServiceProcess {
-        self.processes
-            .iter_mut()
-            .filter(|process| process.name() == binary)
+        self.launcher
+            .processes(binary)
             .nth(index)
             .unwrap_or_else(|| panic!("no {binary} process #{index} in this stack"))
     }
 
-    /// Another order-api of this stack (same database, Redis prefix, topics) as its own process
-    /// with `extra` flags added, e.g. a fault to inject (`--test-fault=…`); returns once it
-    /// serves.
-    pub async fn start_order_api(&self, extra: &[&str]) -> ServiceProcess {
-        let free = || SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()));
-        let (address, metrics) = (free(), free());
-        let args: Vec<String> = self
-            .order_args
-            .iter()
-            .cloned()
-            .chain([format!("--metrics-listen={metrics}")])
-            .chain(extra.iter().map(|arg| (*arg).to_owned()))
-            .collect();
-        ServiceProcess::start("order-api", &args, &[], address, ORDER_SERVICE).await
+    /// Another order-api of this stack (same database, Redis prefix, topics) as its own process,
+    /// its configuration changed by `change`, e.g. a fault to inject (`test_fault`); returns once
+    /// it serves.
+    pub async fn start_order_api(
+        &self,
+        change: impl FnOnce(&mut order_api::Config),
+    ) -> ServiceProcess {
+        let mut config = self.order_config.clone();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], crate::private::free_port())).to_string();
+        change(&mut config);
+        ServiceProcess::start(config, &[]).await
     }
 
     /// The process of `binary` (`Options::processes`), taken out of the stack: the test stops it
     /// itself.
     pub fn take_process(&mut self, binary: &str) -> ServiceProcess {
-        let index = self
-            .processes
-            .iter()
-            .position(|process| process.name() == binary)
-            .unwrap_or_else(|| panic!("no {binary} process in this stack"));
-        self.processes.remove(index)
+        self.launcher.take_process(binary)
     }
 
     /// Shuts every service down as SIGTERM would and waits until each returned cleanly.
-    pub async fn stop(mut self) {
-        for process in std::mem::take(&mut self.processes) {
-            assert!(
-                process.terminate().await,
-                "a service exited uncleanly on SIGTERM"
-            );
-        }
-        self.shutdown.cancel();
-        for task in std::mem::take(&mut self.tasks) {
-            let outcome = tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("a service did not stop within 30 s of shutdown");
-            outcome
-                .expect("a service task panicked")
-                .expect("a service stopped with an error");
-        }
+    pub async fn stop(self) {
+        self.launcher.stop().await;
     }
 
     /// This test's full name of `topic` (one of `orderflow_proto::topics`).
@@ -710,22 +552,17 @@ impl Stack {
             .unwrap_or_else(|error| panic!("the row of SKU {sku}: {error}"))
     }
 
+    pub async fn get_order(&self, order_id: &str) -> Result<Order, Status> {
+        crate::orders::get(&mut self.order.clone(), order_id).await
+    }
+
     /// PayOrder for the whole total of `order`.
     pub async fn pay_order(&self, order: &Order, payment_id: &str) -> Result<Order, Status> {
-        self.order
-            .clone()
-            .pay_order(PayOrderRequest {
-                order_id: order.order_id.clone(),
-                payment_id: payment_id.into(),
-                amount_cents: order.total_cents,
-            })
-            .await
-            .map(|answer| {
-                answer
-                    .into_inner()
-                    .order
-                    .expect("PayOrder answered no order")
-            })
+        crate::orders::pay(&mut self.order.clone(), order, payment_id).await
+    }
+
+    pub async fn cancel_order(&self, order_id: &str, reason: &str) -> Result<Order, Status> {
+        crate::orders::cancel(&mut self.order.clone(), order_id, reason).await
     }
 
     /// The persisted orders of `user_id` under `idempotency_key`: (order id, status, voided).
@@ -830,12 +667,6 @@ impl Stack {
     }
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 /// With `ORDERFLOW_TEST_LOG` set (e.g. `warn` or `order_api=debug`), the services log to the
 /// test's output; quiet otherwise.
 fn init_test_logging() {
@@ -847,7 +678,7 @@ fn init_test_logging() {
     }
 }
 
-async fn serving(health: &mut HealthClient<Channel>, service: &str) -> bool {
+pub(crate) async fn serving(health: &mut HealthClient<Channel>, service: &str) -> bool {
     let answer = health
         .check(HealthCheckRequest {
             service: service.to_owned(),
