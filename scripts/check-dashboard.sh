@@ -9,8 +9,8 @@
 #   1. every metric name in the dashboard's queries is exposed by at least one service. A family
 #      shows in /metrics only once it has a sample, so the traffic above is what makes them
 #      appear; the one it cannot cause, group rejoins (EVENT_ONLY below), is checked against
-#      runtime/src/metrics.rs instead, as tests/chart/check_chart.py does for every name;
-#   2. every family a service exposes is one check_chart.py reads out of runtime/src/metrics.rs,
+#      telemetry/src/metrics.rs instead, as tests/chart/check_chart.py does for every name;
+#   2. every family a service exposes is one check_chart.py reads out of telemetry/src/metrics.rs,
 #      with the same type, and together they expose all of them but EVENT_ONLY;
 #   3. the traffic shows up in the samples behind the main panels: RED of CreateOrder,
 #      reservations by outcome, cache hits, publishes, the worker's applied messages, lag and
@@ -112,7 +112,7 @@ def scrape(address):
     return text, samples, declared
 
 
-# Exposed only after an event this run cannot cause: checked against runtime/src/metrics.rs.
+# Exposed only after an event this run cannot cause: checked against telemetry/src/metrics.rs.
 EVENT_ONLY = {"orderflow_kafka_consumer_rejoins_total": "a rejoin needs partitions that stand still while their group is behind"}
 # What the traffic must show: (name, labels that must match, the least total, what it feeds).
 group = f"{run}-worker"
@@ -181,7 +181,7 @@ for name in sorted(used):
         check(True, f"{name}: " + (f"samples from {', '.join(with_samples)}" if with_samples else f"declared by {', '.join(declared)}"))
     elif name in EVENT_ONLY:
         check(name in check_chart.exposed_metric_names(),
-              f"{name}: not exposed in this run ({EVENT_ONLY[name]}); registered in runtime/src/metrics.rs: {name in check_chart.exposed_metric_names()}")
+              f"{name}: not exposed in this run ({EVENT_ONLY[name]}); registered in telemetry/src/metrics.rs: {name in check_chart.exposed_metric_names()}")
     else:
         check(False, f"{name}: exposed by no service")
 
@@ -189,7 +189,7 @@ families = check_chart.metric_families()
 exposed = {}
 for service, (_, _, declared) in scrapes.items():
     wrong = {f: k for f, k in declared.items() if families.get(f) != k}
-    check(not wrong, f"{service}: every family it exposes ({len(declared)}) is registered in runtime/src/metrics.rs with that type"
+    check(not wrong, f"{service}: every family it exposes ({len(declared)}) is registered in telemetry/src/metrics.rs with that type"
           + (f"; not so: {wrong}" if wrong else ""))
     exposed.update(declared)
 event_only = {check_chart.exposed_metric_names().get(name) for name in EVENT_ONLY}

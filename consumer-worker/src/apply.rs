@@ -179,7 +179,7 @@ impl Applier {
                 }
                 Some(None) => to_confirm.push(row.order_id),
                 Some(Some(holder)) => {
-                    orderflow_runtime::metrics::metrics()
+                    orderflow_telemetry::metrics::metrics()
                         .order_key_conflicts
                         .inc();
                     tracing::error!(order_id = %row.order_id, user_id = %row.user_id, %holder,
@@ -221,7 +221,7 @@ impl Applier {
             order_rows::insert_many(conn, &orders).await?;
         }
         for order in orders.iter().filter(|order| order.voided) {
-            orderflow_runtime::metrics::metrics().orders_voided.inc();
+            orderflow_telemetry::metrics::metrics().orders_voided.inc();
             tracing::warn!(order_id = %order.row.order_id,
                 "order recorded voided: its stock was given back before it arrived");
         }

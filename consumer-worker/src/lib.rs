@@ -94,8 +94,8 @@ pub async fn run(
         return Ok(());
     };
     let _pool_reported =
-        orderflow_runtime::metrics::metrics().watch_pool("consumer-worker", pool.clone());
-    orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
+        orderflow_telemetry::metrics::metrics().watch_pool("consumer-worker", pool.clone());
+    orderflow_telemetry::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let subscription = Subscription {
         kafka: config.kafka,
         group_id: config.group_id,

@@ -172,8 +172,8 @@ pub async fn run(
         return Ok(());
     };
     let _pool_reported =
-        orderflow_runtime::metrics::metrics().watch_pool("inventory-svc", pool.clone());
-    orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
+        orderflow_telemetry::metrics::metrics().watch_pool("inventory-svc", pool.clone());
+    orderflow_telemetry::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let ledger = ledger::Ledger::new(pool);
     let counters = counters::Counters::new(redis.clone(), config.redis.clone());

@@ -377,9 +377,9 @@ impl InventoryService for Inventory {
             Err(InventoryError::InsufficientStock { .. }) => "insufficient_stock",
             Err(_) => "failed",
         };
-        orderflow_runtime::metrics::metrics()
+        orderflow_telemetry::metrics::metrics()
             .reservations
-            .get_or_create(&orderflow_runtime::metrics::Outcome { outcome })
+            .get_or_create(&orderflow_telemetry::metrics::Outcome { outcome })
             .inc();
         let reservation = reserved?;
         Ok(Response::new(ReserveResponse {

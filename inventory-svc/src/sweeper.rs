@@ -112,7 +112,7 @@ impl Sweeper {
                     tracing::warn!(%order_id, %error, "could not return orphaned units in Redis");
                 }
             }
-            orderflow_runtime::metrics::metrics()
+            orderflow_telemetry::metrics::metrics()
                 .orphans_released
                 .inc_by(u64::try_from(released.len()).unwrap_or(u64::MAX));
             if released.len() < SWEEP_BATCH {

@@ -119,7 +119,7 @@ pub fn consumer_config(args: &KafkaArgs, group_id: &str) -> Result<ClientConfig,
 
 /// `headers` plus the current span's trace context, for a message about to be published.
 pub fn with_trace_context(headers: OwnedHeaders) -> OwnedHeaders {
-    orderflow_runtime::trace_context::current_fields()
+    orderflow_telemetry::trace_context::current_fields()
         .iter()
         .fold(headers, |headers, (key, value)| {
             headers.insert(Header {

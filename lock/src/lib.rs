@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use redis::Script;
 
 use orderflow_runtime::config::redis_key;
-use orderflow_runtime::metrics::metrics;
 use orderflow_runtime::redis::RedisConnection;
+use orderflow_telemetry::metrics::metrics;
 
 /// How long a lock is held before it frees itself, and how long `acquire` waits for it.
 #[derive(Debug, Clone, Copy)]

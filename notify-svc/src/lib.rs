@@ -125,8 +125,8 @@ pub async fn run(
         return Ok(());
     };
     let _pool_reported =
-        orderflow_runtime::metrics::metrics().watch_pool("notify-svc", pool.clone());
-    orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
+        orderflow_telemetry::metrics::metrics().watch_pool("notify-svc", pool.clone());
+    orderflow_telemetry::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let store = store::Store::new(pool.clone());
     let feed = feed::Feed::new(store.clone());
     let wake = Arc::new(Notify::new());

@@ -21,8 +21,8 @@ use orderflow_proto::events::v1::{
 };
 use orderflow_proto::order::v1::Order;
 use orderflow_proto::topics;
-use orderflow_runtime::metrics::{metrics, TopicOutcome};
 use orderflow_runtime::RuntimeError;
+use orderflow_telemetry::metrics::{metrics, TopicOutcome};
 use prost::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};

@@ -211,9 +211,9 @@ impl Followups {
         let outcomes = futures::future::join_all(events.iter().map(|(_, event, trace_parent)| {
             let span = tracing::info_span!("outbox relay", order_id = %event.order_id);
             if let Some(trace_parent) = trace_parent {
-                orderflow_runtime::trace_context::set_parent(
+                orderflow_telemetry::trace_context::set_parent(
                     &span,
-                    orderflow_runtime::trace_context::from_traceparent(trace_parent),
+                    orderflow_telemetry::trace_context::from_traceparent(trace_parent),
                 );
             }
             self.publisher.publish(event, deadline.at).instrument(span)

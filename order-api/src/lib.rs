@@ -193,9 +193,9 @@ pub async fn run(
     else {
         return Ok(());
     };
-    let metrics = orderflow_runtime::metrics::metrics();
+    let metrics = orderflow_telemetry::metrics::metrics();
     let _pool_reported = metrics.watch_pool("order-api", pool.clone());
-    orderflow_runtime::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
+    orderflow_telemetry::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let topics: Vec<String> = orderflow_proto::topics::ALL
         .iter()

@@ -127,7 +127,7 @@ impl Placement {
                 }
             }
             Claim::Resumed(earlier) => {
-                orderflow_runtime::metrics::metrics()
+                orderflow_telemetry::metrics::metrics()
                     .placements_resumed
                     .inc();
                 tracing::info!(order_id = %earlier.order_id, "resuming the placement of an order whose last attempt ended without an answer");
@@ -194,7 +194,7 @@ impl Placement {
         if !unbound {
             return Ok(None);
         }
-        orderflow_runtime::metrics::metrics()
+        orderflow_telemetry::metrics::metrics()
             .sold_out_from_memo
             .inc();
         Ok(Some(OrderError::InsufficientStock(shortage)))
@@ -363,7 +363,7 @@ impl Parts {
             Err(error) => Some(error.to_string()),
         };
         if let Some(error) = failed {
-            orderflow_runtime::metrics::metrics()
+            orderflow_telemetry::metrics::metrics()
                 .placed_not_cached
                 .inc();
             tracing::warn!(%order_id, %error, "order placed, but not cached in Redis");
@@ -386,7 +386,7 @@ impl Parts {
         if !attempt.may_be_published {
             let requested = lines.iter().map(|line| (line.sku.as_str(), line.quantity));
             if let Some(shortage) = self.sold_out.shortage(requested, Instant::now()) {
-                orderflow_runtime::metrics::metrics()
+                orderflow_telemetry::metrics::metrics()
                     .sold_out_from_memo
                     .inc();
                 return Err(OrderError::InsufficientStock(shortage));

@@ -6,8 +6,8 @@ use redis::Script;
 
 use crate::error::OrderError;
 use orderflow_runtime::config::RedisArgs;
-use orderflow_runtime::metrics::metrics;
 use orderflow_runtime::redis::RedisConnection;
+use orderflow_telemetry::metrics::metrics;
 
 #[derive(Clone)]
 pub struct RateLimit {

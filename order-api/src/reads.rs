@@ -100,7 +100,7 @@ impl Reads {
                 Cached::Missing => unanswered.push(*id),
             }
         }
-        orderflow_runtime::metrics::metrics().count_cache(found.len(), unanswered.len());
+        orderflow_telemetry::metrics::metrics().count_cache(found.len(), unanswered.len());
         if unanswered.is_empty() {
             return Ok(found);
         }

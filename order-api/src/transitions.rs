@@ -264,7 +264,7 @@ async fn write(conn: &mut PgConnection, order_id: Uuid, change: &Change) -> Resu
     .bind(settlement_reason)
     .bind(SETTLE_GRACE_MS)
     .bind(CHANGES_CHANNEL)
-    .bind(orderflow_runtime::trace_context::current_traceparent())
+    .bind(orderflow_telemetry::trace_context::current_traceparent())
     .fetch_optional(conn)
     .await?;
     // The row lock makes this impossible; the version check makes it a compare-and-set even so.

@@ -1,21 +1,18 @@
 //! Runtime plumbing shared by every orderflow process, so each service's `main.rs` only wires
-//! things together: configuration arguments, telemetry and metrics, client set-up for
-//! PostgreSQL and Redis, gRPC serving with health and reflection, and shutdown on signals.
-//! Kafka is `orderflow-kafka`'s.
+//! things together: configuration arguments, client set-up for PostgreSQL and Redis, gRPC
+//! serving with health and reflection, and shutdown on signals. Kafka is `orderflow-kafka`'s;
+//! logs, traces and metrics are `orderflow-telemetry`'s.
 
 pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod grpc;
-pub mod metrics;
 pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod shutdown;
-pub mod telemetry;
 pub mod timestamp;
 pub mod tls;
-pub mod trace_context;
 pub mod validate;
 
 /// Every orderflow process allocates through mimalloc rather than glibc's malloc: a service's
@@ -63,8 +60,8 @@ pub enum RuntimeError {
     CreateTopic { topic: String, reason: String },
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    #[error("telemetry: {0}")]
-    Telemetry(String),
+    #[error(transparent)]
+    Telemetry(#[from] orderflow_telemetry::TelemetryError),
     #[error("configuration: {0}")]
     Config(String),
     #[error("{0}")]

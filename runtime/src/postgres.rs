@@ -121,9 +121,9 @@ fn connect_options(args: &PostgresArgs) -> Result<(String, PgConnectOptions), Ru
 }
 
 /// The client span of a PostgreSQL statement or transaction, e.g. `span("INSERT", "reservations")`
-/// (only while traces are exported; see [`crate::trace_context::exporting`]).
+/// (only while traces are exported; see [`orderflow_telemetry::trace_context::exporting`]).
 pub fn span(operation: &'static str, collection: &'static str) -> tracing::Span {
-    if !crate::trace_context::exporting() {
+    if !orderflow_telemetry::trace_context::exporting() {
         return tracing::Span::none();
     }
     tracing::info_span!(

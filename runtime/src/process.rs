@@ -7,8 +7,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProcessArgs;
-use crate::telemetry::Telemetry;
 use crate::RuntimeError;
+use orderflow_telemetry::Telemetry;
 
 /// What a started service runs with.
 pub struct Started {
@@ -30,7 +30,7 @@ pub async fn start(
     if let Some(checked) = process.check.only(binary, validate) {
         return checked.map(|()| None);
     }
-    let telemetry = crate::telemetry::init(&process.telemetry, binary)?;
+    let telemetry = orderflow_telemetry::init(&process.telemetry, binary)?;
     // `--migrate-only` serves nothing: a port nobody reaches, so that a migration cannot fail
     // on a listen address in use (the service's own, still serving during an upgrade).
     let listen = if process.postgres.migrate_only {

@@ -63,7 +63,7 @@ fn traced<'a, T: Send + 'a>(
     sent: RedisFuture<'a, T>,
     operation: impl FnOnce() -> String,
 ) -> RedisFuture<'a, T> {
-    if !crate::trace_context::exporting() {
+    if !orderflow_telemetry::trace_context::exporting() {
         return sent;
     }
     let operation = operation();

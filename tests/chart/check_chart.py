@@ -15,12 +15,12 @@ The chart cannot drift from the binaries: what each binary reads (its `#[arg(lon
 "ORDERFLOW_…")]` settings, following `#[command(flatten)]` from its `Config::parse()`) is read out
 of the Rust sources with regular expressions, no compiling, and every ORDERFLOW_* variable or
 --flag a container gets must be one its binary reads (OTEL_* ones: its clap settings, those
-runtime/src/telemetry.rs reads, or the OpenTelemetry SDK's, pinned to the Cargo.lock version);
+telemetry/src/setup.rs reads, or the OpenTelemetry SDK's, pinned to the Cargo.lock version);
 the readiness service names and the KEDA topics must be those of proto/. values.schema.json must reject bad values (its `config` keys are
 the variables the binaries read). deploy/Dockerfile is checked statically (multi-stage, non-root,
 the four binaries). The Grafana dashboard (dashboards/orderflow.json) must be valid JSON whose
 every panel queries Prometheus through $datasource and whose PromQL names only metrics that
-runtime/src/metrics.rs registers (as prometheus-client exposes them); it must hold the queries of
+telemetry/src/metrics.rs registers (as prometheus-client exposes them); it must hold the queries of
 docs/operations.md and RED panels for every RPC of proto/; its ConfigMap renders only when
 grafanaDashboard.enabled, with the sidecar's label and the file's JSON unchanged.
 
@@ -251,10 +251,11 @@ def selects(selector: dict, labels: dict) -> bool:
 # --- What the binaries read, taken from the Rust sources (grep, no compiling) -------------------
 # Every setting is a clap argument, `#[arg(long, env = "ORDERFLOW_…")]`, in a struct that derives
 # clap::Args or clap::Parser; a binary's `Config::parse()` struct flattens the shared groups of
-# runtime/src and kafka/src (`#[command(flatten)]`). Following those flattens gives each binary's
+# runtime/src, kafka/src and telemetry/src (`#[command(flatten)]`). Following those flattens gives each binary's
 # exact list.
 RUNTIME_SRC = ROOT / "runtime" / "src"
-SHARED_SRCS = (RUNTIME_SRC, ROOT / "kafka" / "src")
+TELEMETRY_SRC = ROOT / "telemetry" / "src"
+SHARED_SRCS = (RUNTIME_SRC, ROOT / "kafka" / "src", TELEMETRY_SRC)
 PROTO_DIR = ROOT / "proto"
 TOPICS_RS = ROOT / "proto" / "src" / "topics.rs"
 CLAP_STRUCT = re.compile(
@@ -325,7 +326,7 @@ def binary_settings() -> dict[str, BinarySettings]:
             if name in seen:
                 continue
             if name not in groups:
-                raise SystemExit(f"{component}: flattened clap struct {name} not found under {component}/src, runtime/src or kafka/src")
+                raise SystemExit(f"{component}: flattened clap struct {name} not found under {component}/src, runtime/src, kafka/src or telemetry/src")
             seen.add(name)
             group, path = groups[name]
             settings.env.update(group.env)
@@ -342,12 +343,12 @@ def all_read_variables() -> set[str]:
 
 # --- The OpenTelemetry variables ----------------------------------------------------------------
 # Besides its clap settings (OTEL_EXPORTER_OTLP_ENDPOINT is one), a binary's telemetry reads a few
-# OTEL_* variables itself (runtime/src/telemetry.rs), and the OpenTelemetry SDK reads the standard
+# OTEL_* variables itself (telemetry/src/setup.rs), and the OpenTelemetry SDK reads the standard
 # ones. The SDK's are listed here, read out of the sources of the versions Cargo.lock pins (grep
 # '"OTEL_' in opentelemetry_sdk and opentelemetry-otlp), trace settings only: the services export
 # no OTLP metrics or logs, so the *_METRICS_*, *_LOGS_*, OTEL_METRIC_* and OTEL_BLRP_* ones would do
 # nothing. check_sources fails when Cargo.lock moves to another version, to have the list re-read.
-TELEMETRY_RS = RUNTIME_SRC / "telemetry.rs"
+TELEMETRY_RS = TELEMETRY_SRC / "setup.rs"
 OTEL_SDK_CRATES = {"opentelemetry_sdk": "0.33.1", "opentelemetry-otlp": "0.33.1"}
 OTEL_SDK_VARIABLES = {
     "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
@@ -1364,12 +1365,12 @@ def check_custom_resources(c: Checker, r: Render) -> None:
 # --- The Grafana dashboard ---------------------------------------------------------------------
 # dashboards/orderflow.json ships as an optional ConfigMap for Grafana's dashboard sidecar
 # (grafanaDashboard.*). Its PromQL may name only metrics the services expose, and those are read
-# out of runtime/src/metrics.rs, where every family is registered once: the process's registry is
+# out of telemetry/src/metrics.rs, where every family is registered once: the process's registry is
 # `Registry::with_prefix("orderflow")`, so each name gets "orderflow_" in front, and
 # prometheus-client's text encoding exposes a counter as <name>_total, a histogram as
 # <name>_bucket, <name>_sum and <name>_count, a gauge as <name>. scripts/check-dashboard.sh asks
 # the running services the same question (it imports the functions below).
-METRICS_RS = RUNTIME_SRC / "metrics.rs"
+METRICS_RS = TELEMETRY_SRC / "metrics.rs"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 DASHBOARD_KEY = "orderflow.json"
 METRICS_STRUCT = re.compile(r"^pub struct Metrics\s*\{(.*?)^\}", re.M | re.S)
@@ -1390,7 +1391,7 @@ def dashboard_file() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def metric_families() -> dict[str, str]:
-    """runtime/src/metrics.rs: every registered family's exposed name (prefix included) → its type."""
+    """telemetry/src/metrics.rs: every registered family's exposed name (prefix included) → its type."""
     text = METRICS_RS.read_text()
     prefix = re.search(r'Registry::with_prefix\("([^"]+)"\)', text)
     struct = METRICS_STRUCT.search(text)
@@ -1501,13 +1502,13 @@ def check_dashboard_file(c: Checker) -> dict | None:
     families = metric_families()
     text = METRICS_RS.read_text()
     c.check(len(families) == len(re.findall(r"\bregistry\.register\(", text)) and len(families) >= 20,
-            f"runtime/src/metrics.rs: parsed {len(families)} families of {len(re.findall(r'registry.register[(]', text))} registry.register calls (the regex or the source changed)")
-    c.check(all(name.startswith("orderflow_") for name in families), f"runtime/src/metrics.rs: the registry prefix is not orderflow: {sorted(families)[:3]}")
+            f"telemetry/src/metrics.rs: parsed {len(families)} families of {len(re.findall(r'registry.register[(]', text))} registry.register calls (the regex or the source changed)")
+    c.check(all(name.startswith("orderflow_") for name in families), f"telemetry/src/metrics.rs: the registry prefix is not orderflow: {sorted(families)[:3]}")
     unknown_kind = sorted(name for name, kind in families.items() if kind == "?")
-    c.check(not unknown_kind, f"runtime/src/metrics.rs: no Counter/Gauge/Histogram type found for {unknown_kind}")
-    elsewhere = [str(p.relative_to(ROOT)) for crate in ("runtime", *COMPONENTS) for p in (ROOT / crate / "src").rglob("*.rs")
+    c.check(not unknown_kind, f"telemetry/src/metrics.rs: no Counter/Gauge/Histogram type found for {unknown_kind}")
+    elsewhere = [str(p.relative_to(ROOT)) for crate in ("runtime", "kafka", "telemetry", *COMPONENTS) for p in (ROOT / crate / "src").rglob("*.rs")
                  if p != METRICS_RS and re.search(r"\bRegistry::|\.register\(\s*\"", p.read_text())]
-    c.check(not elsewhere, f"metrics registered outside runtime/src/metrics.rs, which the dashboard checks do not read: {elsewhere}")
+    c.check(not elsewhere, f"metrics registered outside telemetry/src/metrics.rs, which the dashboard checks do not read: {elsewhere}")
 
     try:
         dashboard = json.loads(dashboard_file().read_text())
@@ -1555,7 +1556,7 @@ def check_dashboard(c: Checker, dashboard: dict) -> None:
     c.check(bool(used), "dashboard: no metric name found in its queries")
     for name, wheres in sorted(used.items()):
         c.check(name in exposed, f"dashboard: {wheres[0]} uses {name}, which the services do not expose "
-                                 f"(not one of the {len(exposed)} sample names of the families runtime/src/metrics.rs registers)")
+                                 f"(not one of the {len(exposed)} sample names of the families telemetry/src/metrics.rs registers)")
     for where, expr in dashboard_queries(dashboard):
         if where.startswith("variable"):
             continue
@@ -1674,7 +1675,7 @@ def check_sources(c: Checker) -> None:
     c.scenario = "sources"
     settings = binary_settings()
     defined = set()
-    for crate in ("runtime", "kafka", *COMPONENTS):
+    for crate in ("runtime", "kafka", "telemetry", *COMPONENTS):
         for path in (ROOT / crate / "src").rglob("*.rs"):
             defined |= set(ENV_ATTR.findall(path.read_text()))
     missed = defined - all_read_variables()
@@ -1700,7 +1701,7 @@ def check_sources(c: Checker) -> None:
         c.check(locked.get(crate) == {version},
                 f"Cargo.lock pins {crate} {sorted(locked.get(crate, []))}, OTEL_SDK_VARIABLES was read from {version}: re-read it from the new sources")
     c.check({"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER"} <= otel_variables(),
-            "runtime/src/telemetry.rs: OTEL_SDK_DISABLED / OTEL_TRACES_EXPORTER not found (the regex or the source changed)")
+            "telemetry/src/setup.rs: OTEL_SDK_DISABLED / OTEL_TRACES_EXPORTER not found (the regex or the source changed)")
     c.check(bool(rust_topics()), "proto/src/topics.rs: no topics found in ALL (the ScaledObject's triggers are checked against it)")
 
 

@@ -371,7 +371,7 @@ mod tests {
             config.redis.redis_url_file = Some("/run/redis-url".into());
             config.kafka.kafka_properties = vec!["linger.ms=1".into(), "acks=all".into()];
             config.process.postgres.migrate_only = true;
-            config.process.telemetry.log_format = orderflow_runtime::config::LogFormat::Json;
+            config.process.telemetry.log_format = orderflow_telemetry::LogFormat::Json;
             config.process.serving.auth.environment =
                 orderflow_runtime::auth::Environment::Production;
             config.test_fault = Some("after-ack:crash".into());

@@ -41,8 +41,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::args::{ConsumerArgs, KafkaArgs};
 use dead_letter::DeadLetters;
 use orderflow_runtime::backoff::Backoff;
-use orderflow_runtime::metrics::{metrics, Group, Outcome};
 use orderflow_runtime::RuntimeError;
+use orderflow_telemetry::metrics::{metrics, Group, Outcome};
 use stall::{Stalled, Watch};
 use status::{ConsumerStatus, LagContext};
 
@@ -250,9 +250,9 @@ fn batch_span(group: &str, batch: &[Received]) -> tracing::Span {
     );
     let mut contexts = batch
         .iter()
-        .map(|message| orderflow_runtime::trace_context::extract_kafka(&message.headers));
+        .map(|message| orderflow_telemetry::trace_context::extract_kafka(&message.headers));
     if let Some(first) = contexts.next() {
-        orderflow_runtime::trace_context::set_parent(&span, first);
+        orderflow_telemetry::trace_context::set_parent(&span, first);
     }
     for context in contexts {
         let linked = context.span().span_context().clone();

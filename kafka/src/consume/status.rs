@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::Received;
-use orderflow_runtime::metrics::{metrics, GroupPartition, GroupTopic};
+use orderflow_telemetry::metrics::{metrics, GroupPartition, GroupTopic};
 
 #[derive(Clone)]
 pub struct ConsumerStatus {

@@ -107,7 +107,7 @@ impl Service<http::Request<Body>> for Outbound {
             "rpc.service" = service,
             "rpc.method" = method,
         );
-        span.in_scope(|| crate::trace_context::inject_http(request.headers_mut()));
+        span.in_scope(|| orderflow_telemetry::trace_context::inject_http(request.headers_mut()));
         if let Some(authorization) = &self.authorization {
             request
                 .headers_mut()

@@ -14,7 +14,7 @@ use tonic::codegen::{http, Service};
 use tower::Layer;
 use tracing::Instrument;
 
-use crate::metrics::{metrics, MethodLabels, RpcLabels};
+use orderflow_telemetry::metrics::{metrics, MethodLabels, RpcLabels};
 
 /// Labels calls of the services in `known` by service and method; any other path counts as
 /// `unknown`, so a caller inventing paths cannot multiply the series.
@@ -64,9 +64,9 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let call = Call::start(request.uri().path(), &self.known);
-        crate::trace_context::set_parent(
+        orderflow_telemetry::trace_context::set_parent(
             &call.span,
-            crate::trace_context::extract_http(request.headers()),
+            orderflow_telemetry::trace_context::extract_http(request.headers()),
         );
         let span = call.span.clone();
         let answer = span.in_scope(|| self.inner.call(request));

@@ -9,7 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::http;
 
 use super::gate::Check;
-use crate::metrics::metrics;
+use orderflow_telemetry::metrics::metrics;
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 

@@ -1,6 +1,6 @@
 //! W3C trace context (`traceparent`, `tracestate`) across process boundaries, so one trace
-//! follows an order through every service: in gRPC metadata (the server layer in [`crate::grpc`]
-//! reads it, [`crate::grpc::client`] writes it) and in Kafka message headers (written by every
+//! follows an order through every service: in gRPC metadata (orderflow-runtime's server layer
+//! reads it, its gRPC client writes it) and in Kafka message headers (written by every
 //! publish, read by the consume loop).
 //!
 //! With tracing off (no OTLP endpoint) no propagator is installed: nothing is written, and what

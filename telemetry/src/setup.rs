@@ -25,8 +25,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{LogFormat, TelemetryArgs};
-use crate::RuntimeError;
+use crate::{LogFormat, TelemetryArgs, TelemetryError};
 
 /// Keeps the trace exporter running; dropping it (at the end of `main`) exports the spans still
 /// buffered, so the last moments of a process are not lost from its traces.
@@ -54,7 +53,7 @@ impl Drop for Telemetry {
 /// Installs logging, and tracing when an OTLP endpoint is configured, for the process
 /// `service` (its OpenTelemetry `service.name` unless `OTEL_SERVICE_NAME` says otherwise).
 /// Must run inside the Tokio runtime: the exporter's gRPC connection lives on it.
-pub fn init(args: &TelemetryArgs, service: &'static str) -> Result<Telemetry, RuntimeError> {
+pub fn init(args: &TelemetryArgs, service: &'static str) -> Result<Telemetry, TelemetryError> {
     let filter = args.filter()?;
     let provider = if args.traces_enabled() {
         Some(tracer_provider(args, service)?)
@@ -72,7 +71,7 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> Result<Telemetry, Ru
         .with(traces)
         .with(log_layer(args.log_format, std::io::stderr).with_filter(filter))
         .try_init()
-        .map_err(|error| RuntimeError::Telemetry(error.to_string()))?;
+        .map_err(|error| TelemetryError::Setup(error.to_string()))?;
     if provider.is_some() {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         crate::trace_context::start_exporting();
@@ -84,22 +83,22 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> Result<Telemetry, Ru
 impl TelemetryArgs {
     /// The settings without starting anything (`--check-config`): the log filter parses, the
     /// OTLP endpoint is an http(s) URL.
-    pub fn check(&self) -> Result<(), RuntimeError> {
+    pub fn check(&self) -> Result<(), TelemetryError> {
         self.filter()?;
         match self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
             None => Ok(()),
             Some(endpoint) => match endpoint.parse::<tonic::codegen::http::Uri>() {
                 Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => Ok(()),
-                _ => Err(RuntimeError::Telemetry(format!(
+                _ => Err(TelemetryError::Setup(format!(
                     "--otlp-endpoint {endpoint:?}: expected an http:// or https:// URL"
                 ))),
             },
         }
     }
 
-    fn filter(&self) -> Result<EnvFilter, RuntimeError> {
+    fn filter(&self) -> Result<EnvFilter, TelemetryError> {
         EnvFilter::try_new(&self.log)
-            .map_err(|error| RuntimeError::Telemetry(format!("--log {:?}: {error}", self.log)))
+            .map_err(|error| TelemetryError::Setup(format!("--log {:?}: {error}", self.log)))
     }
 
     /// Whether an endpoint is configured and no standard variable turns tracing off.
@@ -117,7 +116,7 @@ impl TelemetryArgs {
 fn tracer_provider(
     args: &TelemetryArgs,
     service: &'static str,
-) -> Result<SdkTracerProvider, RuntimeError> {
+) -> Result<SdkTracerProvider, TelemetryError> {
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
     // Without it the exporter reads OTEL_EXPORTER_OTLP_TRACES_ENDPOINT itself.
     if let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
@@ -125,7 +124,7 @@ fn tracer_provider(
     }
     let exporter = exporter
         .build()
-        .map_err(|error| RuntimeError::Telemetry(format!("OTLP exporter: {error}")))?;
+        .map_err(|error| TelemetryError::Setup(format!("OTLP exporter: {error}")))?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource(service))

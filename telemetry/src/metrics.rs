@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::RuntimeError;
+use crate::TelemetryError;
 
 /// `service` and `method` of a gRPC call, `code` its status (`OK`, `InvalidArgument`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -362,9 +362,16 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `address` until `shutdown`; answers the bound address (port 0 picks
 /// a free one).
-pub async fn serve(address: &str, shutdown: CancellationToken) -> Result<SocketAddr, RuntimeError> {
-    let listener = crate::bind(address).await?;
-    let bound = listener.local_addr()?;
+pub async fn serve(
+    address: &str,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, TelemetryError> {
+    let failed = |source| TelemetryError::Bind {
+        address: address.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
     tracing::info!(address = %bound, "metrics served at /metrics");
     tokio::spawn(accept(listener, shutdown));
     Ok(bound)
