@@ -87,15 +87,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let postgres = &config.process.postgres;
-    let Some(pool) =
-        orderflow_runtime::postgres::open(postgres, &orderflow_order_rows::SCHEMA).await?
+    let Some(opened) = orderflow_runtime::process::open_pool(
+        "consumer-worker",
+        &config.process,
+        &orderflow_order_rows::SCHEMA,
+        &config.metrics_listen,
+        &shutdown,
+    )
+    .await?
     else {
         return Ok(());
     };
-    let _pool_reported =
-        orderflow_telemetry::metrics::metrics().watch_pool("consumer-worker", pool.clone());
-    orderflow_telemetry::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
+    let pool = opened.pool.clone();
     let subscription = Subscription {
         kafka: config.kafka,
         group_id: config.group_id,

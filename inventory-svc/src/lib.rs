@@ -167,13 +167,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let postgres = &config.process.postgres;
-    let Some(pool) = orderflow_runtime::postgres::open(postgres, &crate::SCHEMA).await? else {
+    let Some(opened) = orderflow_runtime::process::open_pool(
+        "inventory-svc",
+        &config.process,
+        &crate::SCHEMA,
+        &config.metrics_listen,
+        &shutdown,
+    )
+    .await?
+    else {
         return Ok(());
     };
-    let _pool_reported =
-        orderflow_telemetry::metrics::metrics().watch_pool("inventory-svc", pool.clone());
-    orderflow_telemetry::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
+    let pool = opened.pool.clone();
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let ledger = ledger::Ledger::new(pool);
     let counters = counters::Counters::new(redis.clone(), config.redis.clone());

@@ -120,13 +120,18 @@ pub async fn run(
     config.validate()?;
     // A bad webhook URL or a missing secret stopped the start above, not each delivery.
     let plan = config.delivery.plan()?;
-    let postgres = &config.process.postgres;
-    let Some(pool) = orderflow_runtime::postgres::open(postgres, &crate::SCHEMA).await? else {
+    let Some(opened) = orderflow_runtime::process::open_pool(
+        "notify-svc",
+        &config.process,
+        &crate::SCHEMA,
+        &config.metrics_listen,
+        &shutdown,
+    )
+    .await?
+    else {
         return Ok(());
     };
-    let _pool_reported =
-        orderflow_telemetry::metrics::metrics().watch_pool("notify-svc", pool.clone());
-    orderflow_telemetry::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
+    let pool = opened.pool.clone();
     let store = store::Store::new(pool.clone());
     let feed = feed::Feed::new(store.clone());
     let wake = Arc::new(Notify::new());

@@ -187,15 +187,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     config.validate()?;
-    let postgres = &config.process.postgres;
-    let Some(pool) =
-        orderflow_runtime::postgres::open(postgres, &orderflow_order_rows::SCHEMA).await?
+    let Some(opened) = orderflow_runtime::process::open_pool(
+        "order-api",
+        &config.process,
+        &orderflow_order_rows::SCHEMA,
+        &config.metrics_listen,
+        &shutdown,
+    )
+    .await?
     else {
         return Ok(());
     };
-    let metrics = orderflow_telemetry::metrics::metrics();
-    let _pool_reported = metrics.watch_pool("order-api", pool.clone());
-    orderflow_telemetry::metrics::serve(&config.metrics_listen, shutdown.child_token()).await?;
+    let pool = opened.pool.clone();
     let redis = orderflow_runtime::redis::connect(&config.redis).await?;
     let topics: Vec<String> = orderflow_proto::topics::ALL
         .iter()
