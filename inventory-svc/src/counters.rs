@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use redis::{Script, ScriptInvocation};
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use orderflow_runtime::config::redis_key;
+use orderflow_runtime::redis::redis_key;
 use orderflow_runtime::redis::RedisConnection;
 use orderflow_telemetry::metrics::metrics;
 

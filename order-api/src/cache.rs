@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use orderflow_proto::order::v1::Order;
-use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use prost::Message;
 use redis::Script;

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use orderflow_kafka::log_barrier::LogBarrier;
-use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};

@@ -5,7 +5,7 @@
 use redis::Script;
 
 use crate::error::OrderError;
-use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use orderflow_telemetry::metrics::metrics;
 

@@ -1,14 +1,77 @@
 //! PostgreSQL pool set-up and the schema migrations each service applies to its own schema at
 //! start-up.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::config::{redact_url, PostgresArgs};
+use crate::config::{redact_url, secret_or_file};
 use crate::RuntimeError;
+
+#[derive(Clone, clap::Args, serde::Serialize)]
+pub struct PostgresArgs {
+    /// PostgreSQL connection URL (may contain a password; never logged).
+    #[arg(
+        long,
+        env = "ORDERFLOW_DATABASE_URL",
+        default_value = "postgres://orderflow:orderflow@127.0.0.1:5432/orderflow",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// File holding the PostgreSQL URL (e.g. a mounted Secret); read at start-up, it replaces
+    /// `--database-url`. TLS: `?sslmode=verify-full&sslrootcert=/path/ca.pem` in the URL.
+    #[arg(long, env = "ORDERFLOW_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+
+    /// Maximum connections in the PostgreSQL pool.
+    #[arg(long, env = "ORDERFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Longest wait for a pooled PostgreSQL connection (all busy, or PostgreSQL unreachable)
+    /// before the call fails with UNAVAILABLE.
+    #[arg(
+        long,
+        env = "ORDERFLOW_DATABASE_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub database_acquire_timeout_ms: u64,
+
+    /// Apply this service's database schema (its migrations) and exit: the Helm chart's
+    /// pre-install and pre-upgrade Jobs.
+    #[arg(long, env = "ORDERFLOW_MIGRATE_ONLY")]
+    pub migrate_only: bool,
+}
+
+impl fmt::Debug for PostgresArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresArgs")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_url_file", &self.database_url_file)
+            .field("database_max_connections", &self.database_max_connections)
+            .field(
+                "database_acquire_timeout_ms",
+                &self.database_acquire_timeout_ms,
+            )
+            .field("migrate_only", &self.migrate_only)
+            .finish()
+    }
+}
+
+impl PostgresArgs {
+    /// The URL to connect to: the file's, if one is configured.
+    pub fn url(&self) -> Result<String, RuntimeError> {
+        secret_or_file(
+            &self.database_url,
+            self.database_url_file.as_deref(),
+            "--database-url-file",
+        )
+    }
+}
 
 /// A service's own PostgreSQL schema: its name and the migrations that build it (in the owning
 /// crate). Every connection of the service's pool uses it alone as its `search_path`, so the

@@ -7,6 +7,8 @@
 //! give up after a few quick retries: while Redis is down, calls fail fast (and become
 //! UNAVAILABLE) instead of hanging the callers; the next call tries to reconnect again.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -15,8 +17,91 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tracing::Instrument;
 
-use crate::config::{redact_url, RedisArgs};
+use crate::config::{redact_url, secret_or_file};
 use crate::RuntimeError;
+
+#[derive(Clone, clap::Args, serde::Serialize)]
+pub struct RedisArgs {
+    /// Redis connection URL (may contain a password; never logged). With `--redis-cluster`,
+    /// a comma-separated list of seed nodes.
+    #[arg(
+        long,
+        env = "ORDERFLOW_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// File holding the Redis URL (e.g. a mounted Secret); read at start-up, it replaces
+    /// `--redis-url`.
+    #[arg(long, env = "ORDERFLOW_REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// PEM CA certificate that signed the Redis server's certificate, for `rediss://` URLs to a
+    /// server with a private CA (public CAs are trusted from the system's store).
+    #[arg(long, env = "ORDERFLOW_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+
+    /// Talk to a Redis Cluster instead of a single Redis.
+    #[arg(
+        long,
+        env = "ORDERFLOW_REDIS_CLUSTER",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub redis_cluster: bool,
+
+    /// Prefix of every Redis key this deployment writes. It is also the key's hash tag, so all
+    /// keys of one deployment live in one Redis Cluster slot and scripts may touch them together.
+    #[arg(long, env = "ORDERFLOW_REDIS_KEY_PREFIX", default_value = "orderflow")]
+    pub redis_key_prefix: String,
+
+    /// Longest wait for a Redis connection or answer; past it the call fails (UNAVAILABLE)
+    /// instead of hanging while Redis is down.
+    #[arg(long, env = "ORDERFLOW_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// The full key for `parts` under this deployment's prefix, e.g. `{orderflow}:stock:SKU-1`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        redis_key(&self.redis_key_prefix, parts)
+    }
+
+    /// The URL (or cluster seed list) to connect to: the file's, if one is configured.
+    pub fn url(&self) -> Result<String, RuntimeError> {
+        secret_or_file(
+            &self.redis_url,
+            self.redis_url_file.as_deref(),
+            "--redis-url-file",
+        )
+    }
+}
+
+impl fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_url_file", &self.redis_url_file)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .field("redis_cluster", &self.redis_cluster)
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .finish()
+    }
+}
+
+/// The Redis key for `parts` under `prefix`, the prefix being the hash tag: `{prefix}:a:b`.
+pub fn redis_key(prefix: &str, parts: &[&str]) -> String {
+    let mut key = format!("{{{prefix}}}");
+    for part in parts {
+        key.push(':');
+        key.push_str(part);
+    }
+    key
+}
 
 /// A connection to one Redis or to a Redis Cluster; cheap to clone.
 #[derive(Clone)]
@@ -155,4 +240,22 @@ fn client(args: &RedisArgs) -> Result<(String, Client), RuntimeError> {
     .map(Client::Single)
     .map_err(error)?;
     Ok((url, client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_prefix_as_hash_tag() {
+        let args = RedisArgs {
+            redis_url: String::new(),
+            redis_url_file: None,
+            redis_tls_ca_file: None,
+            redis_cluster: false,
+            redis_key_prefix: "t1".into(),
+            redis_timeout_ms: 1,
+        };
+        assert_eq!(args.key(&["stock", "SKU-1"]), "{t1}:stock:SKU-1");
+    }
 }

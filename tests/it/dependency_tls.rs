@@ -3,7 +3,8 @@
 //! TLS on (`sslmode=verify-full&sslrootcert=…` in the URL), both with certificates made for the
 //! test; a client that does not trust the CA is refused.
 
-use orderflow_runtime::config::{PostgresArgs, RedisArgs};
+use orderflow_runtime::postgres::PostgresArgs;
+use orderflow_runtime::redis::RedisArgs;
 use orderflow_tests::pki::Pki;
 use orderflow_tests::private::{PrivatePostgres, PrivateRedis};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use inventory_svc::ledger::Ledger;
 use inventory_svc::InventoryError;
 use orderflow_lock::{LockError, LockSettings, Locks};
-use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use orderflow_tests::locking::assert_mutual_exclusion;
 

@@ -3,7 +3,7 @@
 
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::GetStockRequest;
-use orderflow_runtime::config::InventoryClientArgs;
+use orderflow_runtime::grpc::InventoryClientArgs;
 use orderflow_tests::order_request;
 use orderflow_tests::pki::Pki;
 use orderflow_tests::service::Configure;

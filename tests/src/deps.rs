@@ -11,7 +11,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use orderflow_runtime::config::PostgresArgs;
+use orderflow_runtime::postgres::PostgresArgs;
 use orderflow_runtime::postgres::Schema;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};

@@ -4,7 +4,7 @@
 
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{ReserveItem, ReserveRequest, SetStockRequest};
-use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use sqlx::PgPool;
 use tonic::transport::Channel;

@@ -12,7 +12,7 @@ use orderflow_proto::notify::v1::notification_service_client::NotificationServic
 use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
 use orderflow_proto::order::v1::{CreateOrderRequest, Order};
 use orderflow_runtime::auth::AuthArgs;
-use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisArgs;
 use redis::AsyncCommands;
 use sqlx::PgPool;
 use tonic::transport::Channel;
@@ -494,7 +494,7 @@ impl Stack {
 
     /// The full Redis key of `parts` under this test's prefix.
     pub fn redis_key(&self, parts: &[&str]) -> String {
-        orderflow_runtime::config::redis_key(&self.redis_key_prefix, parts)
+        orderflow_runtime::redis::redis_key(&self.redis_key_prefix, parts)
     }
 
     pub async fn create_order(&self, request: CreateOrderRequest) -> Result<Order, Status> {

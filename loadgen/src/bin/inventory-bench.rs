@@ -18,7 +18,7 @@ use orderflow_loadgen::bench::{report, run_until};
 use orderflow_lock::{LockSettings, Locks};
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::SetStockRequest;
-use orderflow_runtime::config::RedisArgs;
+use orderflow_runtime::redis::RedisArgs;
 use orderflow_runtime::redis::RedisConnection;
 use orderflow_tests::inventory::{admission_script, admit_in_redis, reserve_request};
 

@@ -3,6 +3,7 @@
 //! and the calling service's own bearer token when the callee requires one.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -10,6 +11,41 @@ use tonic::body::Body;
 use tonic::codegen::{http, Service};
 use tonic::transport::Channel;
 use tracing::Instrument;
+
+/// How a service reaches inventory-svc (order-api to reserve and settle stock, consumer-worker
+/// to confirm the reservations of the orders it persists).
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
+pub struct InventoryClientArgs {
+    /// URL of inventory-svc.
+    #[arg(
+        long,
+        env = "ORDERFLOW_INVENTORY_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub inventory_url: String,
+
+    /// PEM CA that signed inventory-svc's certificate (with an `https://` --inventory-url).
+    #[arg(long, env = "ORDERFLOW_INVENTORY_CA_FILE")]
+    pub inventory_ca_file: Option<String>,
+
+    /// PEM certificate presented to inventory-svc (mutual TLS); with the key below.
+    #[arg(long, env = "ORDERFLOW_INVENTORY_CLIENT_CERT_FILE")]
+    pub inventory_client_cert_file: Option<String>,
+
+    /// PEM private key of --inventory-client-cert-file.
+    #[arg(long, env = "ORDERFLOW_INVENTORY_CLIENT_KEY_FILE")]
+    pub inventory_client_key_file: Option<String>,
+
+    /// File holding the bearer token presented to inventory-svc when it requires
+    /// authentication (a token with scope `inventory`); never logged.
+    #[arg(long, env = "ORDERFLOW_INVENTORY_TOKEN_FILE")]
+    pub inventory_token_file: Option<PathBuf>,
+
+    /// Longest any call to inventory-svc may take, whatever deadline it carries (each call
+    /// also carries its own, usually shorter). Keep it above order-api's --create-timeout-ms.
+    #[arg(long, env = "ORDERFLOW_INVENTORY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub inventory_timeout_ms: u64,
+}
 
 /// A channel to another orderflow service (wrap with [`Outbound::new`], then hand it to a
 /// generated client such as `InventoryServiceClient::new`).
@@ -27,9 +63,7 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 impl Outbound {
     /// A lazily connected channel to inventory-svc as `args` describe it: TLS, the bearer
     /// token, a bound on every call, keepalive pings.
-    pub fn to_inventory(
-        args: &crate::config::InventoryClientArgs,
-    ) -> Result<Self, crate::RuntimeError> {
+    pub fn to_inventory(args: &InventoryClientArgs) -> Result<Self, crate::RuntimeError> {
         let mut endpoint = tonic::transport::Endpoint::from_shared(args.inventory_url.clone())
             .map_err(|error| {
                 crate::RuntimeError::Config(format!(

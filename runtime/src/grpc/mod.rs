@@ -4,6 +4,7 @@
 
 mod authorize;
 pub mod client;
+pub use client::InventoryClientArgs;
 pub mod deadline;
 mod gate;
 mod observe;
@@ -25,8 +26,41 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::auth::Policy;
-use crate::config::ServingArgs;
 use crate::RuntimeError;
+
+/// How a gRPC server protects itself and stops.
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
+pub struct ServingArgs {
+    /// Calls served at once; past it a call is refused at once with RESOURCE_EXHAUSTED (load
+    /// shedding) instead of queueing. Health checks are never refused.
+    #[arg(
+        long,
+        env = "ORDERFLOW_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 2048
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// Server streams (WatchOrder, SubscribeNotifications) open at once; past it a new one is
+    /// refused at once with RESOURCE_EXHAUSTED. Each holds its slot until it ends.
+    #[arg(long, env = "ORDERFLOW_MAX_OPEN_STREAMS", default_value_t = 10_000)]
+    pub max_open_streams: usize,
+
+    /// Largest request message accepted, in bytes; a larger one is refused with
+    /// RESOURCE_EXHAUSTED before it is decoded.
+    #[arg(long, env = "ORDERFLOW_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// After SIGTERM, how long calls in flight may take to finish before the server stops
+    /// anyway. Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "ORDERFLOW_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
+    pub drain_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
+
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
+}
 
 /// A generated tonic server (e.g. `OrderServiceServer`), as [`Services`] takes it.
 pub trait GrpcService:
