@@ -23,10 +23,10 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use orderflow_grpc::client::Outbound;
 use orderflow_kafka::consume::{BatchError, BatchHandler, Received, Rejected};
 use orderflow_order_rows::{self as order_rows, NewOrder, OrderRow};
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use orderflow_runtime::grpc::client::Outbound;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;

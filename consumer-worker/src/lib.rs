@@ -9,13 +9,13 @@
 mod apply;
 mod event;
 
+use orderflow_grpc::InventoryClientArgs;
+use orderflow_grpc::Services;
 use orderflow_kafka::consume::{self, Subscription};
 use orderflow_kafka::{ConsumerArgs, KafkaArgs};
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::topics;
 use orderflow_runtime::config::ProcessArgs;
-use orderflow_runtime::grpc::InventoryClientArgs;
-use orderflow_runtime::grpc::Services;
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +76,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), RuntimeError> {
         self.process.validate(&self.listen, &self.metrics_listen)?;
         orderflow_kafka::client::check(&self.kafka, &self.group_id)?;
-        orderflow_runtime::grpc::client::Outbound::to_inventory(&self.inventory).map(drop)
+        orderflow_grpc::client::Outbound::to_inventory(&self.inventory)?;
+        Ok(())
     }
 }
 
@@ -111,15 +112,15 @@ pub async fn run(
     // Whichever stops first stops the other (a worker that cannot consume must not look
     // healthy), without stopping whatever else shares the caller's token.
     let shutdown = shutdown.child_token();
-    let serving = orderflow_runtime::grpc::serve(
+    let serving = orderflow_grpc::serve(
         Services::new(status.service()),
         listener,
         &config.process.serving,
         shutdown.clone().cancelled_owned(),
     );
-    let inventory = InventoryServiceClient::new(
-        orderflow_runtime::grpc::client::Outbound::to_inventory(&config.inventory)?,
-    );
+    let inventory = InventoryServiceClient::new(orderflow_grpc::client::Outbound::to_inventory(
+        &config.inventory,
+    )?);
     let consuming = consume::run(
         subscription,
         apply::Applier {
@@ -144,5 +145,5 @@ pub async fn run(
             consumed
         }
     );
-    consumed.and(served)
+    consumed.and(served.map_err(RuntimeError::from))
 }

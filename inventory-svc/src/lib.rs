@@ -144,11 +144,11 @@ const RESERVATION_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Who may call what once authentication is on: anyone with a token reads stock; reservations
 /// are for order-api (`inventory`); setting and reconciling stock for operators (`admin`).
-fn policy() -> orderflow_runtime::auth::Policy {
-    use orderflow_runtime::auth::{SCOPE_INVENTORY, SCOPE_ORDERS};
+fn policy() -> orderflow_grpc::auth::Policy {
+    use orderflow_grpc::auth::{SCOPE_INVENTORY, SCOPE_ORDERS};
     const READERS: &[&str] = &[SCOPE_ORDERS, SCOPE_INVENTORY];
     const RESERVERS: &[&str] = &[SCOPE_INVENTORY];
-    orderflow_runtime::auth::Policy::default().service(
+    orderflow_grpc::auth::Policy::default().service(
         orderflow_proto::inventory::v1::inventory_service_server::SERVICE_NAME,
         &[
             ("GetStock", READERS),
@@ -187,7 +187,7 @@ pub async fn run(
         .preload()
         .await
         .map_err(|source| RuntimeError::Redis {
-            url: orderflow_runtime::config::redact_url(&config.redis.redis_url),
+            url: orderflow_config::redact_url(&config.redis.redis_url),
             source,
         })?;
     let locks = Locks::new(
@@ -221,14 +221,13 @@ pub async fn run(
         unrecorded_grace: Duration::from_secs(config.unrecorded_grace_secs),
     };
     let sweeper = tokio::spawn(sweeper.run(shutdown.clone()));
-    let served = orderflow_runtime::grpc::serve(
-        orderflow_runtime::grpc::Services::new(InventoryServiceServer::new(inventory))
-            .policy(policy()),
+    let served = orderflow_grpc::serve(
+        orderflow_grpc::Services::new(InventoryServiceServer::new(inventory)).policy(policy()),
         listener,
         &config.process.serving,
         shutdown.cancelled_owned(),
     )
     .await;
     sweeper.abort();
-    served
+    Ok(served?)
 }

@@ -368,9 +368,7 @@ impl InventoryService for Inventory {
     ) -> Result<Response<ReserveResponse>, Status> {
         let hold = self
             .lifetimes
-            .hold(orderflow_runtime::grpc::deadline::caller_timeout(
-                request.metadata(),
-            ));
+            .hold(orderflow_grpc::deadline::caller_timeout(request.metadata()));
         let reserved = self.reserve(request.into_inner(), hold).await;
         let outcome = match &reserved {
             Ok(_) => "reserved",

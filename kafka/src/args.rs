@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use orderflow_runtime::config::secret_or_file;
+use orderflow_config::secret_or_file;
 use orderflow_runtime::RuntimeError;
 
 #[derive(Clone, clap::Args, serde::Serialize)]

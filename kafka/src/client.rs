@@ -87,7 +87,7 @@ pub fn check(args: &KafkaArgs, group_id: &str) -> Result<(), RuntimeError> {
     for (key, value) in args.client_properties()? {
         // `probe` asks librdkafka to search the system's usual CA locations.
         if PEM_FILE_PROPERTIES.contains(&key.as_str()) && value != "probe" {
-            orderflow_runtime::config::read_pem_file(
+            orderflow_config::read_pem_file(
                 &format!("--kafka-property {key}"),
                 std::path::Path::new(&value),
             )?;

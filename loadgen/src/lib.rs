@@ -116,7 +116,7 @@ async fn database(target: &Target) -> anyhow::Result<PgPool> {
         .with_context(|| {
             format!(
                 "connecting to PostgreSQL at {} (--database-url)",
-                orderflow_runtime::config::redact_url(&target.database_url)
+                orderflow_config::redact_url(&target.database_url)
             )
         })
 }

@@ -89,7 +89,7 @@ impl fmt::Debug for DeliveryArgs {
         f.debug_struct("DeliveryArgs")
             .field(
                 "webhook_url",
-                &orderflow_runtime::config::redact_url(&self.webhook_url),
+                &orderflow_config::redact_url(&self.webhook_url),
             )
             .field("webhook_secret", &secret)
             .field("webhook_secret_file", &self.webhook_secret_file)

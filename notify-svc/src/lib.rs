@@ -24,11 +24,11 @@ pub mod signature;
 
 use std::sync::Arc;
 
+use orderflow_grpc::Services;
 use orderflow_kafka::consume::{self, Subscription};
 use orderflow_kafka::{ConsumerArgs, KafkaArgs};
 use orderflow_proto::notify::v1::notification_service_server::NotificationServiceServer;
 use orderflow_runtime::config::ProcessArgs;
-use orderflow_runtime::grpc::Services;
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -97,9 +97,9 @@ impl Config {
 
 /// Who may call what once authentication is on: buyers (`orders`) list and follow their own
 /// notifications (ownership is checked per call); the consumer status is for operators.
-fn policy() -> orderflow_runtime::auth::Policy {
-    const BUYERS: &[&str] = &[orderflow_runtime::auth::SCOPE_ORDERS];
-    orderflow_runtime::auth::Policy::default().service(
+fn policy() -> orderflow_grpc::auth::Policy {
+    const BUYERS: &[&str] = &[orderflow_grpc::auth::SCOPE_ORDERS];
+    orderflow_grpc::auth::Policy::default().service(
         orderflow_proto::notify::v1::notification_service_server::SERVICE_NAME,
         &[
             ("ListNotifications", BUYERS),
@@ -178,12 +178,10 @@ pub async fn run(
         store,
         feed,
         shutdown: stop.clone(),
-        streams: orderflow_runtime::grpc::streams::OpenStreams::new(
-            config.process.serving.max_open_streams,
-        ),
+        streams: orderflow_grpc::streams::OpenStreams::new(config.process.serving.max_open_streams),
     };
     let serving = async {
-        let served = orderflow_runtime::grpc::serve(
+        let served = orderflow_grpc::serve(
             Services::new(NotificationServiceServer::new(api))
                 .and(status.service())
                 .policy(policy()),

@@ -2,14 +2,14 @@
 //! store (ListNotifications) or the live feed (SubscribeNotifications). Errors become statuses in
 //! `error`.
 
+use orderflow_grpc::auth::Caller;
+use orderflow_grpc::streams::{self, OpenStreams};
 use orderflow_proto::limits::{DEFAULT_PAGE_SIZE, MAX_ID_LEN, MAX_PAGE_SIZE};
 use orderflow_proto::notify::v1::notification_service_server::NotificationService;
 use orderflow_proto::notify::v1::{
     ListNotificationsRequest, ListNotificationsResponse, SubscribeNotificationsRequest,
     SubscribeNotificationsResponse,
 };
-use orderflow_runtime::auth::Caller;
-use orderflow_runtime::grpc::streams::{self, OpenStreams};
 use orderflow_runtime::validate::{self, FieldError};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;

@@ -26,10 +26,7 @@ impl fmt::Debug for Target {
             Self::Log => f.write_str("Log"),
             Self::Webhook { url, timeout, .. } => f
                 .debug_struct("Webhook")
-                .field(
-                    "url",
-                    &orderflow_runtime::config::redact_url(&url.to_string()),
-                )
+                .field("url", &orderflow_config::redact_url(&url.to_string()))
                 .field("secret", &"***")
                 .field("timeout", timeout)
                 .finish(),

@@ -43,7 +43,7 @@ impl Webhook {
             .build(connector);
         Self {
             client,
-            shown: orderflow_runtime::config::redact_url(&url.to_string()),
+            shown: orderflow_config::redact_url(&url.to_string()),
             url,
             secret,
             timeout,

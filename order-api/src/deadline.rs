@@ -34,7 +34,7 @@ impl CallDeadline {
     /// before the caller's deadline: tonic cuts a handler at that instant with `CANCELLED`, and
     /// the caller should hear `DEADLINE_EXCEEDED` with the step that was slow.
     pub fn for_call(metadata: &MetadataMap, limit: Duration) -> Self {
-        let caller = orderflow_runtime::grpc::deadline::caller_timeout(metadata)
+        let caller = orderflow_grpc::deadline::caller_timeout(metadata)
             .map(|timeout| timeout.saturating_sub((timeout / 10).min(Duration::from_millis(50))));
         match caller {
             Some(caller) if caller < limit => Self {

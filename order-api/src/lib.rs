@@ -28,11 +28,11 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use orderflow_grpc::InventoryClientArgs;
 use orderflow_kafka::{KafkaArgs, OrderLogArgs};
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::order::v1::order_service_server::OrderServiceServer;
 use orderflow_runtime::config::ProcessArgs;
-use orderflow_runtime::grpc::InventoryClientArgs;
 use orderflow_runtime::redis::RedisArgs;
 use orderflow_runtime::RuntimeError;
 use tokio::net::TcpListener;
@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::OrderError;
 
 /// order-api's client of inventory-svc: traced, its context passed on.
-pub(crate) type InventoryClient = InventoryServiceClient<orderflow_runtime::grpc::client::Outbound>;
+pub(crate) type InventoryClient = InventoryServiceClient<orderflow_grpc::client::Outbound>;
 
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(name = "order-api", version, about = "orderflow order API")]
@@ -151,7 +151,7 @@ impl Config {
         self.process.validate(&self.listen, &self.metrics_listen)?;
         orderflow_runtime::redis::check(&self.redis)?;
         orderflow_kafka::client::check(&self.kafka, &self.order_log.orders_consumer_group)?;
-        orderflow_runtime::grpc::client::Outbound::to_inventory(&self.inventory)?;
+        orderflow_grpc::client::Outbound::to_inventory(&self.inventory)?;
         #[cfg(feature = "test-faults")]
         fault::Faults::parse(self.test_fault.as_deref()).map_err(RuntimeError::Config)?;
         Ok(())
@@ -161,10 +161,10 @@ impl Config {
 /// Who may call what once authentication is on: buyers (`orders`) place, read, pay, cancel and
 /// watch their own orders (ownership is checked per call); shipping and completing are for
 /// operators (`admin`).
-fn policy() -> orderflow_runtime::auth::Policy {
-    use orderflow_runtime::auth::SCOPE_ORDERS;
+fn policy() -> orderflow_grpc::auth::Policy {
+    use orderflow_grpc::auth::SCOPE_ORDERS;
     const BUYERS: &[&str] = &[SCOPE_ORDERS];
-    orderflow_runtime::auth::Policy::default().service(
+    orderflow_grpc::auth::Policy::default().service(
         orderflow_proto::order::v1::order_service_server::SERVICE_NAME,
         &[
             ("CreateOrder", BUYERS),
@@ -207,9 +207,9 @@ pub async fn run(
         .map(|topic| config.kafka.topic(topic))
         .collect();
     orderflow_kafka::client::ensure_topics(&config.kafka, &topics).await?;
-    let inventory = InventoryServiceClient::new(
-        orderflow_runtime::grpc::client::Outbound::to_inventory(&config.inventory)?,
-    );
+    let inventory = InventoryServiceClient::new(orderflow_grpc::client::Outbound::to_inventory(
+        &config.inventory,
+    )?);
 
     let publisher = Arc::new(events::Publisher::new(&config.kafka)?);
     let store = store::OrderStore::new(pool.clone());
@@ -286,12 +286,10 @@ pub async fn run(
         create_timeout: Duration::from_millis(config.create_timeout_ms),
         request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
         shutdown: shutdown.clone(),
-        streams: orderflow_runtime::grpc::streams::OpenStreams::new(
-            config.process.serving.max_open_streams,
-        ),
+        streams: orderflow_grpc::streams::OpenStreams::new(config.process.serving.max_open_streams),
     };
-    let served = orderflow_runtime::grpc::serve(
-        orderflow_runtime::grpc::Services::new(OrderServiceServer::new(api)).policy(policy()),
+    let served = orderflow_grpc::serve(
+        orderflow_grpc::Services::new(OrderServiceServer::new(api)).policy(policy()),
         listener,
         &config.process.serving,
         shutdown.clone().cancelled_owned(),
@@ -303,5 +301,5 @@ pub async fn run(
             tracing::error!(%error, "an order-api background task failed");
         }
     }
-    served
+    Ok(served?)
 }

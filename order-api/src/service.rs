@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use orderflow_grpc::auth::Caller;
+use orderflow_grpc::streams::{self, OpenStreams};
 use orderflow_proto::limits::{MAX_ID_LEN, MAX_REASON_LEN};
 use orderflow_proto::order::v1::order_service_server::OrderService;
 use orderflow_proto::order::v1::{
@@ -12,8 +14,6 @@ use orderflow_proto::order::v1::{
     PayOrderRequest, PayOrderResponse, ShipOrderRequest, ShipOrderResponse, WatchOrderRequest,
     WatchOrderResponse,
 };
-use orderflow_runtime::auth::Caller;
-use orderflow_runtime::grpc::streams::{self, OpenStreams};
 use orderflow_runtime::validate;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;

@@ -22,7 +22,7 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use orderflow_runtime::grpc::client::Outbound;
+use orderflow_grpc::client::Outbound;
 use orderflow_runtime::timestamp;
 
 /// The orders schema, applied by order-api and consumer-worker at start-up.

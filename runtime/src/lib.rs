@@ -1,18 +1,16 @@
 //! Runtime plumbing shared by every orderflow process, so each service's `main.rs` only wires
-//! things together: configuration arguments, client set-up for PostgreSQL and Redis, gRPC
-//! serving with health and reflection, and shutdown on signals. Kafka is `orderflow-kafka`'s;
-//! logs, traces and metrics are `orderflow-telemetry`'s.
+//! things together: what every process is configured with and how it starts, its PostgreSQL
+//! pool on its own schema, Redis, and shutdown on signals. Kafka is `orderflow-kafka`'s, gRPC
+//! serving and calling `orderflow-grpc`'s, logs, traces and metrics `orderflow-telemetry`'s,
+//! the secret helpers of every settings group `orderflow-config`'s.
 
-pub mod auth;
 pub mod backoff;
 pub mod config;
-pub mod grpc;
 pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod shutdown;
 pub mod timestamp;
-pub mod tls;
 pub mod validate;
 
 /// Every orderflow process allocates through mimalloc rather than glibc's malloc: a service's
@@ -58,12 +56,14 @@ pub enum RuntimeError {
     },
     #[error("creating Kafka topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
-    #[error("gRPC server: {0}")]
-    Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Grpc(#[from] orderflow_grpc::GrpcError),
     #[error(transparent)]
     Telemetry(#[from] orderflow_telemetry::TelemetryError),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Setting(#[from] orderflow_config::ConfigError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

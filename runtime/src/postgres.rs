@@ -9,8 +9,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::config::{redact_url, secret_or_file};
 use crate::RuntimeError;
+use orderflow_config::{redact_url, secret_or_file};
 
 #[derive(Clone, clap::Args, serde::Serialize)]
 pub struct PostgresArgs {
@@ -65,11 +65,11 @@ impl fmt::Debug for PostgresArgs {
 impl PostgresArgs {
     /// The URL to connect to: the file's, if one is configured.
     pub fn url(&self) -> Result<String, RuntimeError> {
-        secret_or_file(
+        Ok(secret_or_file(
             &self.database_url,
             self.database_url_file.as_deref(),
             "--database-url-file",
-        )
+        )?)
     }
 }
 
@@ -162,7 +162,7 @@ pub fn check(args: &PostgresArgs) -> Result<(), RuntimeError> {
     let query = url.split_once('?').map_or("", |(_, query)| query);
     for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
         if PEM_FILE_PARAMETERS.contains(&key) {
-            crate::config::read_pem_file(
+            orderflow_config::read_pem_file(
                 &format!("--database-url {key}"),
                 std::path::Path::new(value),
             )?;

@@ -17,8 +17,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tracing::Instrument;
 
-use crate::config::{redact_url, secret_or_file};
 use crate::RuntimeError;
+use orderflow_config::{redact_url, secret_or_file};
 
 #[derive(Clone, clap::Args, serde::Serialize)]
 pub struct RedisArgs {
@@ -72,11 +72,11 @@ impl RedisArgs {
 
     /// The URL (or cluster seed list) to connect to: the file's, if one is configured.
     pub fn url(&self) -> Result<String, RuntimeError> {
-        secret_or_file(
+        Ok(secret_or_file(
             &self.redis_url,
             self.redis_url_file.as_deref(),
             "--redis-url-file",
-        )
+        )?)
     }
 }
 
@@ -214,7 +214,7 @@ fn client(args: &RedisArgs) -> Result<(String, Client), RuntimeError> {
     let certificates = match &args.redis_tls_ca_file {
         None => None,
         Some(path) => {
-            let root = crate::config::read_pem_file("--redis-tls-ca-file", path)?;
+            let root = orderflow_config::read_pem_file("--redis-tls-ca-file", path)?;
             Some(redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(root),

@@ -31,7 +31,7 @@ What the container would see is rebuilt without a cluster:
 Secrets and ConfigMaps the chart only names (existingSecret, tlsCa, …) get test fixtures, real
 material made once per run with openssl: a self-signed CA certificate for a CA key, an EC P-256
 or RSA public key for an ES256 or RS256 JWT key, random text for an HS256 one, a static tokens
-file as runtime/src/auth.rs parses it, URLs for the database (one per Secret entry, naming it, so
+file as grpc/src/auth.rs parses it, URLs for the database (one per Secret entry, naming it, so
 that two Secrets never look alike) and Redis URLs, plain text for passwords, tokens and anything
 unrecognised (-v lists every fixture and what it stood in for).
 
@@ -121,7 +121,7 @@ def value_sets() -> list[ValueSet]:
 
 
 # --- Fixtures: material for what the render only names -------------------------------------------
-# The static tokens file (runtime/src/auth.rs parse_tokens: `<token> <subject> <scope>[,<scope>…]`),
+# The static tokens file (grpc/src/auth.rs parse_tokens: `<token> <subject> <scope>[,<scope>…]`),
 # listing the inventory token fixture so that the two agree as they would in a real cluster.
 INVENTORY_TOKEN = "test-inventory-token"
 STATIC_TOKENS = f"""\

@@ -251,11 +251,11 @@ def selects(selector: dict, labels: dict) -> bool:
 # --- What the binaries read, taken from the Rust sources (grep, no compiling) -------------------
 # Every setting is a clap argument, `#[arg(long, env = "ORDERFLOW_…")]`, in a struct that derives
 # clap::Args or clap::Parser; a binary's `Config::parse()` struct flattens the shared groups of
-# runtime/src, kafka/src and telemetry/src (`#[command(flatten)]`). Following those flattens gives each binary's
+# runtime/src, kafka/src, telemetry/src and grpc/src (`#[command(flatten)]`). Following those flattens gives each binary's
 # exact list.
 RUNTIME_SRC = ROOT / "runtime" / "src"
 TELEMETRY_SRC = ROOT / "telemetry" / "src"
-SHARED_SRCS = (RUNTIME_SRC, ROOT / "kafka" / "src", TELEMETRY_SRC)
+SHARED_SRCS = (RUNTIME_SRC, ROOT / "kafka" / "src", TELEMETRY_SRC, ROOT / "grpc" / "src")
 PROTO_DIR = ROOT / "proto"
 TOPICS_RS = ROOT / "proto" / "src" / "topics.rs"
 CLAP_STRUCT = re.compile(
@@ -326,7 +326,7 @@ def binary_settings() -> dict[str, BinarySettings]:
             if name in seen:
                 continue
             if name not in groups:
-                raise SystemExit(f"{component}: flattened clap struct {name} not found under {component}/src, runtime/src, kafka/src or telemetry/src")
+                raise SystemExit(f"{component}: flattened clap struct {name} not found under {component}/src, runtime/src, kafka/src, telemetry/src or grpc/src")
             seen.add(name)
             group, path = groups[name]
             settings.env.update(group.env)
@@ -392,12 +392,12 @@ def proto_services() -> set[str]:
     return names
 
 
-SCHEMA_OPEN = re.compile(r"postgres::open\(\s*[^,]+,\s*&(\w+)::SCHEMA\s*\)")
+SCHEMA_OPEN = re.compile(r"process::open_pool\(\s*\"[^\"]*\",\s*[^,]+,\s*&(\w+)::SCHEMA\s*,")
 SCHEMA_STATIC = re.compile(r'pub static SCHEMA\b[^=]*=\s*[\w:]*Schema\s*\{[^}]*?\bname:\s*"(\w+)"', re.S)
 
 
 def rust_schemas() -> dict[str, str | None]:
-    """Per binary: the PostgreSQL schema it opens (`postgres::open(…, &<crate>::SCHEMA)` in its
+    """Per binary: the PostgreSQL schema it opens (`process::open_pool(…, &<crate>::SCHEMA, …)` in its
     sources; `crate` is its own, `orderflow_<name>` the workspace crate <name> with dashes), read out
     of that crate's `pub static SCHEMA … Schema { name: "…" }`."""
     found: dict[str, str | None] = {}
@@ -1506,7 +1506,7 @@ def check_dashboard_file(c: Checker) -> dict | None:
     c.check(all(name.startswith("orderflow_") for name in families), f"telemetry/src/metrics.rs: the registry prefix is not orderflow: {sorted(families)[:3]}")
     unknown_kind = sorted(name for name, kind in families.items() if kind == "?")
     c.check(not unknown_kind, f"telemetry/src/metrics.rs: no Counter/Gauge/Histogram type found for {unknown_kind}")
-    elsewhere = [str(p.relative_to(ROOT)) for crate in ("runtime", "kafka", "telemetry", *COMPONENTS) for p in (ROOT / crate / "src").rglob("*.rs")
+    elsewhere = [str(p.relative_to(ROOT)) for crate in ("runtime", "kafka", "telemetry", "grpc", "config", *COMPONENTS) for p in (ROOT / crate / "src").rglob("*.rs")
                  if p != METRICS_RS and re.search(r"\bRegistry::|\.register\(\s*\"", p.read_text())]
     c.check(not elsewhere, f"metrics registered outside telemetry/src/metrics.rs, which the dashboard checks do not read: {elsewhere}")
 
@@ -1675,7 +1675,7 @@ def check_sources(c: Checker) -> None:
     c.scenario = "sources"
     settings = binary_settings()
     defined = set()
-    for crate in ("runtime", "kafka", "telemetry", *COMPONENTS):
+    for crate in ("runtime", "kafka", "telemetry", "grpc", "config", *COMPONENTS):
         for path in (ROOT / crate / "src").rglob("*.rs"):
             defined |= set(ENV_ATTR.findall(path.read_text()))
     missed = defined - all_read_variables()
@@ -1690,7 +1690,7 @@ def check_sources(c: Checker) -> None:
     schemas = rust_schemas()
     for component in COMPONENTS:
         c.check(schemas.get(component) == COMPONENT_SCHEMA[component],
-                f"{component} works in the schema {schemas.get(component)!r} (its postgres::open), the chart gives it the {COMPONENT_SCHEMA[component]} schema's URL")
+                f"{component} works in the schema {schemas.get(component)!r} (its process::open_pool), the chart gives it the {COMPONENT_SCHEMA[component]} schema's URL")
     for component in COMPONENTS:
         c.check("OTEL_EXPORTER_OTLP_ENDPOINT" in settings[component].env,
                 f"{component}: reads no OTEL_EXPORTER_OTLP_ENDPOINT (the chart's tracing.otlpEndpoint)")

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{EncodingKey, Header};
+use orderflow_grpc::auth::AuthArgs;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{
     GetStockRequest, ReserveItem, ReserveRequest, SetStockRequest,
@@ -18,7 +19,6 @@ use orderflow_proto::order::v1::{
     BatchGetOrdersRequest, GetOrderRequest, ListOrdersRequest, Order, PayOrderRequest,
     ShipOrderRequest,
 };
-use orderflow_runtime::auth::AuthArgs;
 use orderflow_tests::stack::{channel, no_authentication, Options, Stack};
 use orderflow_tests::{assert_status, order_request};
 use tonic::transport::Channel;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use orderflow_runtime::auth::AuthArgs;
+use orderflow_grpc::auth::AuthArgs;
 use orderflow_tests::private::PrivateBroker;
 use orderflow_tests::process::workspace_binary;
 use orderflow_tests::stack::{no_authentication, Options, Stack};

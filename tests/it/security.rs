@@ -1,9 +1,9 @@
 //! Transport security: inventory-svc behind TLS and mutual TLS (certificates generated for the
 //! test), order-api reaching it with its own client certificate, and clients that cannot.
 
+use orderflow_grpc::InventoryClientArgs;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::GetStockRequest;
-use orderflow_runtime::grpc::InventoryClientArgs;
 use orderflow_tests::order_request;
 use orderflow_tests::pki::Pki;
 use orderflow_tests::service::Configure;

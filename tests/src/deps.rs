@@ -178,7 +178,7 @@ pub async fn empty_database_on(server: &str, name: &str) -> String {
         .unwrap_or_else(|error| {
             panic!(
                 "PostgreSQL is not reachable at {}: {error}; {HOW_TO_START}",
-                orderflow_runtime::config::redact_url(server)
+                orderflow_config::redact_url(server)
             )
         });
     sqlx::query(&format!("CREATE DATABASE {name}"))

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use orderflow_runtime::tls::ServerTlsArgs;
+use orderflow_grpc::tls::ServerTlsArgs;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 

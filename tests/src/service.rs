@@ -372,8 +372,7 @@ mod tests {
             config.kafka.kafka_properties = vec!["linger.ms=1".into(), "acks=all".into()];
             config.process.postgres.migrate_only = true;
             config.process.telemetry.log_format = orderflow_telemetry::LogFormat::Json;
-            config.process.serving.auth.environment =
-                orderflow_runtime::auth::Environment::Production;
+            config.process.serving.auth.environment = orderflow_grpc::auth::Environment::Production;
             config.test_fault = Some("after-ack:crash".into());
         });
         round_trip::<inventory_svc::Config>(|config| {

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use orderflow_grpc::auth::AuthArgs;
 use orderflow_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use orderflow_proto::inventory::v1::{GetStockRequest, Stock};
 use orderflow_proto::notify::v1::notification_service_client::NotificationServiceClient;
 use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
 use orderflow_proto::order::v1::{CreateOrderRequest, Order};
-use orderflow_runtime::auth::AuthArgs;
 use orderflow_runtime::redis::RedisArgs;
 use redis::AsyncCommands;
 use sqlx::PgPool;

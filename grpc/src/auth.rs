@@ -11,7 +11,7 @@
 //! | `admin` | everything, for anyone: operator RPCs (SetStock, ShipOrder, …), any user's orders |
 //!
 //! Each service lists which of the three each of its RPCs needs ([`Policy`]); the gRPC server
-//! checks that before the call runs ([`crate::grpc`]), and puts the [`Caller`] in the request's
+//! checks that before the call runs ([`crate`]), and puts the [`Caller`] in the request's
 //! extensions, from which the service checks ownership ([`Caller::may_act_for`]).
 //!
 //! With neither option set, authentication is off (the local default, announced at start-up):
@@ -25,7 +25,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
-use crate::RuntimeError;
+use crate::GrpcError;
 
 pub const SCOPE_ORDERS: &str = "orders";
 pub const SCOPE_INVENTORY: &str = "inventory";
@@ -163,10 +163,10 @@ pub struct Authenticator {
 impl AuthArgs {
     /// The authenticator these settings describe; `None` when authentication is off (refused in
     /// production).
-    pub fn authenticator(&self) -> Result<Option<Authenticator>, RuntimeError> {
+    pub fn authenticator(&self) -> Result<Option<Authenticator>, GrpcError> {
         if self.auth_jwt_key_file.is_none() && self.auth_tokens_file.is_none() {
             if self.environment == Environment::Production {
-                return Err(RuntimeError::Config(
+                return Err(GrpcError::Config(
                     "--environment production needs authentication: set --auth-jwt-key-file \
                      or --auth-tokens-file"
                         .into(),
@@ -183,7 +183,7 @@ impl AuthArgs {
             .map(Arc::new);
         let tokens = match &self.auth_tokens_file {
             Some(path) => parse_tokens(&read(path, "--auth-tokens-file")?)
-                .map_err(|reason| RuntimeError::Config(format!("--auth-tokens-file: {reason}")))?,
+                .map_err(|reason| GrpcError::Config(format!("--auth-tokens-file: {reason}")))?,
             None => HashMap::new(),
         };
         tracing::info!(
@@ -197,10 +197,9 @@ impl AuthArgs {
         }))
     }
 
-    fn jwt_verifier(&self, path: &PathBuf) -> Result<(DecodingKey, Validation), RuntimeError> {
+    fn jwt_verifier(&self, path: &PathBuf) -> Result<(DecodingKey, Validation), GrpcError> {
         let key = read(path, "--auth-jwt-key-file")?;
-        let invalid =
-            |reason: String| RuntimeError::Config(format!("--auth-jwt-key-file: {reason}"));
+        let invalid = |reason: String| GrpcError::Config(format!("--auth-jwt-key-file: {reason}"));
         let (algorithm, key) = match self.auth_jwt_algorithm.to_ascii_uppercase().as_str() {
             "RS256" => (
                 Algorithm::RS256,
@@ -212,7 +211,7 @@ impl AuthArgs {
             ),
             "HS256" => (Algorithm::HS256, DecodingKey::from_secret(trim_end(&key))),
             other => {
-                return Err(RuntimeError::Config(format!(
+                return Err(GrpcError::Config(format!(
                     "--auth-jwt-algorithm {other:?}: must be RS256, ES256 or HS256"
                 )))
             }
@@ -232,9 +231,9 @@ impl AuthArgs {
     }
 }
 
-fn read(path: &PathBuf, flag: &str) -> Result<Vec<u8>, RuntimeError> {
+fn read(path: &PathBuf, flag: &str) -> Result<Vec<u8>, GrpcError> {
     std::fs::read(path)
-        .map_err(|error| RuntimeError::Config(format!("{flag} {}: {error}", path.display())))
+        .map_err(|error| GrpcError::Config(format!("{flag} {}: {error}", path.display())))
 }
 
 /// A secret file usually ends with a newline that is not part of the secret.

@@ -63,10 +63,10 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 impl Outbound {
     /// A lazily connected channel to inventory-svc as `args` describe it: TLS, the bearer
     /// token, a bound on every call, keepalive pings.
-    pub fn to_inventory(args: &InventoryClientArgs) -> Result<Self, crate::RuntimeError> {
+    pub fn to_inventory(args: &InventoryClientArgs) -> Result<Self, crate::GrpcError> {
         let mut endpoint = tonic::transport::Endpoint::from_shared(args.inventory_url.clone())
             .map_err(|error| {
-                crate::RuntimeError::Config(format!(
+                crate::GrpcError::Config(format!(
                     "--inventory-url {:?}: {error}",
                     args.inventory_url
                 ))
@@ -85,7 +85,7 @@ impl Outbound {
             args.inventory_client_key_file.as_deref(),
         )? {
             endpoint = endpoint.tls_config(tls).map_err(|error| {
-                crate::RuntimeError::Config(format!("TLS to --inventory-url: {error}"))
+                crate::GrpcError::Config(format!("TLS to --inventory-url: {error}"))
             })?;
         }
         let channel = Self::new(endpoint.connect_lazy());
@@ -93,7 +93,7 @@ impl Outbound {
             None => Ok(channel),
             Some(path) => {
                 let token = std::fs::read_to_string(path).map_err(|error| {
-                    crate::RuntimeError::Config(format!(
+                    crate::GrpcError::Config(format!(
                         "--inventory-token-file {}: {error}",
                         path.display()
                     ))
@@ -111,9 +111,9 @@ impl Outbound {
     }
 
     /// Sends `token` as `authorization: Bearer <token>` on every call.
-    pub fn with_bearer_token(mut self, token: &str) -> Result<Self, crate::RuntimeError> {
+    pub fn with_bearer_token(mut self, token: &str) -> Result<Self, crate::GrpcError> {
         let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.trim()))
-            .map_err(|_| crate::RuntimeError::Config("a bearer token must be ASCII".into()))?;
+            .map_err(|_| crate::GrpcError::Config("a bearer token must be ASCII".into()))?;
         value.set_sensitive(true);
         self.authorization = Some(value);
         Ok(self)

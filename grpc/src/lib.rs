@@ -1,7 +1,12 @@
-//! Serves a process's gRPC services together with what every orderflow server offers besides: the
-//! standard health service and server reflection (v1 and v1alpha, since grpcurl 1.8 only speaks
-//! v1alpha), so operators can call any server with grpcurl and no .proto files.
+//! gRPC between orderflow and its callers, and between its services. Serves a process's gRPC
+//! services together with what every orderflow server offers besides: the standard health
+//! service and server reflection (v1 and v1alpha, since grpcurl 1.8 only speaks v1alpha), so
+//! operators can call any server with grpcurl and no .proto files; around every call the tower
+//! layers that authenticate (`auth`), bound deadlines, shed load, limit sizes and streams and
+//! observe; TLS (`tls`); and the traced client one service calls another with (`client`). Each
+//! settings group (`ServingArgs`, `InventoryClientArgs`) sits next to what it configures.
 
+pub mod auth;
 mod authorize;
 pub mod client;
 pub use client::InventoryClientArgs;
@@ -11,6 +16,7 @@ mod observe;
 mod shed;
 mod size_limit;
 pub mod streams;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,7 +32,19 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::auth::Policy;
-use crate::RuntimeError;
+
+/// Why a gRPC server or client could not be set up or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Setting(#[from] orderflow_config::ConfigError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// How a gRPC server protects itself and stops.
 #[derive(Clone, Debug, clap::Args, serde::Serialize)]
@@ -130,7 +148,7 @@ pub async fn serve(
     listener: TcpListener,
     serving: &ServingArgs,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), RuntimeError> {
+) -> Result<(), GrpcError> {
     let Services {
         routes,
         names,
@@ -210,18 +228,18 @@ pub async fn serve(
 impl ServingArgs {
     /// What `serve` would refuse, found without serving (`--check-config`): the authentication
     /// keys and token files, the TLS certificate, key and client CA (parsed), the limits.
-    pub fn check(&self) -> Result<(), RuntimeError> {
+    pub fn check(&self) -> Result<(), GrpcError> {
         self.auth.authenticator()?;
         if let Some(tls) = self.tls.server_config()? {
             Server::builder().tls_config(tls).map_err(|error| {
                 // The reason is in the error's source; its own text is "transport error".
                 let reason = std::error::Error::source(&error)
                     .map_or(error.to_string(), ToString::to_string);
-                RuntimeError::Config(format!("--tls-cert-file / --tls-key-file: {reason}"))
+                GrpcError::Config(format!("--tls-cert-file / --tls-key-file: {reason}"))
             })?;
         }
         if self.max_concurrent_requests == 0 || self.max_open_streams == 0 {
-            return Err(RuntimeError::Config(
+            return Err(GrpcError::Config(
                 "--max-concurrent-requests and --max-open-streams must be at least 1".into(),
             ));
         }
@@ -252,6 +270,6 @@ fn reflection_builder(services: &[&str]) -> tonic_reflection::server::Builder<'s
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
 
-fn reflection_error(error: tonic_reflection::server::Error) -> RuntimeError {
-    RuntimeError::Config(format!("building the reflection service: {error}"))
+fn reflection_error(error: tonic_reflection::server::Error) -> GrpcError {
+    GrpcError::Config(format!("building the reflection service: {error}"))
 }

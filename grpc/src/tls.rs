@@ -4,7 +4,7 @@
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::RuntimeError;
+use crate::GrpcError;
 
 #[derive(Clone, Debug, Default, clap::Args, serde::Serialize)]
 pub struct ServerTlsArgs {
@@ -23,7 +23,7 @@ pub struct ServerTlsArgs {
 
 impl ServerTlsArgs {
     /// `None`: plaintext.
-    pub fn server_config(&self) -> Result<Option<ServerTlsConfig>, RuntimeError> {
+    pub fn server_config(&self) -> Result<Option<ServerTlsConfig>, GrpcError> {
         let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
             return Ok(None);
         };
@@ -47,7 +47,7 @@ pub fn client_config(
     ca_file: Option<&str>,
     cert_file: Option<&str>,
     key_file: Option<&str>,
-) -> Result<Option<ClientTlsConfig>, RuntimeError> {
+) -> Result<Option<ClientTlsConfig>, GrpcError> {
     if ca_file.is_none() && cert_file.is_none() && key_file.is_none() {
         return Ok(None);
     }
@@ -67,7 +67,7 @@ pub fn client_config(
         }
         (None, None) => {}
         _ => {
-            return Err(RuntimeError::Config(format!(
+            return Err(GrpcError::Config(format!(
                 "--{flag_prefix}-client-cert-file and --{flag_prefix}-client-key-file go together"
             )))
         }
@@ -77,6 +77,9 @@ pub fn client_config(
 
 /// The PEM file `path`: tonic parses it only when it serves or connects, and its error then
 /// names no flag.
-fn read(flag: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {
-    crate::config::read_pem_file(flag, std::path::Path::new(path))
+fn read(flag: &str, path: &str) -> Result<Vec<u8>, GrpcError> {
+    Ok(orderflow_config::read_pem_file(
+        flag,
+        std::path::Path::new(path),
+    )?)
 }
